@@ -1,0 +1,1 @@
+"""Companion models for post-processing and evaluating generated images (SR, classifiers, LinearScope, metrics)."""

@@ -1,0 +1,1 @@
+"""Distillation recipes (LinFusion, CLEAR, LiT losses) on accelerate. Filled in by the distillation issue."""

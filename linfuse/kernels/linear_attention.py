@@ -1,0 +1,113 @@
+"""Public entry point of non-causal normalised linear attention, with argument checks and backend dispatch."""
+
+import os
+
+import torch
+
+from ..errors import InvalidArgumentError
+from .feature_maps import FEATURE_MAPS
+from .linear_attention_reference import default_chunk_size, linear_attention_reference
+
+LAYOUTS = {"bnhd": 1, "bhnd": 2}
+BACKENDS = ("auto", "reference")
+BACKEND_ENV = "LINFUSE_LINEAR_ATTENTION_BACKEND"
+DEFAULT_EPS = 1e-4
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    feature_map: str = "elu1",
+    eps: float = DEFAULT_EPS,
+    layout: str = "bnhd",
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    r"""Non-causal normalised linear attention, in the *mean* form LinFusion uses.
+
+    For every batch and head, with N the number of keys and φ the feature map::
+
+        S   = (1/N) Σ_j φ(k_j) v_jᵀ          (d_k × d_v, fp32)
+        z   = (1/N) Σ_j φ(k_j)               (d_k,       fp32)
+        O_i = φ(q_i)ᵀ S / (φ(q_i)ᵀ z + eps)
+
+    The 1/N factors cancel between numerator and denominator except against ``eps``: this equals the *sum* form
+    ``φ(q_i)ᵀ ΣS / (φ(q_i)ᵀ Σz + eps·N)``. LinFusion's published checkpoints use the mean form with eps = 1e-4, so
+    eps is relative to a mean of φ(k) and the result does not depend on resolution. To reproduce a sum-form model
+    with eps', pass ``eps = eps' / N``.
+
+    Args:
+        q: queries, (B, N_q, H, d_k) for layout "bnhd" or (B, H, N_q, d_k) for "bhnd".
+        k: keys, same layout, (…, N, …, d_k).
+        v: values, same layout, (…, N, …, d_v).
+        feature_map: "elu1" (ELU + 1), "relu" or "identity".
+        eps: added to the (mean-form) normaliser; >= 0.
+        layout: "bnhd" or "bhnd"; strides are honoured, no transposed copy is made.
+        chunk_size: tokens processed at once; None picks about 64 MiB of fp32 per chunk.
+        backend: "auto" or "reference"; None reads the environment variable LINFUSE_LINEAR_ATTENTION_BACKEND
+            (default "auto"). On every device today "auto" means the PyTorch reference.
+
+    Returns:
+        Output of q's dtype and layout, last dimension d_v. State and accumulation are fp32 whatever the input
+        dtype; memory beyond the output is one fp32 chunk plus the state.
+    """
+    seq_dim = _check_inputs(q, k, v, feature_map=feature_map, eps=eps, layout=layout)
+    backend = _resolve_backend(backend)
+    batch, heads, head_dim = q.shape[0], q.shape[3 - seq_dim], q.shape[-1]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(batch, heads, max(head_dim, v.shape[-1]), max(q.shape[seq_dim], 1))
+    elif not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    return linear_attention_reference(
+        q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim, chunk_size=chunk_size
+    )
+
+
+def _resolve_backend(backend: str | None) -> str:
+    source = "backend"
+    if backend is None:
+        backend, source = os.environ.get(BACKEND_ENV, "auto"), BACKEND_ENV
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend
+
+
+def _check_inputs(q, k, v, *, feature_map: str, eps: float, layout: str) -> int:
+    """Validate arguments; return the index of the sequence dimension."""
+    if layout not in LAYOUTS:
+        raise InvalidArgumentError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if feature_map not in FEATURE_MAPS:
+        raise InvalidArgumentError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}; got {feature_map!r}")
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise InvalidArgumentError(f"eps must be a number >= 0; got {eps!r}")
+    seq_dim = LAYOUTS[layout]
+    head_dim_index = 3 - seq_dim
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4:
+            raise InvalidArgumentError(f"{name} must be a 4-D tensor in layout {layout!r}; got {_describe(t)}")
+        if not t.is_floating_point():
+            raise InvalidArgumentError(f"{name} must be a floating-point tensor; got dtype {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise InvalidArgumentError(f"q, k and v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise InvalidArgumentError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if q.shape[0] != k.shape[0] or k.shape[0] != v.shape[0]:
+        raise InvalidArgumentError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
+    if not (q.shape[head_dim_index] == k.shape[head_dim_index] == v.shape[head_dim_index]):
+        raise InvalidArgumentError(
+            f"head counts differ in layout {layout!r}: q {q.shape[head_dim_index]}, k {k.shape[head_dim_index]}, "
+            f"v {v.shape[head_dim_index]}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise InvalidArgumentError(f"q and k need the same head dimension; got {q.shape[-1]} and {k.shape[-1]}")
+    if k.shape[seq_dim] != v.shape[seq_dim]:
+        raise InvalidArgumentError(f"k and v need the same number of tokens; got {k.shape[seq_dim]} and {v.shape[seq_dim]}")
+    if k.shape[seq_dim] == 0:
+        raise InvalidArgumentError("k and v must hold at least one token")
+    return seq_dim
+
+
+def _describe(t) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__

@@ -1,0 +1,66 @@
+"""Plain PyTorch reference of non-causal normalised linear attention; also the CPU path.
+
+Memory is bounded by chunking over the sequence: only one chunk of φ(k), v or φ(q) is ever held in fp32, the
+state is d_k×d_v per (batch, head), and no N×N tensor exists.
+"""
+
+import torch
+
+from .feature_maps import FEATURE_MAPS
+
+# Roughly how many fp32 elements one chunk of one operand may hold (16 Mi elements = 64 MiB).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def default_chunk_size(batch: int, heads: int, head_dim: int, seq_len: int) -> int:
+    """Tokens per chunk so that one fp32 chunk of shape (batch, chunk, heads, head_dim) stays near 64 MiB."""
+    per_token = max(1, batch * heads * head_dim)
+    return max(1, min(seq_len, max(256, _CHUNK_ELEMENTS // per_token)))
+
+
+def _chunks(seq_len: int, chunk_size: int):
+    for start in range(0, seq_len, chunk_size):
+        yield start, min(chunk_size, seq_len - start)
+
+
+def linear_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    feature_map: str,
+    eps: float,
+    seq_dim: int,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Mean-form normalised linear attention; see :func:`linfuse.kernels.linear_attention` for the formula.
+
+    ``seq_dim`` is 1 for (B, N, H, d) and 2 for (B, H, N, d). Inputs are validated by the caller.
+    """
+    phi = FEATURE_MAPS[feature_map]
+    spec = "bnhk,bnhv->bhkv" if seq_dim == 1 else "bhnk,bhnv->bhkv"
+    n_keys = k.shape[seq_dim]
+
+    state = None  # S = Σ_j φ(k_j) v_jᵀ, fp32, (B, H, d_k, d_v)
+    key_sum = None  # z = Σ_j φ(k_j), fp32, (B, H, d_k)
+    for start, length in _chunks(n_keys, chunk_size):
+        phi_k = phi(k.narrow(seq_dim, start, length).float())
+        v_chunk = v.narrow(seq_dim, start, length).float()
+        partial_state = torch.einsum(spec, phi_k, v_chunk)
+        partial_sum = phi_k.sum(dim=seq_dim)
+        state = partial_state if state is None else state + partial_state
+        key_sum = partial_sum if key_sum is None else key_sum + partial_sum
+    state = state / n_keys
+    key_sum = key_sum / n_keys
+
+    out_shape = list(q.shape)
+    out_shape[-1] = v.shape[-1]
+    out = q.new_empty(out_shape)
+    num_spec = "bnhk,bhkv->bnhv" if seq_dim == 1 else "bhnk,bhkv->bhnv"
+    den_spec = "bnhk,bhk->bnh" if seq_dim == 1 else "bhnk,bhk->bhn"
+    for start, length in _chunks(q.shape[seq_dim], chunk_size):
+        phi_q = phi(q.narrow(seq_dim, start, length).float())
+        numerator = torch.einsum(num_spec, phi_q, state)
+        denominator = torch.einsum(den_spec, phi_q, key_sum) + eps
+        out.narrow(seq_dim, start, length).copy_(numerator / denominator.unsqueeze(-1))
+    return out

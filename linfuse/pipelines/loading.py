@@ -1,0 +1,101 @@
+"""``load_pipeline``: a ready diffusers text-to-image pipeline, linearized."""
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError, LinfuseError
+from ..linearize import linearize
+
+# Published LinFusion weights for base models (Hub ids); used by weights="auto".
+LINFUSION_WEIGHTS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Yuanshi/LinFusion-1-5",
+    "runwayml/stable-diffusion-v1-5": "Yuanshi/LinFusion-1-5",
+    "CompVis/stable-diffusion-v1-4": "Yuanshi/LinFusion-1-5",
+    "Lykon/dreamshaper-8": "Yuanshi/LinFusion-1-5",
+    "stablediffusionapi/realistic-vision-v51": "Yuanshi/LinFusion-1-5",
+    "stabilityai/stable-diffusion-2-1": "Yuanshi/LinFusion-2-1",
+    "stabilityai/stable-diffusion-2-1-base": "Yuanshi/LinFusion-2-1",
+    "stabilityai/stable-diffusion-xl-base-1.0": "Yuanshi/LinFusion-XL",
+}
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(f"device must be like 'cpu', 'cuda' or 'cuda:1'; got {device!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device 'cuda' was asked for but no CUDA GPU is visible; use device='cpu'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+
+
+def resolve_weights(weights, model_id: str):
+    """None/"none" -> no weights; "auto" -> the published LinFusion weights for a known base model."""
+    if weights is None or weights == "none":
+        return None
+    if weights != "auto":
+        return weights
+    if model_id in LINFUSION_WEIGHTS:
+        return LINFUSION_WEIGHTS[model_id]
+    raise InvalidArgumentError(
+        f"weights='auto' knows published weights only for {', '.join(sorted(LINFUSION_WEIGHTS))}; for {model_id!r} "
+        "pass a weights directory, or weights=None to start from the teacher's projections (needs distillation)"
+    )
+
+
+def load_pipeline(model, *, method: str | None = "linfusion", weights=None, device=None, dtype=None):
+    """Load a text-to-image pipeline and convert its self-attention.
+
+    Args:
+        model: a local pipeline directory, a Hub id (fetched by diffusers when online) or a pipeline object.
+        method: linearisation method name, or None to keep softmax attention.
+        weights: directory / Hub id of linear-attention weights, "auto" for the published LinFusion weights of a
+            known base model, or None to start from the teacher's projections.
+        device: "cpu", "cuda", …; default CUDA when available.
+        dtype: "fp32", "fp16", "bf16" or a torch dtype; default fp16 on CUDA, fp32 on CPU.
+
+    Returns the pipeline, moved to the device, with the conversion report as ``pipe.linfuse_report``.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if isinstance(model, (str, os.PathLike)):
+        model_id = str(model)
+        weights = resolve_weights(weights, model_id)
+        pipe = _from_pretrained(model_id, dtype)
+    else:
+        model_id = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        weights = resolve_weights(weights, model_id)
+        pipe = model.to(dtype=dtype)
+    pipe.linfuse_report = linearize(pipe, method=method, weights=weights) if method else None
+    return pipe.to(device)
+
+
+def _from_pretrained(model_id: str, dtype: torch.dtype):
+    from diffusers import AutoPipelineForText2Image
+
+    path = Path(model_id).expanduser()
+    if not path.is_dir() and (model_id.count("/") != 1 or model_id.startswith((".", "/", "~"))):
+        raise InvalidArgumentError(f"model {model_id!r} is neither a pipeline directory nor a Hub id like owner/name")
+    try:
+        return AutoPipelineForText2Image.from_pretrained(str(path) if path.is_dir() else model_id, torch_dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise LinfuseError(
+            f"could not load pipeline {model_id!r} ({type(exc).__name__}: {exc}). For a Hub id this machine needs "
+            "network access or a filled Hugging Face cache; otherwise pass a local diffusers pipeline directory."
+        ) from exc

@@ -1,0 +1,40 @@
+"""Text-to-image generation with a (linearized) diffusers pipeline."""
+
+import torch
+
+from .. import __version__
+from .parameters import GenerationParams
+
+
+def native_size(pipe) -> tuple[int, int]:
+    """The pipeline's training resolution: UNet sample size times the VAE scale factor."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return side, side
+
+
+def describe_run(pipe, params: GenerationParams, *, model: str = "", weights: str = "") -> GenerationParams:
+    """Fill the bookkeeping fields (sampler, model, method, version) recorded with the image."""
+    report = getattr(pipe, "linfuse_report", None)
+    params.sampler = type(pipe.scheduler).__name__
+    params.model = params.model or model
+    params.method = params.method or (report.method if report else "none")
+    params.weights = params.weights or weights
+    params.version = f"linfuse {__version__}"
+    return params
+
+
+def generate(pipe, params: GenerationParams, *, progress: bool = True):
+    """Run the pipeline once; the random stream comes from a CPU generator so a seed means the same on any device."""
+    params.validate(multiple_of=pipe.vae_scale_factor)
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising")
+    generator = torch.Generator("cpu").manual_seed(params.seed)
+    result = pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or None,
+        width=params.width,
+        height=params.height,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance,
+        generator=generator,
+    )
+    return result.images[0]
