@@ -104,7 +104,7 @@ def _print_offline_models() -> None:
 
         cached = sorted(repo.repo_id for repo in scan_cache_dir().repos)
     except Exception as exc:  # an absent or unreadable cache is a normal state, not a failure of `info`
-        print(f"Hugging Face cache: not readable ({type(exc).__name__})")
+        print(f"Hugging Face cache (offline): none ({type(exc).__name__})")
         return
     print("Hugging Face cache (offline): " + (", ".join(
         f"{repo}{' [known]' if repo in known else ''}" for repo in cached) if cached else "empty"))

@@ -103,7 +103,9 @@ def _check_inputs(q, k, v, *, feature_map: str, eps: float, layout: str) -> int:
     if q.shape[-1] != k.shape[-1]:
         raise InvalidArgumentError(f"q and k need the same head dimension; got {q.shape[-1]} and {k.shape[-1]}")
     if k.shape[seq_dim] != v.shape[seq_dim]:
-        raise InvalidArgumentError(f"k and v need the same number of tokens; got {k.shape[seq_dim]} and {v.shape[seq_dim]}")
+        raise InvalidArgumentError(
+            f"k and v need the same number of tokens; got {k.shape[seq_dim]} and {v.shape[seq_dim]}"
+        )
     if k.shape[seq_dim] == 0:
         raise InvalidArgumentError("k and v must hold at least one token")
     return seq_dim

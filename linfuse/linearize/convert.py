@@ -72,7 +72,7 @@ def linearize(model, method: str = "linfusion", weights: str | os.PathLike | Non
     if checkpoint is not None:
         _load_checkpoint(checkpoint, layers, processors)
     report = LinearizeReport(method, describe_architecture(specs), weights=str(weights) if weights else None)
-    for (name, attn), processor in zip(layers, processors):
+    for (name, attn), processor in zip(layers, processors, strict=True):
         if checkpoint is None:
             processor.zero_mixers()
         processor.to(device=attn.to_q.weight.device, dtype=attn.to_q.weight.dtype)
@@ -105,7 +105,8 @@ def unlinearize(model) -> LinearizeReport:
 
 def linearized_layers(model) -> list[tuple[str, object]]:
     """(name, Attention) of every layer that currently runs a linfuse processor."""
-    return [(n, a) for n, a in self_attention_layers(resolve_unet(model)) if isinstance(a.processor, processor_classes())]
+    layers = self_attention_layers(resolve_unet(model))
+    return [(name, attn) for name, attn in layers if isinstance(attn.processor, processor_classes())]
 
 
 def save_linear_weights(model, directory: str | os.PathLike, *, dtype: torch.dtype | None = None):
@@ -163,7 +164,7 @@ def _check_checkpoint(checkpoint: LinearCheckpoint, method: str, unet, specs: li
 def _load_checkpoint(checkpoint: LinearCheckpoint, layers, processors) -> None:
     """Check every expected tensor is present with the right shape, then copy (originals kept on the CPU)."""
     expected = {}
-    for (name, attn), processor in zip(layers, processors):
+    for (name, attn), processor in zip(layers, processors, strict=True):
         expected.update({f"{name}.processor.{k}": v for k, v in processor.state_dict().items()})
         expected.update({f"{name}.{k}": v for k, v in _projection_state(attn).items()})
     missing = sorted(set(expected) - set(checkpoint.tensors))
@@ -180,7 +181,7 @@ def _load_checkpoint(checkpoint: LinearCheckpoint, layers, processors) -> None:
             f"{wrong[0]}: {tuple(checkpoint.tensors[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
         )
     with torch.no_grad():
-        for (name, attn), processor in zip(layers, processors):
+        for (name, attn), processor in zip(layers, processors, strict=True):
             projections = _projection_state(attn)
             processor.__dict__["_original_projections"] = {k: v.detach().to("cpu", copy=True)
                                                           for k, v in projections.items()}
