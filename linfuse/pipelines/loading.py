@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgumentError, LinfuseError
-from ..linearize import linearize
+from ..linearize import get_method, linearize
+from ..linearize.weights import resolve_weights_dir
 
 # Published LinFusion weights for base models (Hub ids); used by weights="auto".
 LINFUSION_WEIGHTS = {
@@ -55,7 +56,8 @@ def resolve_weights(weights, model_id: str):
         return LINFUSION_WEIGHTS[model_id]
     raise InvalidArgumentError(
         f"weights='auto' knows published weights only for {', '.join(sorted(LINFUSION_WEIGHTS))}; for {model_id!r} "
-        "pass a weights directory, or weights=None to start from the teacher's projections (needs distillation)"
+        "pass a weights directory, or weights=None (CLI: --weights none) to start from the teacher's projections, "
+        "which needs distillation to give good images"
     )
 
 
@@ -74,14 +76,14 @@ def load_pipeline(model, *, method: str | None = "linfusion", weights=None, devi
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    if isinstance(model, (str, os.PathLike)):
-        model_id = str(model)
-        weights = resolve_weights(weights, model_id)
-        pipe = _from_pretrained(model_id, dtype)
-    else:
-        model_id = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-        weights = resolve_weights(weights, model_id)
-        pipe = model.to(dtype=dtype)
+    if method:
+        get_method(method)
+    is_path = isinstance(model, (str, os.PathLike))
+    model_id = str(model) if is_path else getattr(model.config, "_name_or_path", "") or type(model).__name__
+    weights = resolve_weights(weights, model_id) if method else None
+    if weights is not None:  # a missing directory or an unreachable Hub id fails here, before the model loads
+        weights = resolve_weights_dir(weights)
+    pipe = _from_pretrained(model_id, dtype) if is_path else model.to(dtype=dtype)
     pipe.linfuse_report = linearize(pipe, method=method, weights=weights) if method else None
     return pipe.to(device)
 
@@ -93,7 +95,7 @@ def _from_pretrained(model_id: str, dtype: torch.dtype):
     if not path.is_dir() and (model_id.count("/") != 1 or model_id.startswith((".", "/", "~"))):
         raise InvalidArgumentError(f"model {model_id!r} is neither a pipeline directory nor a Hub id like owner/name")
     try:
-        return AutoPipelineForText2Image.from_pretrained(str(path) if path.is_dir() else model_id, torch_dtype=dtype)
+        return AutoPipelineForText2Image.from_pretrained(str(path) if path.is_dir() else model_id, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise LinfuseError(
             f"could not load pipeline {model_id!r} ({type(exc).__name__}: {exc}). For a Hub id this machine needs "

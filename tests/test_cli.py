@@ -1,0 +1,88 @@
+"""The linfuse command line and the A1111-style parameters it writes into PNGs."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from tiny_models import tiny_sd_pipeline
+
+from linfuse.cli import main
+from linfuse.errors import InvalidArgumentError
+from linfuse.pipelines import GenerationParams, read_png_parameters
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-sd"
+    tiny_sd_pipeline().save_pretrained(path)
+    return path
+
+
+def test_generate_writes_a_png_whose_parameters_round_trip(pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "img" / "apple.png"
+    code = main(["generate", "a red apple, on: a \"blue\" table", "--model", str(pipeline_dir), "--weights", "none",
+                 "--size", "80x64", "--steps", "3", "--guidance", "5.5", "--seed", "1234", "--negative", "blurry, dog",
+                 "--out", str(out)])
+    assert code == 0
+    assert f"wrote {out} (80x64)" in capsys.readouterr().out
+    with Image.open(out) as image:
+        assert image.size == (80, 64)
+    params = read_png_parameters(out)
+    assert params.prompt == 'a red apple, on: a "blue" table'
+    assert params.negative_prompt == "blurry, dog"
+    assert (params.width, params.height, params.steps, params.guidance, params.seed) == (80, 64, 3, 5.5, 1234)
+    assert params.sampler == "DDIMScheduler" and params.method == "linfusion" and params.model == str(pipeline_dir)
+    assert params.version.startswith("linfuse ")
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_default_size_is_the_model_native_size_and_softmax_is_available(pipeline_dir, tmp_path):
+    out = tmp_path / "teacher.png"
+    assert main(["generate", "a cat", "--model", str(pipeline_dir), "--method", "none", "--steps", "1",
+                 "--out", str(out)]) == 0
+    params = read_png_parameters(out)
+    assert (params.width, params.height) == (64, 64) and params.method == "none"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--size", "100x64"], "width must be a multiple of 8"), (["--size", "64"], "size must look like WIDTHxHEIGHT"),
+     (["--steps", "0"], "steps must be an integer from 1"), (["--method", "mamba"], "method must be one of linfusion"),
+     (["--weights", "/no/such/weights"], "does not exist")],
+)
+def test_bad_arguments_exit_2_with_a_message(pipeline_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "x.png"
+    code = main(["generate", "a cat", "--model", str(pipeline_dir), "--out", str(out), *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_no_model_says_how_to_pass_one(capsys, monkeypatch):
+    monkeypatch.delenv("LINFUSE_MODEL", raising=False)
+    assert main(["generate", "a cat"]) == 2
+    assert "no model given: pass --model" in capsys.readouterr().err
+
+
+def test_console_script_info_reports_versions_and_device():
+    result = subprocess.run([sys.executable, "-m", "linfuse", "info"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "linfuse 0.1.0" in result.stdout and "diffusers" in result.stdout and "device " in result.stdout
+    assert "bundled models:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "params",
+    [GenerationParams("plain"),
+     GenerationParams("multi\nline, prompt: yes", negative_prompt="neg, \"q\"", width=1024, height=768, steps=50,
+                      guidance=0.0, seed=2**32 - 1, sampler="EulerDiscreteScheduler", model="/models/a, b",
+                      method="linfusion", weights="Yuanshi/LinFusion-1-5", version="linfuse 0.1.0")],
+)
+def test_parameters_text_round_trips(params):
+    assert GenerationParams.from_text(params.to_text()) == params
+
+
+def test_text_without_a_parameter_line_is_refused():
+    with pytest.raises(InvalidArgumentError, match="no parameter line"):
+        GenerationParams.from_text("just a prompt")
