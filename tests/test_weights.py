@@ -131,7 +131,8 @@ def test_linfusion_layer_math_matches_the_published_module(tmp_path):
 def test_weights_for_another_architecture_are_refused_naming_both(tmp_path):
     path = linfuse.save_linear_weights(trained_student("sdxl"), tmp_path / "xl")
     unet = tiny_unet("sd15")
-    with pytest.raises(ArchitectureMismatchError, match=r"made for .*70 self-attention.* but the model .*16 self-attention"):
+    expected = r"made for .*70 self-attention.* but the model .*16 self-attention"
+    with pytest.raises(ArchitectureMismatchError, match=expected):
         linfuse.linearize(unet, weights=path)
     assert all(type(a.processor).__name__ == "AttnProcessor2_0" for _, a in self_attention_layers(unet))
 
