@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_generate(args) -> int:
-    from .pipelines import GenerationParams, describe_run, generate, load_pipeline, native_size, parse_size
+    from .linearize import get_method
+    from .pipelines import GenerationParams, describe_run, generate, load_pipeline, native_size, parse_size, save_png
+    from .pipelines.loading import resolve_weights
 
     if not args.model:
         raise LinfuseError(NO_MODEL_HELP)
@@ -53,18 +55,15 @@ def run_generate(args) -> int:
     if args.size:
         params.width, params.height = parse_size(args.size)
     params.validate()  # before loading anything: a bad argument costs no model load
-    method = None if args.method == "none" else args.method
-    pipe = load_pipeline(args.model, method=method, weights=args.weights if method else None,
-                         device=args.device, dtype=args.dtype)
+    method = None if args.method == "none" else get_method(args.method).name
+    weights = resolve_weights(args.weights, args.model) if method else None
+    pipe = load_pipeline(args.model, method=method, weights=weights, device=args.device, dtype=args.dtype)
     if pipe.linfuse_report:
         print(pipe.linfuse_report, file=sys.stderr)
     if not args.size:
         params.width, params.height = native_size(pipe)
-    weights = "" if not method or args.weights in ("none", None) else args.weights
-    describe_run(pipe, params, model=args.model, weights=weights)
+    describe_run(pipe, params, model=args.model, weights=str(weights or ""))
     image = generate(pipe, params)
-    from .pipelines import save_png
-
     path = save_png(image, args.out, params)
     print(f"wrote {path} ({image.width}x{image.height})")
     return 0

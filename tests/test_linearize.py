@@ -125,3 +125,8 @@ def test_bad_calls_raise_clear_errors():
     with pytest.raises(InvalidArgumentError, match="attention_mask is not supported"):
         _, attn = self_attention_layers(unet)[0]
         attn(torch.randn(1, 4, 32), attention_mask=torch.ones(1, 4))
+
+
+def test_mid_dim_with_weights_is_refused(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="mid_dim applies only without weights"):
+        linfuse.linearize(tiny_unet("sd15"), weights=tmp_path, mid_dim=4)

@@ -74,3 +74,9 @@ def test_generation_parameters_are_validated_before_running(field, value, messag
     setattr(params, field, value)
     with pytest.raises(InvalidArgumentError, match=message):
         params.validate()
+
+
+def test_load_pipeline_accepts_a_pipeline_object():
+    pipe = linfuse.load_pipeline(tiny_sd_pipeline(), device="cpu", dtype="fp32")
+    assert pipe.linfuse_report.layers_replaced == 16
+    assert str(linfuse.unlinearize(pipe)) == "16 self-attention layers restored to their original processors"

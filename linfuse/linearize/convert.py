@@ -22,12 +22,15 @@ class LinearizeReport:
     layers: list[str] = field(default_factory=list)
     parameters_added: int = 0
     weights: str | None = None
+    restored: bool = False
 
     @property
     def layers_replaced(self) -> int:
         return len(self.layers)
 
     def __str__(self) -> str:
+        if self.restored:
+            return f"{self.layers_replaced} self-attention layers restored to their original processors"
         source = f" from {self.weights}" if self.weights else " (mixers zero-initialised)"
         return (
             f"{self.method}: {self.layers_replaced} self-attention layers converted on {self.architecture}, "
@@ -53,6 +56,8 @@ def linearize(model, method: str = "linfusion", weights: str | os.PathLike | Non
     method_spec = get_method(method)
     if mid_dim is not None and (not isinstance(mid_dim, int) or mid_dim < 1):
         raise InvalidArgumentError(f"mid_dim must be a positive integer or None; got {mid_dim!r}")
+    if mid_dim is not None and weights is not None:
+        raise InvalidArgumentError("mid_dim applies only without weights: a checkpoint fixes its own mixer width")
     layers = self_attention_layers(unet)
     if not layers:
         raise InvalidArgumentError(f"{type(unet).__name__} has no self-attention (attn1) layers to convert")
@@ -86,7 +91,7 @@ def linearize(model, method: str = "linfusion", weights: str | os.PathLike | Non
 def unlinearize(model) -> LinearizeReport:
     """Put back the processors (and projection weights) that :func:`linearize` replaced, bit for bit."""
     unet = resolve_unet(model)
-    report = LinearizeReport("unlinearize", describe_architecture(layer_specs(unet)))
+    report = LinearizeReport("softmax", describe_architecture(layer_specs(unet)), restored=True)
     for name, attn in self_attention_layers(unet):
         processor = attn.processor
         if not isinstance(processor, processor_classes()):

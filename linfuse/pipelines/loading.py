@@ -79,7 +79,7 @@ def load_pipeline(model, *, method: str | None = "linfusion", weights=None, devi
     if method:
         get_method(method)
     is_path = isinstance(model, (str, os.PathLike))
-    model_id = str(model) if is_path else getattr(model.config, "_name_or_path", "") or type(model).__name__
+    model_id = str(model) if is_path else model.config.get("_name_or_path", "") or type(model).__name__
     weights = resolve_weights(weights, model_id) if method else None
     if weights is not None:  # a missing directory or an unreachable Hub id fails here, before the model loads
         weights = resolve_weights_dir(weights)
