@@ -75,7 +75,7 @@ def test_gradients_match_direct_formula():
     got = torch.autograd.grad((linear_attention(q, k, v, chunk_size=4).double() * grad_out).sum(), (q, k, v))
     want = torch.autograd.grad((direct_formula(q, k, v, "elu1", 1e-4, "bnhd") * grad_out).sum(), (q, k, v))
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_strided_inputs_are_read_without_error():

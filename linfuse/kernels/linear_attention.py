@@ -45,13 +45,13 @@ def linear_attention(
         feature_map: "elu1" (ELU + 1), "relu" or "identity".
         eps: added to the (mean-form) normaliser; >= 0.
         layout: "bnhd" or "bhnd"; strides are honoured, no transposed copy is made.
-        chunk_size: tokens processed at once; None picks about 64 MiB of fp32 per chunk.
+        chunk_size: tokens processed at once; None picks about 4 MiB of fp32 per chunk.
         backend: "auto" or "reference"; None reads the environment variable LINFUSE_LINEAR_ATTENTION_BACKEND
             (default "auto"). On every device today "auto" means the PyTorch reference.
 
     Returns:
-        Output of q's dtype and layout, last dimension d_v. State and accumulation are fp32 whatever the input
-        dtype; memory beyond the output is one fp32 chunk plus the state.
+        Output of q's dtype and layout, last dimension d_v. State and accumulation are fp32 for fp16/bf16/fp32
+        inputs (fp64 for fp64); memory beyond the output is one fp32 chunk plus the state.
     """
     seq_dim = _check_inputs(q, k, v, feature_map=feature_map, eps=eps, layout=layout)
     backend = _resolve_backend(backend)

@@ -8,12 +8,13 @@ import torch
 
 from .feature_maps import FEATURE_MAPS
 
-# Roughly how many fp32 elements one chunk of one operand may hold (16 Mi elements = 64 MiB).
-_CHUNK_ELEMENTS = 1 << 24
+# Roughly how many fp32 elements one chunk of one operand may hold (1 Mi elements = 4 MiB): large enough that the
+# Python loop costs nothing next to the matmuls, small enough that the per-chunk temporaries stay negligible.
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def default_chunk_size(batch: int, heads: int, head_dim: int, seq_len: int) -> int:
-    """Tokens per chunk so that one fp32 chunk of shape (batch, chunk, heads, head_dim) stays near 64 MiB."""
+    """Tokens per chunk so that one fp32 chunk of shape (batch, chunk, heads, head_dim) stays near 4 MiB."""
     per_token = max(1, batch * heads * head_dim)
     return max(1, min(seq_len, max(256, _CHUNK_ELEMENTS // per_token)))
 
@@ -38,14 +39,15 @@ def linear_attention_reference(
     ``seq_dim`` is 1 for (B, N, H, d) and 2 for (B, H, N, d). Inputs are validated by the caller.
     """
     phi = FEATURE_MAPS[feature_map]
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
     spec = "bnhk,bnhv->bhkv" if seq_dim == 1 else "bhnk,bhnv->bhkv"
     n_keys = k.shape[seq_dim]
 
-    state = None  # S = Σ_j φ(k_j) v_jᵀ, fp32, (B, H, d_k, d_v)
-    key_sum = None  # z = Σ_j φ(k_j), fp32, (B, H, d_k)
+    state = None  # S = Σ_j φ(k_j) v_jᵀ, (B, H, d_k, d_v)
+    key_sum = None  # z = Σ_j φ(k_j), (B, H, d_k)
     for start, length in _chunks(n_keys, chunk_size):
-        phi_k = phi(k.narrow(seq_dim, start, length).float())
-        v_chunk = v.narrow(seq_dim, start, length).float()
+        phi_k = phi(k.narrow(seq_dim, start, length).to(acc))
+        v_chunk = v.narrow(seq_dim, start, length).to(acc)
         partial_state = torch.einsum(spec, phi_k, v_chunk)
         partial_sum = phi_k.sum(dim=seq_dim)
         state = partial_state if state is None else state + partial_state
@@ -59,8 +61,8 @@ def linear_attention_reference(
     num_spec = "bnhk,bhkv->bnhv" if seq_dim == 1 else "bhnk,bhkv->bhnv"
     den_spec = "bnhk,bhk->bnh" if seq_dim == 1 else "bhnk,bhk->bhn"
     for start, length in _chunks(q.shape[seq_dim], chunk_size):
-        phi_q = phi(q.narrow(seq_dim, start, length).float())
+        phi_q = phi(q.narrow(seq_dim, start, length).to(acc))
         numerator = torch.einsum(num_spec, phi_q, state)
         denominator = torch.einsum(den_spec, phi_q, key_sum) + eps
-        out.narrow(seq_dim, start, length).copy_(numerator / denominator.unsqueeze(-1))
+        out.narrow(seq_dim, start, length).copy_(numerator.div_(denominator.unsqueeze(-1)))
     return out

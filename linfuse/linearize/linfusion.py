@@ -20,7 +20,7 @@ class ResidualMixer(nn.Sequential):
     """Linear(dim→mid) → LayerNorm(mid) → LeakyReLU → Linear(mid→dim); indices 0…3 as in LinFusion checkpoints."""
 
     def __init__(self, dim: int, mid_dim: int):
-        super().__init__(nn.Linear(dim, mid_dim), nn.LayerNorm(mid_dim), nn.LeakyReLU(), nn.Linear(mid_dim, dim))
+        super().__init__(nn.Linear(dim, mid_dim), nn.LayerNorm(mid_dim), nn.LeakyReLU(inplace=True), nn.Linear(mid_dim, dim))
 
     def zero_output(self) -> None:
         """Make the mixer output 0 so that x + M(x) = x."""
@@ -82,8 +82,8 @@ class LinFusionAttnProcessor(nn.Module):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
 
         batch = hidden_states.shape[0]
-        query = attn.to_q(hidden_states + self.to_q_(hidden_states))
-        key = attn.to_k(context + self.to_k_(context))
+        query = attn.to_q(self.to_q_(hidden_states).add_(hidden_states))  # W_q (x + M_q(x)), one temporary less
+        key = attn.to_k(self.to_k_(context).add_(context))
         value = attn.to_v(context)
         query = query.view(batch, -1, attn.heads, query.shape[-1] // attn.heads)
         key = key.view(batch, -1, attn.heads, key.shape[-1] // attn.heads)
@@ -94,6 +94,7 @@ class LinFusionAttnProcessor(nn.Module):
             key = attn.norm_k(key)
 
         out = linear_attention(query, key, value, feature_map=self.feature_map, eps=self.eps, layout="bnhd")
+        del query, key, value  # free them before the output projection allocates
         out = attn.to_out[1](attn.to_out[0](out.flatten(2)))
 
         if spatial_shape is not None:
