@@ -20,7 +20,9 @@ class ResidualMixer(nn.Sequential):
     """Linear(dim→mid) → LayerNorm(mid) → LeakyReLU → Linear(mid→dim); indices 0…3 as in LinFusion checkpoints."""
 
     def __init__(self, dim: int, mid_dim: int):
-        super().__init__(nn.Linear(dim, mid_dim), nn.LayerNorm(mid_dim), nn.LeakyReLU(inplace=True), nn.Linear(mid_dim, dim))
+        super().__init__(
+            nn.Linear(dim, mid_dim), nn.LayerNorm(mid_dim), nn.LeakyReLU(inplace=True), nn.Linear(mid_dim, dim)
+        )
 
     def zero_output(self) -> None:
         """Make the mixer output 0 so that x + M(x) = x."""

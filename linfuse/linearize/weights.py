@@ -15,7 +15,6 @@ LinFusion format (``Yuanshi/LinFusion-1-5``, ``-2-1``, ``-XL``)::
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import WeightsError
+from ..fileio import atomic_write, looks_like_hub_id
 from .layers import LayerSpec
 
 FORMAT_NAME = "linfuse-linear-attention"
@@ -54,7 +54,7 @@ def resolve_weights_dir(weights: str | os.PathLike) -> Path:
     if path.exists():
         raise WeightsError(f"weights must be a directory holding the config and safetensors files; {path} is a file")
     text = str(weights)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not looks_like_hub_id(text):
         raise WeightsError(f"weights directory {path} does not exist; pass a directory or a Hub id like owner/name")
     return _download(text)
 
@@ -159,21 +159,9 @@ def write_linear_weights(
 ) -> Path:
     """Write the linfuse format atomically: each file goes to a temporary name first, then is renamed."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": method,
               "base_model_class": base_model_class, "layers": [layer.to_dict() for layer in layers], **(extra or {})}
     tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_NAME}))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_NAME}))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return directory
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

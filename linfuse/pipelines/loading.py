@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgumentError, LinfuseError
+from ..fileio import looks_like_hub_id
 from ..linearize import get_method, linearize
 from ..linearize.weights import resolve_weights_dir
 
@@ -92,7 +93,7 @@ def _from_pretrained(model_id: str, dtype: torch.dtype):
     from diffusers import AutoPipelineForText2Image
 
     path = Path(model_id).expanduser()
-    if not path.is_dir() and (model_id.count("/") != 1 or model_id.startswith((".", "/", "~"))):
+    if not path.is_dir() and not looks_like_hub_id(model_id):
         raise InvalidArgumentError(f"model {model_id!r} is neither a pipeline directory nor a Hub id like owner/name")
     try:
         return AutoPipelineForText2Image.from_pretrained(str(path) if path.is_dir() else model_id, dtype=dtype)

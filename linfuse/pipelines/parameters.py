@@ -7,13 +7,13 @@ The text has the prompt on the first line(s), an optional ``Negative prompt: …
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from ..errors import InvalidArgumentError
+from ..fileio import atomic_write
 
 PNG_KEY = "parameters"
 MAX_SIZE = 16384
@@ -115,19 +115,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def save_png(image: Image.Image, path: str | os.PathLike, params: GenerationParams) -> Path:
     """Write the image with its parameters in PNG text metadata; atomic (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_KEY, params.to_text())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def read_png_parameters(path: str | os.PathLike) -> GenerationParams:

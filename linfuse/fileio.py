@@ -1,0 +1,29 @@
+"""File helpers shared by every part of linfuse that writes results or resolves model locations."""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(target: str | os.PathLike, write) -> Path:
+    """Call ``write(temporary_path)``, then rename the temporary file onto ``target``.
+
+    Readers see either the old file or the complete new one, never a partial write; on failure the temporary file
+    is removed and ``target`` is untouched. The parent directory is created if needed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """True for 'owner/name' strings that are not filesystem-looking paths."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and all(text.split("/"))
