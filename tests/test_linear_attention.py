@@ -92,7 +92,7 @@ def test_strided_inputs_are_read_without_error():
         ({"feature_map": "softmax"}, "feature_map must be one of elu1, relu, identity"),
         ({"eps": -1.0}, "eps must be a number >= 0"),
         ({"chunk_size": 0}, "chunk_size must be a positive integer"),
-        ({"backend": "cuda-magic"}, "backend must be one of auto, reference"),
+        ({"backend": "cuda-magic"}, "backend must be one of auto, reference, triton"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, message):

@@ -9,7 +9,9 @@ from .feature_maps import FEATURE_MAPS
 from .linear_attention_reference import default_chunk_size, linear_attention_reference
 
 LAYOUTS = {"bnhd": 1, "bhnd": 2}
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "triton")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_TRITON_HEAD_DIM = 256
 BACKEND_ENV = "LINFUSE_LINEAR_ATTENTION_BACKEND"
 DEFAULT_EPS = 1e-4
 
@@ -46,8 +48,10 @@ def linear_attention(
         eps: added to the (mean-form) normaliser; >= 0.
         layout: "bnhd" or "bhnd"; strides are honoured, no transposed copy is made.
         chunk_size: tokens processed at once; None picks about 4 MiB of fp32 per chunk.
-        backend: "auto" or "reference"; None reads the environment variable LINFUSE_LINEAR_ATTENTION_BACKEND
-            (default "auto"). On every device today "auto" means the PyTorch reference.
+        backend: "auto", "reference" or "triton"; None reads the environment variable
+            LINFUSE_LINEAR_ATTENTION_BACKEND (default "auto"). "auto" runs the Triton kernels on CUDA tensors
+            (fp16/bf16/fp32, head dims up to 256) and the PyTorch reference otherwise. "triton" on CPU tensors needs
+            TRITON_INTERPRET=1 set before linfuse is imported (Triton's interpreter: correct but slow).
 
     Returns:
         Output of q's dtype and layout, last dimension d_v. State and accumulation are fp32 for fp16/bf16/fp32
@@ -60,9 +64,39 @@ def linear_attention(
         chunk_size = default_chunk_size(batch, heads, max(head_dim, v.shape[-1]), max(q.shape[seq_dim], 1))
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if _use_triton(backend, q, v):
+        from .linear_attention_triton import linear_attention_triton
+
+        return linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout)
     return linear_attention_reference(
         q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim, chunk_size=chunk_size
     )
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _use_triton(backend: str, q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Decide the backend; a forced "triton" that cannot run raises instead of silently falling back."""
+    if backend == "reference":
+        return False
+    problems = []
+    if not triton_available():
+        problems.append("the triton package is not installed (pip install triton)")
+    if q.dtype not in TRITON_DTYPES:
+        problems.append(f"dtype {q.dtype} is not one of fp16, bf16, fp32")
+    if max(q.shape[-1], v.shape[-1]) > MAX_TRITON_HEAD_DIM:
+        problems.append(f"head dims above {MAX_TRITON_HEAD_DIM} are not supported")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        problems.append("tensors are on the CPU; use CUDA tensors, or set TRITON_INTERPRET=1 before importing linfuse")
+    if backend == "triton" and problems:
+        raise InvalidArgumentError("backend 'triton' cannot run here: " + "; ".join(problems))
+    return backend == "triton" or (q.is_cuda and not problems)
 
 
 def _resolve_backend(backend: str | None) -> str:

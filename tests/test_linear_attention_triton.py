@@ -1,0 +1,95 @@
+"""Triton linear-attention kernels (interpreter on CPU, real kernels where CUDA is present) vs the fp64 formula."""
+
+import pytest
+import torch
+from test_linear_attention import direct_formula, make_qkv
+
+from linfuse.errors import InvalidArgumentError
+from linfuse.kernels import linear_attention
+from linfuse.kernels import linear_attention_triton as lat
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def nan_poisoned_outputs(monkeypatch):
+    """Every buffer the kernels write starts as NaN, so an element a kernel forgets to write fails the test."""
+    def poisoned(shape, like, dtype=None):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+
+    monkeypatch.setattr(lat, "_empty", poisoned)
+
+
+def on_device(*tensors, grad=False):
+    return [t.to(DEVICE).requires_grad_(grad) for t in tensors]
+
+
+def reference_and_grads(q, k, v, feature_map, layout, grad_out):
+    q, k, v = (t.detach().double().cpu().requires_grad_(True) for t in (q, k, v))
+    out = direct_formula(q, k, v, feature_map, 1e-4, layout)
+    grads = torch.autograd.grad((out * grad_out.double().cpu()).sum(), (q, k, v))
+    return out, grads
+
+
+@pytest.mark.parametrize("config", range(len(lat.CONFIGS)))
+@pytest.mark.parametrize("layout", ["bnhd", "bhnd"])
+@pytest.mark.parametrize("feature_map", ["elu1", "relu", "identity"])
+def test_forward_and_backward_match_fp64_for_every_config(config, layout, feature_map):
+    # One batch and one head so the state pass splits N over several programs; d_k = 20 and d_v = 12 are padded.
+    q, k, v = make_qkv(1, 1, 45, 70, 20, 12, layout, positive=feature_map == "identity", seed=config)
+    q, k, v = on_device(q, k, v, grad=True)
+    out = lat.linear_attention_triton(q, k, v, feature_map=feature_map, eps=1e-4, layout=layout,
+                                      config=lat.CONFIGS[config])
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    grads = torch.autograd.grad((out * grad_out.to(DEVICE)).sum(), (q, k, v))
+    expected, expected_grads = reference_and_grads(q, k, v, feature_map, layout, grad_out)
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 7, 63, 65])
+def test_token_counts_that_are_not_multiples_of_the_tile(n):
+    q, k, v = on_device(*make_qkv(2, 3, n, n, 16, 16, "bnhd", seed=n))
+    out = linear_attention(q, k, v, backend="triton")
+    torch.testing.assert_close(out.double().cpu(), direct_formula(q.cpu(), k.cpu(), v.cpu(), "elu1", 1e-4, "bnhd"),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_keep_their_dtype_and_fp32_state(dtype):
+    q, k, v = on_device(*make_qkv(1, 2, 40, 40, 32, 32, "bhnd", dtype=dtype))
+    out = linear_attention(q, k, v, layout="bhnd", backend="triton")
+    assert out.dtype == dtype
+    expected = direct_formula(q.cpu(), k.cpu(), v.cpu(), "elu1", 1e-4, "bhnd")
+    tol = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+def test_strided_views_read_without_copies():
+    q, k, v = make_qkv(1, 2, 30, 30, 16, 16, "bhnd")
+    q, k, v = on_device(*(t.transpose(1, 2) for t in (q, k, v)))  # non-contiguous (B, N, H, d) views
+    assert not q.is_contiguous()
+    out = linear_attention(q, k, v, backend="triton")
+    torch.testing.assert_close(out, linear_attention(q, k, v, backend="reference"), rtol=1e-5, atol=1e-6)
+
+
+def test_forced_triton_that_cannot_run_says_why(monkeypatch):
+    q, k, v = make_qkv(1, 1, 4, 4, 4, 4, "bnhd", dtype=torch.float64)
+    with pytest.raises(InvalidArgumentError, match="backend 'triton' cannot run here: dtype torch.float64"):
+        linear_attention(q, k, v, backend="triton")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(InvalidArgumentError, match="tensors are on the CPU"):
+            linear_attention(q.float(), k.float(), v.float(), backend="triton")
+        # "auto" on CPU tensors never picks Triton: the reference runs, even for fp64.
+        assert linear_attention(q, k, v).dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real-GPU shapes: bf16 tensor-core dots, N = 2^20")
+def test_large_bf16_problem_on_gpu():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 1 << 20, 8, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    out = linear_attention(q, k, v)
+    ref = linear_attention(q, k, v, backend="reference")
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=2**-7 * ref.abs().max().item())
