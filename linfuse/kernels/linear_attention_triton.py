@@ -61,6 +61,21 @@ def _store_tile(base, value, offs_n, offs_d, s_n, s_d, n_end, d_end):
     tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _split_range(split, TOKENS_PER_SPLIT, N):
+    start = split.to(tl.int64) * TOKENS_PER_SPLIT
+    return start, tl.minimum(start + TOKENS_PER_SPLIT, N)
+
+
+@triton.jit
+def _store_partial(MAT_PART, VEC_PART, bh, split, mat, vec, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Write one program's fp32 partial (d_k × d_v matrix and d_k vector) to slot [bh, split]."""
+    offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
+    part = (bh * tl.num_programs(0) + split).to(tl.int64)
+    tl.store(MAT_PART + part * BLOCK_DK * BLOCK_DV + offs_dk[:, None] * BLOCK_DV + offs_dv[None, :], mat)
+    tl.store(VEC_PART + part * BLOCK_DK + offs_dk, vec)
+
+
 @triton.jit(do_not_specialize=["N", "TOKENS_PER_SPLIT"])
 def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, N, H, DK, DV, TOKENS_PER_SPLIT,
                   FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
@@ -68,8 +83,7 @@ def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, 
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
     offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
-    start = split.to(tl.int64) * TOKENS_PER_SPLIT
-    end = tl.minimum(start + TOKENS_PER_SPLIT, N)
+    start, end = _split_range(split, TOKENS_PER_SPLIT, N)
     acc_s = tl.zeros((BLOCK_DK, BLOCK_DV), dtype=tl.float32)
     acc_z = tl.zeros((BLOCK_DK,), dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
@@ -79,9 +93,7 @@ def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, 
         phi_k = tl.where(k_mask, _phi(k, FEATURE), 0.0)
         acc_s += tl.dot(tl.trans(phi_k), v)
         acc_z += tl.sum(phi_k, axis=0)
-    part = (bh * tl.num_programs(0) + split).to(tl.int64)
-    tl.store(S_PART + part * BLOCK_DK * BLOCK_DV + offs_dk[:, None] * BLOCK_DV + offs_dv[None, :], acc_s)
-    tl.store(Z_PART + part * BLOCK_DK + offs_dk, acc_z)
+    _store_partial(S_PART, Z_PART, bh, split, acc_s, acc_z, BLOCK_DK, BLOCK_DV)
 
 
 @triton.jit
@@ -117,8 +129,7 @@ def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdo
     s, z = _load_state(S, Z, bh, BLOCK_DK, BLOCK_DV)
     q_base, do_base, dq_base = Q + b * sqb + h * sqh, DO + b * sdob + h * sdoh, DQ + b * sdqb + h * sdqh
     offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
-    start = split.to(tl.int64) * TOKENS_PER_SPLIT
-    end = tl.minimum(start + TOKENS_PER_SPLIT, NQ)
+    start, end = _split_range(split, TOKENS_PER_SPLIT, NQ)
     acc_r = tl.zeros((BLOCK_DK, BLOCK_DV), dtype=tl.float32)
     acc_rz = tl.zeros((BLOCK_DK,), dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
@@ -134,9 +145,7 @@ def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdo
         _store_tile(dq_base, d_phi * _phi_grad(q, FEATURE), offs_n, offs_dk, sdqn, sdqd, end, DK)
         acc_r += tl.dot(tl.trans(phi_q), d_num)
         acc_rz += tl.sum(phi_q * g[:, None], axis=0)
-    part = (bh * tl.num_programs(0) + split).to(tl.int64)
-    tl.store(R_PART + part * BLOCK_DK * BLOCK_DV + offs_dk[:, None] * BLOCK_DV + offs_dv[None, :], acc_r)
-    tl.store(RZ_PART + part * BLOCK_DK + offs_dk, acc_rz)
+    _store_partial(R_PART, RZ_PART, bh, split, acc_r, acc_rz, BLOCK_DK, BLOCK_DV)
 
 
 @triton.jit(do_not_specialize=["N"])
