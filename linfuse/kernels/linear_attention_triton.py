@@ -78,7 +78,8 @@ def _store_partial(MAT_PART, VEC_PART, bh, split, mat, vec, BLOCK_DK: tl.constex
 
 @triton.jit(do_not_specialize=["N", "TOKENS_PER_SPLIT"])
 def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, N, H, DK, DV, TOKENS_PER_SPLIT,
-                  FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                  FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  PRECISION: tl.constexpr):
     split, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
@@ -91,7 +92,7 @@ def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, 
         k, k_mask = _tile(k_base, offs_n, offs_dk, skn, skd, end, DK)
         v, _ = _tile(v_base, offs_n, offs_dv, svn, svd, end, DV)
         phi_k = tl.where(k_mask, _phi(k, FEATURE), 0.0)
-        acc_s += tl.dot(tl.trans(phi_k), v)
+        acc_s += tl.dot(tl.trans(phi_k), v, input_precision=PRECISION)
         acc_z += tl.sum(phi_k, axis=0)
     _store_partial(S_PART, Z_PART, bh, split, acc_s, acc_z, BLOCK_DK, BLOCK_DV)
 
@@ -107,7 +108,8 @@ def _load_state(S, Z, bh, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
 
 @triton.jit(do_not_specialize=["NQ"])
 def _output_kernel(Q, S, Z, OUT, sqb, sqn, sqh, sqd, sob, son, soh, sod, NQ, H, DK, DV, inv_n, eps,
-                   FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                   FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  PRECISION: tl.constexpr):
     tile, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     s, z = _load_state(S, Z, bh, BLOCK_DK, BLOCK_DV)
@@ -115,7 +117,7 @@ def _output_kernel(Q, S, Z, OUT, sqb, sqn, sqh, sqd, sob, son, soh, sod, NQ, H, 
     offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
     q, q_mask = _tile(Q + b * sqb + h * sqh, offs_n, offs_dk, sqn, sqd, NQ, DK)
     phi_q = tl.where(q_mask, _phi(q, FEATURE), 0.0)
-    numerator = tl.dot(phi_q, s) * inv_n
+    numerator = tl.dot(phi_q, s, input_precision=PRECISION) * inv_n
     denominator = tl.sum(phi_q * z[None, :], axis=1) * inv_n + eps
     _store_tile(OUT + b * sob + h * soh, numerator / denominator[:, None], offs_n, offs_dv, son, sod, NQ, DV)
 
@@ -123,7 +125,8 @@ def _output_kernel(Q, S, Z, OUT, sqb, sqn, sqh, sqd, sob, son, soh, sod, NQ, H, 
 @triton.jit(do_not_specialize=["NQ", "TOKENS_PER_SPLIT"])
 def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod,
                        sdqb, sdqn, sdqh, sdqd, NQ, H, DK, DV, inv_n, eps, TOKENS_PER_SPLIT,
-                       FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                       FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  PRECISION: tl.constexpr):
     split, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     s, z = _load_state(S, Z, bh, BLOCK_DK, BLOCK_DV)
@@ -138,12 +141,12 @@ def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdo
         d_out, _ = _tile(do_base, offs_n, offs_dv, sdon, sdod, end, DV)
         phi_q = tl.where(q_mask, _phi(q, FEATURE), 0.0)
         denominator = tl.sum(phi_q * z[None, :], axis=1) * inv_n + eps
-        out = tl.dot(phi_q, s) * inv_n / denominator[:, None]
+        out = tl.dot(phi_q, s, input_precision=PRECISION) * inv_n / denominator[:, None]
         d_num = d_out / denominator[:, None]
         g = -tl.sum(d_out * out, axis=1) / denominator
-        d_phi = (tl.dot(d_num, tl.trans(s)) + g[:, None] * z[None, :]) * inv_n
+        d_phi = (tl.dot(d_num, tl.trans(s), input_precision=PRECISION) + g[:, None] * z[None, :]) * inv_n
         _store_tile(dq_base, d_phi * _phi_grad(q, FEATURE), offs_n, offs_dk, sdqn, sdqd, end, DK)
-        acc_r += tl.dot(tl.trans(phi_q), d_num)
+        acc_r += tl.dot(tl.trans(phi_q), d_num, input_precision=PRECISION)
         acc_rz += tl.sum(phi_q * g[:, None], axis=0)
     _store_partial(R_PART, RZ_PART, bh, split, acc_r, acc_rz, BLOCK_DK, BLOCK_DV)
 
@@ -151,7 +154,8 @@ def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdo
 @triton.jit(do_not_specialize=["N"])
 def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, svh, svd, sgkb, sgkn, sgkh, sgkd,
                      sgvb, sgvn, sgvh, sgvd, N, H, DK, DV, inv_n,
-                     FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                     FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  PRECISION: tl.constexpr):
     tile, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     r, rz = _load_state(R, RZ, bh, BLOCK_DK, BLOCK_DV)
@@ -160,9 +164,10 @@ def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, 
     k, k_mask = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, N, DK)
     v, _ = _tile(V + b * svb + h * svh, offs_n, offs_dv, svn, svd, N, DV)
     phi_k = tl.where(k_mask, _phi(k, FEATURE), 0.0)
-    d_phi_k = (tl.dot(v, tl.trans(r)) + rz[None, :]) * inv_n
+    d_phi_k = (tl.dot(v, tl.trans(r), input_precision=PRECISION) + rz[None, :]) * inv_n
     _store_tile(DK_OUT + b * sgkb + h * sgkh, d_phi_k * _phi_grad(k, FEATURE), offs_n, offs_dk, sgkn, sgkd, N, DK)
-    _store_tile(DV_OUT + b * sgvb + h * sgvh, tl.dot(phi_k, r) * inv_n, offs_n, offs_dv, sgvn, sgvd, N, DV)
+    grad_v = tl.dot(phi_k, r, input_precision=PRECISION) * inv_n
+    _store_tile(DV_OUT + b * sgvb + h * sgvh, grad_v, offs_n, offs_dv, sgvn, sgvd, N, DV)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,6 +187,12 @@ def _bnhd(t: torch.Tensor, layout: str):
 
 def _block_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
+
+
+def _options(t: torch.Tensor, config: dict) -> dict:
+    """Launch options: fp32 inputs get IEEE fp32 dots (the user asked for fp32); half inputs TF32 tensor cores,
+    ample for a memory-bound kernel whose output is rounded to 8-11 bits anyway."""
+    return {"PRECISION": "ieee" if t.dtype == torch.float32 else "tf32", "num_warps": config["num_warps"]}
 
 
 def default_config(head_dim: int) -> dict:
@@ -205,7 +216,7 @@ def _state(k, v, layout, feature, config):
     z_part = _empty((batch * heads, splits, bdk), k, torch.float32)
     _state_kernel[(splits, batch * heads)](
         k, v, s_part, z_part, *k_strides, *v_strides, n, heads, dk, dv, tokens, FEATURE=feature, BLOCK_N=block_n,
-        BLOCK_DK=bdk, BLOCK_DV=bdv, num_warps=config["num_warps"])
+        BLOCK_DK=bdk, BLOCK_DV=bdv, **_options(k, config))
     return s_part.sum(1), z_part.sum(1)
 
 
@@ -215,7 +226,7 @@ def _output(q, s, z, n_keys, dv, layout, feature, eps, config):
     block_n = config["BLOCK_N"]
     _output_kernel[(triton.cdiv(nq, block_n), batch * heads)](
         q, s, z, out, *q_strides, *_bnhd(out, layout)[1], nq, heads, dk, dv, 1.0 / n_keys, eps, FEATURE=feature,
-        BLOCK_N=block_n, BLOCK_DK=s.shape[-2], BLOCK_DV=s.shape[-1], num_warps=config["num_warps"])
+        BLOCK_N=block_n, BLOCK_DK=s.shape[-2], BLOCK_DV=s.shape[-1], **_options(q, config))
     return out
 
 
@@ -229,7 +240,7 @@ def _query_grads(q, d_out, s, z, n_keys, layout, feature, eps, config):
     _query_grad_kernel[(splits, batch * heads)](
         q, d_out, s, z, dq, r_part, rz_part, *q_strides, *_bnhd(d_out, layout)[1], *_bnhd(dq, layout)[1], nq, heads,
         dk, dv, 1.0 / n_keys, eps, tokens, FEATURE=feature, BLOCK_N=block_n, BLOCK_DK=bdk, BLOCK_DV=bdv,
-        num_warps=config["num_warps"])
+        **_options(q, config))
     return dq, r_part.sum(1), rz_part.sum(1)
 
 
@@ -240,7 +251,7 @@ def _key_grads(k, v, r, rz, layout, feature, config):
     _key_grad_kernel[(triton.cdiv(n, block_n), batch * heads)](
         k, v, r, rz, grad_k, grad_v, *k_strides, *_bnhd(v, layout)[1], *_bnhd(grad_k, layout)[1],
         *_bnhd(grad_v, layout)[1], n, heads, dk, dv, 1.0 / n, FEATURE=feature, BLOCK_N=block_n,
-        BLOCK_DK=r.shape[-2], BLOCK_DV=r.shape[-1], num_warps=config["num_warps"])
+        BLOCK_DK=r.shape[-2], BLOCK_DV=r.shape[-1], **_options(k, config))
     return grad_k, grad_v
 
 
