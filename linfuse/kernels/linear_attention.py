@@ -1,17 +1,13 @@
 """Public entry point of non-causal normalised linear attention, with argument checks and backend dispatch."""
 
-import os
-
 import torch
 
 from ..errors import InvalidArgumentError
+from .dispatch import resolve_backend, use_triton
 from .feature_maps import FEATURE_MAPS
 from .linear_attention_reference import default_chunk_size, linear_attention_reference
 
 LAYOUTS = {"bnhd": 1, "bhnd": 2}
-BACKENDS = ("auto", "reference", "triton")
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_TRITON_HEAD_DIM = 256
 BACKEND_ENV = "LINFUSE_LINEAR_ATTENTION_BACKEND"
 DEFAULT_EPS = 1e-4
 
@@ -58,54 +54,19 @@ def linear_attention(
         inputs (fp64 for fp64); memory beyond the output is one fp32 chunk plus the state.
     """
     seq_dim = _check_inputs(q, k, v, feature_map=feature_map, eps=eps, layout=layout)
-    backend = _resolve_backend(backend)
+    backend = resolve_backend(backend, BACKEND_ENV)
     batch, heads, head_dim = q.shape[0], q.shape[3 - seq_dim], q.shape[-1]
     if chunk_size is None:
         chunk_size = default_chunk_size(batch, heads, max(head_dim, v.shape[-1]), max(q.shape[seq_dim], 1))
     elif not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if _use_triton(backend, q, v):
+    if use_triton(backend, q, max(q.shape[-1], v.shape[-1])):
         from .linear_attention_triton import linear_attention_triton
 
         return linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout)
     return linear_attention_reference(
         q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim, chunk_size=chunk_size
     )
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _use_triton(backend: str, q: torch.Tensor, v: torch.Tensor) -> bool:
-    """Decide the backend; a forced "triton" that cannot run raises instead of silently falling back."""
-    if backend == "reference":
-        return False
-    problems = []
-    if not triton_available():
-        problems.append("the triton package is not installed (pip install triton)")
-    if q.dtype not in TRITON_DTYPES:
-        problems.append(f"dtype {q.dtype} is not one of fp16, bf16, fp32")
-    if max(q.shape[-1], v.shape[-1]) > MAX_TRITON_HEAD_DIM:
-        problems.append(f"head dims above {MAX_TRITON_HEAD_DIM} are not supported")
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        problems.append("tensors are on the CPU; use CUDA tensors, or set TRITON_INTERPRET=1 before importing linfuse")
-    if backend == "triton" and problems:
-        raise InvalidArgumentError("backend 'triton' cannot run here: " + "; ".join(problems))
-    return backend == "triton" or (q.is_cuda and not problems)
-
-
-def _resolve_backend(backend: str | None) -> str:
-    source = "backend"
-    if backend is None:
-        backend, source = os.environ.get(BACKEND_ENV, "auto"), BACKEND_ENV
-    if backend not in BACKENDS:
-        raise InvalidArgumentError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    return backend
 
 
 def _check_inputs(q, k, v, *, feature_map: str, eps: float, layout: str) -> int:

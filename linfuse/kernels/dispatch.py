@@ -1,0 +1,47 @@
+"""Backend choice shared by the kernels: the PyTorch reference or Triton (CUDA, or the interpreter on CPU)."""
+
+import os
+
+import torch
+
+from ..errors import InvalidArgumentError
+
+BACKENDS = ("auto", "reference", "triton")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_TRITON_HEAD_DIM = 256
+
+
+def resolve_backend(backend: str | None, env_name: str) -> str:
+    """The backend argument, or the environment variable ``env_name`` when it is None (default "auto")."""
+    source = "backend"
+    if backend is None:
+        backend, source = os.environ.get(env_name, "auto"), env_name
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(backend: str, q: torch.Tensor, head_dim: int) -> bool:
+    """"auto" picks Triton for CUDA tensors it supports; a forced "triton" that cannot run raises and says why."""
+    if backend == "reference":
+        return False
+    problems = []
+    if not triton_available():
+        problems.append("the triton package is not installed (pip install triton)")
+    if q.dtype not in TRITON_DTYPES:
+        problems.append(f"dtype {q.dtype} is not one of fp16, bf16, fp32")
+    if head_dim > MAX_TRITON_HEAD_DIM:
+        problems.append(f"head dims above {MAX_TRITON_HEAD_DIM} are not supported")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        problems.append("tensors are on the CPU; use CUDA tensors, or set TRITON_INTERPRET=1 before importing linfuse")
+    if backend == "triton" and problems:
+        raise InvalidArgumentError("backend 'triton' cannot run here: " + "; ".join(problems))
+    return backend == "triton" or (q.is_cuda and not problems)
