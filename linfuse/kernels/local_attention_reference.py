@@ -93,3 +93,17 @@ def local_attention_chunked(q, k, v, *, grid, radius, window, num_global, scale,
 def sdpa_with_mask(q, k, v, mask, scale):
     """torch's SDPA with the same boolean mask; the baseline the benchmarks compare against."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def count_visible_pairs(grid: tuple[int, int], radius: int, window: str, num_global: int = 0) -> int:
+    """Number of (query, key) pairs the window admits: the FLOP count of local attention is 4·d·pairs per head."""
+    height, width = grid
+    cols = torch.arange(width)
+    pairs = num_global * (num_global + height * width)  # global queries see every key
+    for y in range(height):
+        ky0, ky1 = key_rows(y, y, radius=radius, window=window, size=height)
+        ky, kx = (t.reshape(-1) for t in torch.meshgrid(torch.arange(ky0, ky1 + 1), cols, indexing="ij"))
+        seen = window_contains(torch.full_like(cols, y)[:, None], cols[:, None], ky[None, :], kx[None, :],
+                               radius=radius, window=window, grid=grid)
+        pairs += int(seen.sum()) + width * num_global
+    return pairs
