@@ -93,3 +93,25 @@ def test_large_bf16_problem_on_gpu():
     out = linear_attention(q, k, v)
     ref = linear_attention(q, k, v, backend="reference")
     torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=2**-7 * ref.abs().max().item())
+
+
+def test_linfusion_processors_go_through_the_kernel_dispatch(monkeypatch):
+    """A linearized UNet gives the same output with the Triton backend as with the reference (as on CUDA)."""
+    from tiny_models import tiny_unet, unet_inputs
+
+    import linfuse
+
+    unet = tiny_unet("sd15").to(DEVICE)
+    linfuse.linearize(unet)
+    inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in unet_inputs(unet, batch=1).items()}
+    calls = []
+    kernel = lat.linear_attention_triton
+    monkeypatch.setattr(lat, "linear_attention_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    with torch.no_grad():
+        monkeypatch.setenv("LINFUSE_LINEAR_ATTENTION_BACKEND", "reference")
+        reference = unet(**inputs).sample
+        monkeypatch.setenv("LINFUSE_LINEAR_ATTENTION_BACKEND", "triton")
+        assert not calls
+        with_triton = unet(**inputs).sample
+    assert len(calls) == 16  # every converted layer ran the Triton kernel
+    torch.testing.assert_close(with_triton, reference, rtol=1e-4, atol=1e-5)
