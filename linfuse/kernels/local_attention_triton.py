@@ -120,10 +120,10 @@ def _grad_step(dq_acc, s, q, k, v, d_out, lse, delta, q_valid, krows, kvalid, DK
     p = tl.where(q_valid[:, None], tl.exp2(s - lse[:, None]), 0.0)
     offs_d, offs_dv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
     dv_ptrs = DV_BUF + krows[:, None] * sgn + offs_dv[None, :] * sgd
-    tl.atomic_add(dv_ptrs, tl.dot(tl.trans(p), d_out, input_precision=PRECISION),
+    tl.atomic_add(dv_ptrs, tl.dot(tl.trans(p.to(d_out.dtype)), d_out, input_precision=PRECISION),
                   mask=kvalid[:, None] & (offs_dv[None, :] < DV))
     dp = tl.dot(d_out, tl.trans(v), input_precision=PRECISION)
-    ds = p * (dp - delta[:, None]) * scale
+    ds = (p * (dp - delta[:, None]) * scale).to(q.dtype)  # tensor-core operands share the input dtype
     dk_ptrs = DK_BUF + krows[:, None] * sgn + offs_d[None, :] * sgd
     tl.atomic_add(dk_ptrs, tl.dot(tl.trans(ds), q, input_precision=PRECISION),
                   mask=kvalid[:, None] & (offs_d[None, :] < D))
@@ -167,7 +167,8 @@ def _kernel(Q, K, V, OUT, LSE, DO, DELTA, DQ, DK_BUF, DV_BUF,
     else:
         rows = ((pid - n_image_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         q_valid = rows < G
-        qy, qx = rows * 0, rows * 0
+        qy = tl.zeros((BLOCK_M,), tl.int32)  # unused for global queries; same type as the image branch's
+        qx = qy
         n_global_keys = n_total  # a global query sees every key: walk them all as one 1-D range
     q = _load_rows(q_base, rows, q_valid, sqn, sqd, D, BLOCK_D)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
