@@ -40,9 +40,7 @@ def local_attention_mask(grid: tuple[int, int], radius: int, window: str, num_gl
 def _attend(q, k, v, mask, scale):
     """softmax(q kᵀ·scale, masked) v for (B, H, Nq, d) tensors, computed in at least fp32."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v.to(acc)
+    return F.scaled_dot_product_attention(q.to(acc), k.to(acc), v.to(acc), attn_mask=mask, scale=scale)
 
 
 def local_attention_dense(q, k, v, *, grid, radius, window, num_global, scale):
@@ -89,10 +87,6 @@ def local_attention_chunked(q, k, v, *, grid, radius, window, num_global, scale,
         out[..., q_index, :] = band.to(q.dtype)
     return out
 
-
-def sdpa_with_mask(q, k, v, mask, scale):
-    """torch's SDPA with the same boolean mask; the baseline the benchmarks compare against."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def count_visible_pairs(grid: tuple[int, int], radius: int, window: str, num_global: int = 0) -> int:
