@@ -55,6 +55,15 @@ def _tile(base, offs_n, offs_d, s_n, s_d, n_end, d_end):
 
 
 @triton.jit
+def _load_pair(x_base, y_base, offs_n, s_xn, s_xd, s_yn, s_yd, n_end, DX, DY, FEATURE: tl.constexpr,
+               BLOCK_DX: tl.constexpr, BLOCK_DY: tl.constexpr):
+    """Tiles x, φ(x) (zero outside the valid region) and the matching tile of y, all fp32."""
+    x, mask = _tile(x_base, offs_n, tl.arange(0, BLOCK_DX), s_xn, s_xd, n_end, DX)
+    y, _ = _tile(y_base, offs_n, tl.arange(0, BLOCK_DY), s_yn, s_yd, n_end, DY)
+    return x, tl.where(mask, _phi(x, FEATURE), 0.0), y
+
+
+@triton.jit
 def _store_tile(base, value, offs_n, offs_d, s_n, s_d, n_end, d_end):
     mask = (offs_n[:, None] < n_end) & (offs_d[None, :] < d_end)
     ptrs = base + offs_n[:, None].to(tl.int64) * s_n + offs_d[None, :].to(tl.int64) * s_d
@@ -83,15 +92,12 @@ def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, 
     split, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
-    offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
     start, end = _split_range(split, TOKENS_PER_SPLIT, N)
     acc_s = tl.zeros((BLOCK_DK, BLOCK_DV), dtype=tl.float32)
     acc_z = tl.zeros((BLOCK_DK,), dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        k, k_mask = _tile(k_base, offs_n, offs_dk, skn, skd, end, DK)
-        v, _ = _tile(v_base, offs_n, offs_dv, svn, svd, end, DV)
-        phi_k = tl.where(k_mask, _phi(k, FEATURE), 0.0)
+        _, phi_k, v = _load_pair(k_base, v_base, offs_n, skn, skd, svn, svd, end, DK, DV, FEATURE, BLOCK_DK, BLOCK_DV)
         acc_s += tl.dot(tl.trans(phi_k), v, input_precision=PRECISION)
         acc_z += tl.sum(phi_k, axis=0)
     _store_partial(S_PART, Z_PART, bh, split, acc_s, acc_z, BLOCK_DK, BLOCK_DV)
@@ -131,15 +137,14 @@ def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdo
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     s, z = _load_state(S, Z, bh, BLOCK_DK, BLOCK_DV)
     q_base, do_base, dq_base = Q + b * sqb + h * sqh, DO + b * sdob + h * sdoh, DQ + b * sdqb + h * sdqh
-    offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
+    offs_dk = tl.arange(0, BLOCK_DK)
     start, end = _split_range(split, TOKENS_PER_SPLIT, NQ)
     acc_r = tl.zeros((BLOCK_DK, BLOCK_DV), dtype=tl.float32)
     acc_rz = tl.zeros((BLOCK_DK,), dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        q, q_mask = _tile(q_base, offs_n, offs_dk, sqn, sqd, end, DK)
-        d_out, _ = _tile(do_base, offs_n, offs_dv, sdon, sdod, end, DV)
-        phi_q = tl.where(q_mask, _phi(q, FEATURE), 0.0)
+        q, phi_q, d_out = _load_pair(q_base, do_base, offs_n, sqn, sqd, sdon, sdod, end, DK, DV, FEATURE, BLOCK_DK,
+                                     BLOCK_DV)
         denominator = tl.sum(phi_q * z[None, :], axis=1) * inv_n + eps
         out = tl.dot(phi_q, s, input_precision=PRECISION) * inv_n / denominator[:, None]
         d_num = d_out / denominator[:, None]
@@ -161,9 +166,8 @@ def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, 
     r, rz = _load_state(R, RZ, bh, BLOCK_DK, BLOCK_DV)
     offs_n = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
-    k, k_mask = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, N, DK)
-    v, _ = _tile(V + b * svb + h * svh, offs_n, offs_dv, svn, svd, N, DV)
-    phi_k = tl.where(k_mask, _phi(k, FEATURE), 0.0)
+    k, phi_k, v = _load_pair(K + b * skb + h * skh, V + b * svb + h * svh, offs_n, skn, skd, svn, svd, N, DK, DV,
+                             FEATURE, BLOCK_DK, BLOCK_DV)
     d_phi_k = (tl.dot(v, tl.trans(r), input_precision=PRECISION) + rz[None, :]) * inv_n
     _store_tile(DK_OUT + b * sgkb + h * sgkh, d_phi_k * _phi_grad(k, FEATURE), offs_n, offs_dk, sgkn, sgkd, N, DK)
     grad_v = tl.dot(phi_k, r, input_precision=PRECISION) * inv_n
