@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from linfuse.errors import InvalidArgumentError
 from linfuse.kernels import local_attention, local_attention_chunked, local_attention_dense, local_attention_mask
 from linfuse.kernels import local_attention_triton as lot
+from linfuse.kernels.local_attention_reference import count_visible_pairs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -40,6 +41,14 @@ def test_global_tokens_see_everything_and_are_seen_by_everyone():
     mask = local_attention_mask((4, 4), 1, "circle", num_global=3)
     assert mask[:3].all() and mask[:, :3].all()
     assert mask[3:, 3:].sum() == 16  # radius 1: each image query sees only itself
+
+
+@pytest.mark.parametrize("window", ["circle", "square"])
+@pytest.mark.parametrize("grid, radius, num_global", [((23, 17), 4, 5), ((6, 6), 9, 0)])
+def test_banded_pair_count_equals_the_mask(window, grid, radius, num_global):
+    """The benchmark's FLOP count comes from this banded count; it must equal the dense mask's."""
+    assert count_visible_pairs(grid, radius, window, num_global) == local_attention_mask(
+        grid, radius, window, num_global).sum()
 
 
 @pytest.mark.parametrize("window", ["circle", "square"])

@@ -54,16 +54,15 @@ def linear_attention(
         inputs (fp64 for fp64); memory beyond the output is one fp32 chunk plus the state.
     """
     seq_dim = _check_inputs(q, k, v, feature_map=feature_map, eps=eps, layout=layout)
-    backend = resolve_backend(backend, BACKEND_ENV)
-    batch, heads, head_dim = q.shape[0], q.shape[3 - seq_dim], q.shape[-1]
-    if chunk_size is None:
-        chunk_size = default_chunk_size(batch, heads, max(head_dim, v.shape[-1]), max(q.shape[seq_dim], 1))
-    elif not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if use_triton(backend, q, max(q.shape[-1], v.shape[-1])):
+    head_dim = max(q.shape[-1], v.shape[-1])
+    if use_triton(resolve_backend(backend, BACKEND_ENV), q, head_dim):
         from .linear_attention_triton import linear_attention_triton
 
         return linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout)
+    if chunk_size is None:  # the reference's chunking; the Triton kernels tile on their own
+        chunk_size = default_chunk_size(q.shape[0], q.shape[3 - seq_dim], head_dim, max(q.shape[seq_dim], 1))
     return linear_attention_reference(
         q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim, chunk_size=chunk_size
     )

@@ -19,11 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_utils import block_dim, bnhd, dot_precision
+from .triton_utils import empty as _empty  # a module name of its own, so tests can poison it
+
 FEATURE_CODES = {"elu1": 0, "relu": 1, "identity": 2}
 # Every configuration the launcher may pick; the tests run each one. BLOCK_N tokens per tile.
 CONFIGS = ({"BLOCK_N": 16, "num_warps": 2}, {"BLOCK_N": 32, "num_warps": 4}, {"BLOCK_N": 64, "num_warps": 4},
            {"BLOCK_N": 128, "num_warps": 8})
-MAX_HEAD_DIM = 256
 
 
 @triton.jit
@@ -55,12 +57,27 @@ def _tile(base, offs_n, offs_d, s_n, s_d, n_end, d_end):
 
 
 @triton.jit
+def _load_phi(base, offs_n, s_n, s_d, n_end, D, FEATURE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Tiles x and φ(x) (zero outside the valid region), fp32."""
+    x, mask = _tile(base, offs_n, tl.arange(0, BLOCK_D), s_n, s_d, n_end, D)
+    return x, tl.where(mask, _phi(x, FEATURE), 0.0)
+
+
+@triton.jit
 def _load_pair(x_base, y_base, offs_n, s_xn, s_xd, s_yn, s_yd, n_end, DX, DY, FEATURE: tl.constexpr,
                BLOCK_DX: tl.constexpr, BLOCK_DY: tl.constexpr):
-    """Tiles x, φ(x) (zero outside the valid region) and the matching tile of y, all fp32."""
-    x, mask = _tile(x_base, offs_n, tl.arange(0, BLOCK_DX), s_xn, s_xd, n_end, DX)
+    """Tiles x, φ(x) and the matching tile of y, all fp32."""
+    x, phi_x = _load_phi(x_base, offs_n, s_xn, s_xd, n_end, DX, FEATURE, BLOCK_DX)
     y, _ = _tile(y_base, offs_n, tl.arange(0, BLOCK_DY), s_yn, s_yd, n_end, DY)
-    return x, tl.where(mask, _phi(x, FEATURE), 0.0), y
+    return x, phi_x, y
+
+
+@triton.jit
+def _token_tile(H, BLOCK_N: tl.constexpr):
+    """For the grid (token tiles, B·H): this program's (b·h, b, h, token offsets)."""
+    tile, bh = tl.program_id(0), tl.program_id(1)
+    offs_n = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), offs_n
 
 
 @triton.jit
@@ -115,24 +132,21 @@ def _load_state(S, Z, bh, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
 @triton.jit(do_not_specialize=["NQ"])
 def _output_kernel(Q, S, Z, OUT, sqb, sqn, sqh, sqd, sob, son, soh, sod, NQ, H, DK, DV, inv_n, eps,
                    FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  PRECISION: tl.constexpr):
-    tile, bh = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+                   PRECISION: tl.constexpr):
+    bh, b, h, offs_n = _token_tile(H, BLOCK_N)
     s, z = _load_state(S, Z, bh, BLOCK_DK, BLOCK_DV)
-    offs_n = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
-    q, q_mask = _tile(Q + b * sqb + h * sqh, offs_n, offs_dk, sqn, sqd, NQ, DK)
-    phi_q = tl.where(q_mask, _phi(q, FEATURE), 0.0)
+    _, phi_q = _load_phi(Q + b * sqb + h * sqh, offs_n, sqn, sqd, NQ, DK, FEATURE, BLOCK_DK)
     numerator = tl.dot(phi_q, s, input_precision=PRECISION) * inv_n
     denominator = tl.sum(phi_q * z[None, :], axis=1) * inv_n + eps
-    _store_tile(OUT + b * sob + h * soh, numerator / denominator[:, None], offs_n, offs_dv, son, sod, NQ, DV)
+    _store_tile(OUT + b * sob + h * soh, numerator / denominator[:, None], offs_n, tl.arange(0, BLOCK_DV), son, sod,
+                NQ, DV)
 
 
 @triton.jit(do_not_specialize=["NQ", "TOKENS_PER_SPLIT"])
 def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod,
                        sdqb, sdqn, sdqh, sdqd, NQ, H, DK, DV, inv_n, eps, TOKENS_PER_SPLIT,
                        FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                       PRECISION: tl.constexpr):
     split, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     s, z = _load_state(S, Z, bh, BLOCK_DK, BLOCK_DV)
@@ -160,11 +174,9 @@ def _query_grad_kernel(Q, DO, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd, sdo
 def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, svh, svd, sgkb, sgkn, sgkh, sgkd,
                      sgvb, sgvn, sgvh, sgvd, N, H, DK, DV, inv_n,
                      FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  PRECISION: tl.constexpr):
-    tile, bh = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+                     PRECISION: tl.constexpr):
+    bh, b, h, offs_n = _token_tile(H, BLOCK_N)
     r, rz = _load_state(R, RZ, bh, BLOCK_DK, BLOCK_DV)
-    offs_n = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dk, offs_dv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
     k, phi_k, v = _load_pair(K + b * skb + h * skh, V + b * svb + h * svh, offs_n, skn, skd, svn, svd, N, DK, DV,
                              FEATURE, BLOCK_DK, BLOCK_DV)
@@ -178,25 +190,8 @@ def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, 
 # Launchers. Shapes are (B, N, H, d) semantically; `layout` says how the tensor's dimensions are ordered.
 
 
-def _empty(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """Every buffer a kernel writes comes from here (tests fill it with NaN to catch unwritten elements)."""
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
-
-
-def _bnhd(t: torch.Tensor, layout: str):
-    """(sizes, strides) of t in (batch, token, head, feature) order."""
-    order = (0, 1, 2, 3) if layout == "bnhd" else (0, 2, 1, 3)
-    return [t.shape[i] for i in order], [t.stride(i) for i in order]
-
-
-def _block_dim(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
 def _options(t: torch.Tensor, config: dict) -> dict:
-    """Launch options: fp32 inputs get IEEE fp32 dots (the user asked for fp32); half inputs TF32 tensor cores,
-    ample for a memory-bound kernel whose output is rounded to 8-11 bits anyway."""
-    return {"PRECISION": "ieee" if t.dtype == torch.float32 else "tf32", "num_warps": config["num_warps"]}
+    return {"PRECISION": dot_precision(t.dtype), "num_warps": config["num_warps"]}
 
 
 def default_config(head_dim: int) -> dict:
@@ -212,9 +207,9 @@ def _split(n: int, programs_per_split: int, block_n: int, device: torch.device) 
 
 
 def _state(k, v, layout, feature, config):
-    (batch, n, heads, dk), k_strides = _bnhd(k, layout)
-    dv, v_strides = v.shape[-1], _bnhd(v, layout)[1]
-    bdk, bdv, block_n = _block_dim(dk), _block_dim(dv), config["BLOCK_N"]
+    (batch, n, heads, dk), k_strides = bnhd(k, layout)
+    dv, v_strides = v.shape[-1], bnhd(v, layout)[1]
+    bdk, bdv, block_n = block_dim(dk), block_dim(dv), config["BLOCK_N"]
     splits, tokens = _split(n, batch * heads, block_n, k.device)
     s_part = _empty((batch * heads, splits, bdk, bdv), k, torch.float32)
     z_part = _empty((batch * heads, splits, bdk), k, torch.float32)
@@ -225,36 +220,36 @@ def _state(k, v, layout, feature, config):
 
 
 def _output(q, s, z, n_keys, dv, layout, feature, eps, config):
-    (batch, nq, heads, dk), q_strides = _bnhd(q, layout)
+    (batch, nq, heads, dk), q_strides = bnhd(q, layout)
     out = _empty(q.shape[:-1] + (dv,), q)
     block_n = config["BLOCK_N"]
     _output_kernel[(triton.cdiv(nq, block_n), batch * heads)](
-        q, s, z, out, *q_strides, *_bnhd(out, layout)[1], nq, heads, dk, dv, 1.0 / n_keys, eps, FEATURE=feature,
+        q, s, z, out, *q_strides, *bnhd(out, layout)[1], nq, heads, dk, dv, 1.0 / n_keys, eps, FEATURE=feature,
         BLOCK_N=block_n, BLOCK_DK=s.shape[-2], BLOCK_DV=s.shape[-1], **_options(q, config))
     return out
 
 
 def _query_grads(q, d_out, s, z, n_keys, layout, feature, eps, config):
-    (batch, nq, heads, dk), q_strides = _bnhd(q, layout)
+    (batch, nq, heads, dk), q_strides = bnhd(q, layout)
     dv, bdk, bdv, block_n = d_out.shape[-1], s.shape[-2], s.shape[-1], config["BLOCK_N"]
     splits, tokens = _split(nq, batch * heads, block_n, q.device)
     dq = _empty(q.shape, q)
     r_part = _empty((batch * heads, splits, bdk, bdv), q, torch.float32)
     rz_part = _empty((batch * heads, splits, bdk), q, torch.float32)
     _query_grad_kernel[(splits, batch * heads)](
-        q, d_out, s, z, dq, r_part, rz_part, *q_strides, *_bnhd(d_out, layout)[1], *_bnhd(dq, layout)[1], nq, heads,
+        q, d_out, s, z, dq, r_part, rz_part, *q_strides, *bnhd(d_out, layout)[1], *bnhd(dq, layout)[1], nq, heads,
         dk, dv, 1.0 / n_keys, eps, tokens, FEATURE=feature, BLOCK_N=block_n, BLOCK_DK=bdk, BLOCK_DV=bdv,
         **_options(q, config))
     return dq, r_part.sum(1), rz_part.sum(1)
 
 
 def _key_grads(k, v, r, rz, layout, feature, config):
-    (batch, n, heads, dk), k_strides = _bnhd(k, layout)
+    (batch, n, heads, dk), k_strides = bnhd(k, layout)
     dv, block_n = v.shape[-1], config["BLOCK_N"]
     grad_k, grad_v = _empty(k.shape, k), _empty(v.shape, v)
     _key_grad_kernel[(triton.cdiv(n, block_n), batch * heads)](
-        k, v, r, rz, grad_k, grad_v, *k_strides, *_bnhd(v, layout)[1], *_bnhd(grad_k, layout)[1],
-        *_bnhd(grad_v, layout)[1], n, heads, dk, dv, 1.0 / n, FEATURE=feature, BLOCK_N=block_n,
+        k, v, r, rz, grad_k, grad_v, *k_strides, *bnhd(v, layout)[1], *bnhd(grad_k, layout)[1],
+        *bnhd(grad_v, layout)[1], n, heads, dk, dv, 1.0 / n, FEATURE=feature, BLOCK_N=block_n,
         BLOCK_DK=r.shape[-2], BLOCK_DV=r.shape[-1], **_options(k, config))
     return grad_k, grad_v
 

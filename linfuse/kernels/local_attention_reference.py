@@ -57,6 +57,17 @@ def key_rows(y0: int, y1: int, *, radius: int, window: str, size: int) -> tuple[
     return min(max(y0 - radius, 0), top), min(min(max(y1 - radius, 0), top) + 2 * radius, size - 1)
 
 
+def _band(y0: int, y1: int, *, grid, radius: int, window: str, device=None):
+    """Image query rows [y0, y1] against the key rows they can see: (visibility mask, first key row, key count)."""
+    width = grid[1]
+    ky0, ky1 = key_rows(y0, y1, radius=radius, window=window, size=grid[0])
+    cols = torch.arange(width, device=device)
+    qy, qx = (t.reshape(-1) for t in torch.meshgrid(torch.arange(y0, y1 + 1, device=device), cols, indexing="ij"))
+    ky, kx = (t.reshape(-1) for t in torch.meshgrid(torch.arange(ky0, ky1 + 1, device=device), cols, indexing="ij"))
+    mask = window_contains(qy[:, None], qx[:, None], ky[None, :], kx[None, :], radius=radius, window=window, grid=grid)
+    return mask, ky0, len(ky)
+
+
 def local_attention_chunked(q, k, v, *, grid, radius, window, num_global, scale, rows_per_chunk: int = 8):
     """Memory-bounded reference for large grids; inputs (B, H, N, d).
 
@@ -64,40 +75,29 @@ def local_attention_chunked(q, k, v, *, grid, radius, window, num_global, scale,
     band can see; global queries in blocks of 64 against all keys. Peak memory is O(band × visible keys).
     """
     height, width = grid
-    out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-    all_keys = torch.ones(1, k.shape[-2], dtype=torch.bool, device=q.device)
+    device = q.device
+    out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=device)
+    all_keys = torch.ones(1, k.shape[-2], dtype=torch.bool, device=device)
     for start in range(0, num_global, 64):
         stop = min(start + 64, num_global)
         out[..., start:stop, :] = _attend(q[..., start:stop, :], k, v, all_keys, scale).to(q.dtype)
     for y0 in range(0, height, rows_per_chunk):
         y1 = min(y0 + rows_per_chunk, height) - 1
-        ky0, ky1 = key_rows(y0, y1, radius=radius, window=window, size=height)
-        q_rows = torch.arange(y0, y1 + 1, device=q.device)
-        k_rows = torch.arange(ky0, ky1 + 1, device=q.device)
-        cols = torch.arange(width, device=q.device)
-        qy, qx = (t.reshape(-1) for t in torch.meshgrid(q_rows, cols, indexing="ij"))
-        ky, kx = (t.reshape(-1) for t in torch.meshgrid(k_rows, cols, indexing="ij"))
-        image = window_contains(qy[:, None], qx[:, None], ky[None, :], kx[None, :], radius=radius, window=window,
-                                grid=grid)
-        mask = torch.cat([image.new_ones(len(qy), num_global), image], dim=1)
-        q_index = num_global + y0 * width + torch.arange(len(qy), device=q.device)
-        k_index = torch.cat([torch.arange(num_global, device=q.device), num_global + ky0 * width +
-                             torch.arange(len(ky), device=q.device)])
+        image, ky0, n_keys = _band(y0, y1, grid=grid, radius=radius, window=window, device=device)
+        mask = torch.cat([image.new_ones(len(image), num_global), image], dim=1)
+        q_index = num_global + y0 * width + torch.arange(len(image), device=device)
+        k_index = torch.cat([torch.arange(num_global, device=device),
+                             num_global + ky0 * width + torch.arange(n_keys, device=device)])
         band = _attend(q[..., q_index, :], k[..., k_index, :], v[..., k_index, :], mask, scale)
         out[..., q_index, :] = band.to(q.dtype)
     return out
 
 
-
 def count_visible_pairs(grid: tuple[int, int], radius: int, window: str, num_global: int = 0) -> int:
     """Number of (query, key) pairs the window admits: the FLOP count of local attention is 4·d·pairs per head."""
     height, width = grid
-    cols = torch.arange(width)
     pairs = num_global * (num_global + height * width)  # global queries see every key
-    for y in range(height):
-        ky0, ky1 = key_rows(y, y, radius=radius, window=window, size=height)
-        ky, kx = (t.reshape(-1) for t in torch.meshgrid(torch.arange(ky0, ky1 + 1), cols, indexing="ij"))
-        seen = window_contains(torch.full_like(cols, y)[:, None], cols[:, None], ky[None, :], kx[None, :],
-                               radius=radius, window=window, grid=grid)
-        pairs += int(seen.sum()) + width * num_global
+    for y0 in range(0, height, 8):
+        image, _, _ = _band(y0, min(y0 + 8, height) - 1, grid=grid, radius=radius, window=window)
+        pairs += int(image.sum()) + len(image) * num_global
     return pairs

@@ -11,12 +11,12 @@ atomics (a key is seen by several query tiles), dQ = dS K · scale written once,
 Δ = rowsum(dO ⊙ O).
 """
 
-
 import torch
 import triton
 import triton.language as tl
 
-from .linear_attention_triton import _bnhd
+from .triton_utils import block_dim, bnhd, dot_precision
+from .triton_utils import empty as _empty  # a module name of its own, so tests can poison it
 
 WINDOW_CODES = {"circle": 0, "square": 1}
 # Query patch and key sub-tile shapes the launcher may pick; the tests run each one.
@@ -226,11 +226,6 @@ def _kernel(Q, K, V, OUT, LSE, DO, DELTA, DQ, DK_BUF, DV_BUF,
 # Launchers.
 
 
-def _empty(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """Every buffer the forward writes comes from here (tests fill it with NaN to catch unwritten elements)."""
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
-
-
 def default_config(grid: tuple[int, int], radius: int) -> dict:
     """Larger patches for larger windows: the halo is then a smaller share of the keys walked."""
     if radius >= 16 and min(grid) >= 16:
@@ -240,18 +235,18 @@ def default_config(grid: tuple[int, int], radius: int) -> dict:
 
 def _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *, layout, grid, radius, window, num_global,
             scale, config, backward):
-    (batch, n, heads, d), q_strides = _bnhd(q, layout)
+    (batch, n, heads, d), q_strides = bnhd(q, layout)
     (tile_h, tile_w), (key_h, key_w) = config["TILE"], config["KEY"]
     n_tiles_x = triton.cdiv(grid[1], tile_w)
     n_image_tiles = triton.cdiv(grid[0], tile_h) * n_tiles_x
     programs = n_image_tiles + triton.cdiv(num_global, tile_h * tile_w)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = block_dim(d)
     _kernel[(programs, batch * heads)](
-        q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *q_strides, *_bnhd(k, layout)[1],
-        *_bnhd(v, layout)[1], *_bnhd(out, layout)[1], *_bnhd(dk_buf, "bnhd")[1], num_global, grid[0], grid[1],
+        q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *q_strides, *bnhd(k, layout)[1],
+        *bnhd(v, layout)[1], *bnhd(out, layout)[1], *bnhd(dk_buf, "bnhd")[1], num_global, grid[0], grid[1],
         heads, d, v.shape[-1], radius, scale, scale * LOG2E, n_tiles_x, n_image_tiles,
         WINDOW=WINDOW_CODES[window], BACKWARD=backward, TILE_H=tile_h, TILE_W=tile_w, KEY_H=key_h, KEY_W=key_w,
-        BLOCK_D=block_d, BLOCK_DV=block_d, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        BLOCK_D=block_d, BLOCK_DV=block_d, PRECISION=dot_precision(q.dtype),
         num_warps=config["num_warps"])
 
 
@@ -259,7 +254,7 @@ class LocalAttentionTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout, grid, radius, window, num_global, scale, config):
         config = config or default_config(grid, radius)
-        (batch, n, heads, _), _ = _bnhd(q, layout)
+        (batch, n, heads, _), _ = bnhd(q, layout)
         out = _empty(q.shape, q)
         lse = _empty((batch * heads, n), q, torch.float32)
         options = dict(layout=layout, grid=grid, radius=radius, window=window, num_global=num_global, scale=scale,
@@ -274,7 +269,7 @@ class LocalAttentionTriton(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         layout = ctx.options["layout"]
         d_out = d_out.contiguous() if d_out.stride() != out.stride() else d_out
-        (batch, n, heads, d), _ = _bnhd(q, layout)
+        (batch, n, heads, d), _ = bnhd(q, layout)
         seq_dim = 1 if layout == "bnhd" else 2
         delta = (d_out.float() * out.float()).sum(-1)  # Δ_i = dO_i · O_i, in q's layout without d
         delta = (delta if layout == "bhnd" else delta.transpose(1, 2)).reshape(batch * heads, n).contiguous()
