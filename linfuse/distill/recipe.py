@@ -1,0 +1,181 @@
+"""``linfuse distill CONFIG.yaml``: LinFusion distillation of a pipeline's UNet into linear self-attention.
+
+The teacher is the pipeline's UNet, frozen. The student is a copy of it with every ``attn1`` converted (teacher
+projections, zero-initialised mixers, or ``init_weights``); only the linear-attention processors train. Timesteps are
+uniform over the training schedule, noise is added with ``DDPMScheduler.add_noise``; see ``losses`` for the loss.
+"""
+
+import copy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..linearize import get_method, linearize, save_linear_weights
+from ..linearize.convert import linearized_layers
+from .config import from_mapping, read_yaml
+from .data import DataConfig, build_source
+from .losses import AttentionOutputs, linfusion_loss, task_target
+from .trainer import Trainer, TrainSettings, make_accelerator
+
+LINEAR_WEIGHTS_DIR = "linear_attention"
+
+
+@dataclass
+class DistillConfig:
+    model: str = ""  # the teacher: a diffusers pipeline folder or Hub id
+    output_dir: str = "runs/distill"
+    export: str | None = None  # a student pipeline folder: the teacher's files plus linear_attention/
+    method: str = "linfusion"
+    init_weights: str | None = None
+    mid_dim: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    kd_weight: float = 0.5
+    feat_weight: float = 0.5
+    warmup_steps: int = 0  # task loss only for this many first steps (LinFusion's advice against early NaNs)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise InvalidArgumentError("model must name the teacher pipeline (a folder or Hub id)")
+        get_method(self.method)
+        self.data.validate()
+        self.train.validate()
+        for name in ("kd_weight", "feat_weight"):
+            if getattr(self, name) < 0:
+                raise InvalidArgumentError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps <= self.train.steps:
+            raise InvalidArgumentError(f"warmup_steps must be in [0, train.steps={self.train.steps}]; "
+                                       f"got {self.warmup_steps}")
+
+
+def load_distill_config(path) -> DistillConfig:
+    config = from_mapping(DistillConfig, read_yaml(path), "config")
+    config.validate()
+    return config
+
+
+def load_teacher(model: str):
+    from diffusers import DiffusionPipeline
+
+    from ..pipelines.loading import _from_pretrained
+
+    if Path(model).is_dir():
+        return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    return _from_pretrained(model, torch.float32)
+
+
+def encode_captions(pipe, captions: list[str], resolution: int, device) -> tuple[torch.Tensor, dict | None]:
+    """Text conditioning for SD-1.x/2.x (hidden states) and SDXL (plus pooled embeds and size ids)."""
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(captions, device, 1, False)
+    if len(encoded) == 2:
+        return encoded[0], None
+    hidden, _, pooled, _ = encoded
+    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=hidden.dtype)
+    return hidden, {"text_embeds": pooled, "time_ids": time_ids.repeat(len(captions), 1).to(device)}
+
+
+class Distillation:
+    """Teacher, student, data and the per-step loss for one config."""
+
+    def __init__(self, config: DistillConfig, accelerator):
+        from diffusers import DDPMScheduler
+
+        self.config, self.accelerator = config, accelerator
+        self.pipe = load_teacher(config.model)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.teacher = self.pipe.unet.requires_grad_(False).eval()
+        for part in ("vae", "text_encoder", "text_encoder_2"):
+            if getattr(self.pipe, part, None) is not None:
+                getattr(self.pipe, part).requires_grad_(False)
+        self.student = copy.deepcopy(self.teacher)
+        self.report = linearize(self.student, method=config.method, weights=config.init_weights,
+                                mid_dim=config.mid_dim)
+        self.params = [p for _, attn in linearized_layers(self.student) for p in attn.processor.parameters()]
+        for param in self.params:
+            param.requires_grad_(True)
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.source = build_source(config.data, pipe=self.pipe, cache_dir=Path(config.output_dir) / "teacher_samples")
+        self.teacher_feats = AttentionOutputs(attn for name, attn in self._attn1(self.teacher))
+        self.student_feats = AttentionOutputs(attn for name, attn in linearized_layers(self.student))
+
+    @staticmethod
+    def _attn1(unet):
+        from ..linearize.layers import self_attention_layers
+
+        return self_attention_layers(unet)
+
+    def processors(self) -> dict:
+        """The trainable part, as a module dict keyed by layer name (what checkpoints store)."""
+        return {"processors": torch.nn.ModuleDict({name.replace(".", "__"): attn.processor
+                                                   for name, attn in linearized_layers(self.student)})}
+
+    def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        if "latents" in batch:
+            return batch["latents"].to(self.accelerator.device)
+        vae = self.pipe.vae
+        with torch.no_grad():
+            posterior = vae.encode(batch["pixels"].to(self.accelerator.device, vae.dtype)).latent_dist
+            return posterior.sample(generator=generator) * vae.config.scaling_factor
+
+    def step(self, model, step: int, generator: torch.Generator) -> dict:
+        config, device = self.config, self.accelerator.device
+        batch = self.source.batch(generator, config.train.batch_size)
+        latents = self.latents(batch, generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=generator).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        hidden, added = encode_captions(self.pipe, batch["captions"], config.data.resolution, device)
+        with torch.no_grad(), self.accelerator.autocast(), self.teacher_feats.capture():
+            teacher_pred = self.teacher(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+        with self.accelerator.autocast(), self.student_feats.capture():
+            student_pred = model(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+        return linfusion_loss(student_pred, teacher_pred, task_target(self.noise_scheduler, latents, noise, timesteps),
+                              self.student_feats.ordered(), self.teacher_feats.ordered(),
+                              kd_weight=config.kd_weight, feat_weight=config.feat_weight,
+                              task_only=step < config.warmup_steps)
+
+
+def distill(config: DistillConfig) -> Path:
+    """Run (or resume) the distillation; writes OUTPUT/linear_attention and, if asked, the student pipeline."""
+    accelerator = make_accelerator(config.train)
+    torch.manual_seed(config.train.seed)
+    job = Distillation(config, accelerator)
+    optimizer = torch.optim.AdamW(job.params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
+    model, optimizer = accelerator.prepare(job.student, optimizer)
+    job.teacher.to(accelerator.device)
+    Trainer(config.output_dir, config.train, accelerator, model, optimizer, job.params, job.processors(),
+            lambda step, generator: job.step(model, step, generator), description="distill").run()
+    out = Path(config.output_dir) / LINEAR_WEIGHTS_DIR
+    if accelerator.is_main_process:
+        save_linear_weights(job.student, out)
+        if config.export:
+            export_student(job, Path(config.export))
+    return out
+
+
+def export_student(job: Distillation, out: Path) -> Path:
+    """The teacher pipeline's files (fp16) plus ``linear_attention/`` (fp16): loadable by ``load_pipeline``."""
+    temporary = out.with_name(out.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    job.pipe.save_pretrained(temporary, safe_serialization=True)
+    save_linear_weights(job.student, temporary / LINEAR_WEIGHTS_DIR, dtype=torch.float16)
+    _to_half_on_disk(temporary)
+    shutil.rmtree(out, ignore_errors=True)
+    temporary.rename(out)
+    return out
+
+
+def _to_half_on_disk(folder: Path) -> None:
+    """Rewrite every fp32 safetensors file of a pipeline folder as fp16 (keeps the bundle small)."""
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.rglob("*.safetensors"):
+        tensors = load_file(path)
+        if any(t.dtype == torch.float32 for t in tensors.values()):
+            save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, path,
+                      metadata={"format": "pt"})
