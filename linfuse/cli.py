@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_training import add_training_commands
 from .errors import LinfuseError
 
-NO_MODEL_HELP = (
-    "no model given: pass --model with a local diffusers pipeline directory or a Hub id, e.g. "
-    "--model stable-diffusion-v1-5/stable-diffusion-v1-5 (weights default to the published LinFusion ones)"
-)
+BUNDLED_GUIDANCE = 5.0
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="text to image with a linearized model")
     gen.add_argument("prompt")
     gen.add_argument("--model", default=os.environ.get("LINFUSE_MODEL"),
-                     help="pipeline directory or Hub id (default: $LINFUSE_MODEL)")
+                     help="pipeline directory, Hub id, or 'student'/'teacher' for the bundled emoji models "
+                          "(default: $LINFUSE_MODEL, else the bundled student)")
     gen.add_argument("--weights", default="auto",
-                     help="linear-attention weights: directory, Hub id, 'auto' (published LinFusion weights for "
-                          "known base models) or 'none' (teacher projections, mixers at zero)")
-    gen.add_argument("--method", default="linfusion", help="linearisation method, or 'none' for softmax attention")
+                     help="linear-attention weights: directory, Hub id, 'auto' (the model folder's own "
+                          "linear_attention/, else published LinFusion weights for known base models) or 'none' "
+                          "(teacher projections, mixers at zero)")
+    gen.add_argument("--method", default="auto",
+                     help="linearisation method, 'none' for softmax attention, or 'auto': none for the bundled "
+                          "teacher, linfusion otherwise")
     gen.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
     gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="classifier-free guidance scale (default 7.5; 5.0 for the bundled emoji models)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--out", default="linfuse.png", help="output PNG path (written atomically)")
@@ -40,29 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="versions, device, and models available offline")
     info.set_defaults(run=run_info)
+    add_training_commands(commands)
     return parser
 
 
 def run_generate(args) -> int:
     from .linearize import get_method
     from .pipelines import GenerationParams, describe_run, generate, load_pipeline, native_size, parse_size, save_png
-    from .pipelines.loading import resolve_weights
+    from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
 
-    if not args.model:
-        raise LinfuseError(NO_MODEL_HELP)
+    bundled = args.model is None or args.model in ("student", "teacher")
+    guidance = args.guidance if args.guidance is not None else (BUNDLED_GUIDANCE if bundled else 7.5)
     params = GenerationParams(prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
-                              guidance=args.guidance, seed=args.seed)
+                              guidance=guidance, seed=args.seed)
     if args.size:
         params.width, params.height = parse_size(args.size)
     params.validate()  # before loading anything: a bad argument costs no model load
+    if args.method == "auto":
+        args.method = "none" if is_bundled_teacher(args.model) else "linfusion"
     method = None if args.method == "none" else get_method(args.method).name
-    weights = resolve_weights(args.weights, args.model) if method else None
-    pipe = load_pipeline(args.model, method=method, weights=weights, device=args.device, dtype=args.dtype)
+    model = resolve_model(args.model)
+    weights = resolve_weights(args.weights, model) if method else None
+    pipe = load_pipeline(model, method=method, weights=weights, device=args.device, dtype=args.dtype)
     if pipe.linfuse_report:
         print(pipe.linfuse_report, file=sys.stderr)
     if not args.size:
         params.width, params.height = native_size(pipe)
-    describe_run(pipe, params, model=args.model, weights=str(weights or ""))
+    describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
     image = generate(pipe, params)
     path = save_png(image, args.out, params)
     print(f"wrote {path} ({image.width}x{image.height})")

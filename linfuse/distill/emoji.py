@@ -133,7 +133,8 @@ class EmojiSource:
         name = self.catalogue[index][1]
         if count > 1:
             name = f"{COUNT_WORDS[count]}{name}{'' if name.endswith('s') else 's'}"
-        return f"{name} on a {background} background"
+        article = "an" if background[0] in "aeiou" else "a"
+        return f"{name} on {article} {background} background"
 
     def sample(self, seed: int) -> tuple[Image.Image, str]:
         rng = random.Random(seed)

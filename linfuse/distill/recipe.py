@@ -63,14 +63,15 @@ def load_teacher(model: str):
     from ..pipelines.loading import _from_pretrained
 
     if Path(model).is_dir():
-        return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+        return DiffusionPipeline.from_pretrained(model, dtype=torch.float32)
     return _from_pretrained(model, torch.float32)
 
 
 def encode_captions(pipe, captions: list[str], resolution: int, device) -> tuple[torch.Tensor, dict | None]:
     """Text conditioning for SD-1.x/2.x (hidden states) and SDXL (plus pooled embeds and size ids)."""
     with torch.no_grad():
-        encoded = pipe.encode_prompt(captions, device, 1, False)
+        encoded = pipe.encode_prompt(prompt=captions, device=device, num_images_per_prompt=1,
+                                      do_classifier_free_guidance=False)
     if len(encoded) == 2:
         return encoded[0], None
     hidden, _, pooled, _ = encoded

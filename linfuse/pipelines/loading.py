@@ -21,6 +21,11 @@ LINFUSION_WEIGHTS = {
     "stabilityai/stable-diffusion-2-1-base": "Yuanshi/LinFusion-2-1",
     "stabilityai/stable-diffusion-xl-base-1.0": "Yuanshi/LinFusion-XL",
 }
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# Models shipped in assets/ (trained here, see README): what `--model student` / `--model teacher` name.
+BUNDLED_MODELS = {"student": ASSETS / "linfuse-emoji-student", "teacher": ASSETS / "linfuse-emoji-teacher"}
+DEFAULT_MODEL = "student"
+LINEAR_WEIGHTS_SUBFOLDER = "linear_attention"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -47,12 +52,33 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
 
 
+def resolve_model(model):
+    """None -> the bundled student; "student"/"teacher" -> the bundled pipeline folders; anything else unchanged."""
+    if model is None:
+        model = DEFAULT_MODEL
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        path = BUNDLED_MODELS[model]
+        if not (path / "model_index.json").exists():
+            raise LinfuseError(f"the bundled {model} model is missing at {path}; reinstall from a full clone of "
+                               "linfuse (assets/ ships with the repository) or pass --model")
+        return str(path)
+    return model
+
+
+def is_bundled_teacher(model) -> bool:
+    return model is not None and str(model) in ("teacher", str(BUNDLED_MODELS["teacher"]))
+
+
 def resolve_weights(weights, model_id: str):
-    """None/"none" -> no weights; "auto" -> the published LinFusion weights for a known base model."""
+    """None/"none" -> no weights; "auto" -> weights inside the pipeline folder (``linear_attention/``, as a
+    distilled student ships them), else the published LinFusion weights for a known base model."""
     if weights is None or weights == "none":
         return None
     if weights != "auto":
         return weights
+    inside = Path(model_id).expanduser() / LINEAR_WEIGHTS_SUBFOLDER
+    if (inside / "linear_attention.json").exists():
+        return str(inside)
     if model_id in LINFUSION_WEIGHTS:
         return LINFUSION_WEIGHTS[model_id]
     raise InvalidArgumentError(
@@ -66,7 +92,8 @@ def load_pipeline(model, *, method: str | None = "linfusion", weights=None, devi
     """Load a text-to-image pipeline and convert its self-attention.
 
     Args:
-        model: a local pipeline directory, a Hub id (fetched by diffusers when online) or a pipeline object.
+        model: a local pipeline directory, a Hub id (fetched by diffusers when online), a pipeline object, or
+            "student" / "teacher" / None for the models bundled in assets/ (None = the distilled student).
         method: linearisation method name, or None to keep softmax attention.
         weights: directory / Hub id of linear-attention weights, "auto" for the published LinFusion weights of a
             known base model, or None to start from the teacher's projections.
@@ -79,6 +106,7 @@ def load_pipeline(model, *, method: str | None = "linfusion", weights=None, devi
     dtype = resolve_dtype(dtype, device)
     if method:
         get_method(method)
+    model = resolve_model(model)
     is_path = isinstance(model, (str, os.PathLike))
     model_id = str(model) if is_path else model.config.get("_name_or_path", "") or type(model).__name__
     weights = resolve_weights(weights, model_id) if method else None

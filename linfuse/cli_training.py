@@ -1,0 +1,84 @@
+"""``linfuse distill``, ``linfuse train-teacher`` and ``linfuse eval``."""
+
+from pathlib import Path
+
+from .errors import InvalidArgumentError
+
+
+def add_training_commands(commands) -> None:
+    distill = commands.add_parser("distill", help="distill linear attention from a teacher (YAML config)")
+    distill.add_argument("config", help="YAML config; see assets/configs/distill.yaml")
+    distill.set_defaults(run=run_distill)
+
+    teacher = commands.add_parser("train-teacher", help="train a small text-to-image teacher from scratch (YAML)")
+    teacher.add_argument("config", help="YAML config; see assets/configs/teacher.yaml")
+    teacher.set_defaults(run=run_train_teacher)
+
+    evaluate = commands.add_parser("eval", help="student vs teacher: per-pair PSNR and latent distance")
+    evaluate.add_argument("--student", default="student", help="student pipeline (default: the bundled one)")
+    evaluate.add_argument("--student-weights", default="auto",
+                          help="'auto' (the student folder's linear_attention/), a weights folder, or 'none' for "
+                               "the un-distilled conversion (teacher projections, mixers at zero)")
+    evaluate.add_argument("--teacher", default="teacher", help="teacher pipeline (default: the bundled one)")
+    evaluate.add_argument("--prompts", default=None, help="prompt file, one per line (default: "
+                                                          "assets/configs/eval_prompts.txt)")
+    evaluate.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    evaluate.add_argument("--steps", type=int, default=20)
+    evaluate.add_argument("--guidance", type=float, default=5.0)
+    evaluate.add_argument("--out", default="eval", help="folder for scores.jsonl and sheet.png")
+    evaluate.add_argument("--device", default=None)
+    evaluate.set_defaults(run=run_eval)
+
+
+def run_distill(args) -> int:
+    from .distill.recipe import distill, load_distill_config
+
+    out = distill(load_distill_config(args.config))
+    print(f"wrote linear-attention weights to {out}")
+    return 0
+
+
+def run_train_teacher(args) -> int:
+    from .distill.teacher import load_teacher_config, train_teacher
+
+    print(f"wrote teacher pipeline to {train_teacher(load_teacher_config(args.config))}")
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise InvalidArgumentError(f"--seeds must be comma-separated integers like 0,1,2; got {text!r}") from exc
+    if not seeds or any(s < 0 for s in seeds):
+        raise InvalidArgumentError(f"--seeds must list at least one integer >= 0; got {text!r}")
+    return seeds
+
+
+def run_eval(args) -> int:
+    from .distill.evaluate import compare, read_prompts, sample_sheet, summarize, write_report
+    from .pipelines import load_pipeline
+    from .pipelines.loading import resolve_model, resolve_weights
+
+    seeds = parse_seeds(args.seeds)
+    prompts = read_prompts(args.prompts)
+    if args.steps < 1:
+        raise InvalidArgumentError(f"--steps must be >= 1; got {args.steps}")
+    student_model = resolve_model(args.student)
+    weights = resolve_weights(args.student_weights, student_model)
+    student = load_pipeline(student_model, method="linfusion", weights=weights, device=args.device, dtype="fp32")
+    teacher = load_pipeline(resolve_model(args.teacher), method=None, device=args.device, dtype="fp32")
+    scores, images = compare(student, teacher, prompts, seeds, steps=args.steps, guidance=args.guidance)
+    out = Path(args.out)
+    write_report(scores, out / "scores.jsonl")
+    rows = [[pair[k] for pair in images[i * len(seeds):(i + 1) * len(seeds)] for k in (1, 0)]
+            for i in range(len(prompts))]
+    sheet = sample_sheet([sum(row, []) for row in rows], prompts)
+    sheet.save(out / "sheet.png")
+    for score in scores:
+        print(f"{score.psnr:6.2f} dB  {score.latent_distance:.4f}  seed {score.seed}  {score.prompt}")
+    summary = summarize(scores)
+    print(f"mean PSNR {summary['mean_psnr']:.2f} dB, mean latent distance {summary['mean_latent_distance']:.4f} "
+          f"over {summary['pairs']} pairs; wrote {out / 'scores.jsonl'} and {out / 'sheet.png'} "
+          "(each row: teacher images, then student images)")
+    return 0

@@ -1,0 +1,148 @@
+"""Distillation: the LinFusion loss, checkpoints, resume after a kill, the NaN guard, teacher samples, SDXL."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+from linfuse.distill.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from linfuse.distill.losses import linfusion_loss
+from linfuse.distill.recipe import distill, load_distill_config
+from linfuse.distill.trainer import TrainingDivergedError, read_log
+from linfuse.linearize import read_linear_weights
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "tiny-sd"
+    tiny_sd_pipeline().save_pretrained(path)
+    return path
+
+
+def write_config(path, teacher, out, **overrides):
+    config = {"model": str(teacher), "output_dir": str(out), "data": {"resolution": 64},
+              "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "learning_rate": 1e-3, "seed": 5}}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_loss_is_task_plus_half_kd_plus_half_feat():
+    student, teacher, target = torch.zeros(2, 3), torch.ones(2, 3), torch.full((2, 3), 2.0)
+    feats_s, feats_t = [torch.zeros(4), torch.zeros(4)], [torch.ones(4), torch.full((4,), 3.0)]
+    losses = linfusion_loss(student, teacher, target, feats_s, feats_t, kd_weight=0.5, feat_weight=0.5)
+    assert losses["task"] == 4.0 and losses["kd"] == 1.0 and losses["feat"] == 5.0  # feat: mean of 1 and 9
+    assert losses["loss"] == 4.0 + 0.5 + 2.5
+    assert linfusion_loss(student, teacher, target, feats_s, feats_t, kd_weight=0.5, feat_weight=0.5,
+                          task_only=True)["loss"] == 4.0
+
+
+def test_checkpoint_round_trip_is_exact_and_old_ones_are_pruned(tmp_path):
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+    module(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"m": module}, optimizer, {}, keep=2)
+    (tmp_path / ".step-000004.tmp").mkdir()  # a write that died half-way is not a checkpoint
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000002", "step-000003"]
+    expected_rng = torch.rand(3)
+    saved = {k: v.clone() for k, v in module.state_dict().items()}
+    fresh = torch.nn.Linear(3, 2)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.5)
+    state = load_checkpoint(tmp_path / "step-000003", {"m": fresh}, fresh_optimizer)
+    assert state["step"] == 3 and torch.equal(torch.rand(3), expected_rng)  # RNG restored to the save point
+    assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
+    for a, b in zip(optimizer.state.values(), fresh_optimizer.state.values(), strict=True):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert fresh_optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_distill_trains_only_the_linear_attention(teacher_dir, tmp_path):
+    config = load_distill_config(write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", warmup_steps=2,
+                                              train={"steps": 4, "checkpoint_every": 4}))
+    out = distill(config)
+    log = read_log(tmp_path / "run" / "loss_log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(r["loss"] == r["task"] for r in log[:2])  # warm-up: task loss only
+    assert all(math.isclose(r["loss"], r["task"] + 0.5 * r["kd"] + 0.5 * r["feat"], rel_tol=1e-5) for r in log[2:])
+    assert all(r["kd"] > 0 and r["feat"] > 0 for r in log)
+    weights = read_linear_weights(out)
+    assert len(weights.layers) == 16
+    teacher = load_file(teacher_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    mixers = [v for k, v in weights.tensors.items() if ".processor." in k and k.endswith("3.weight")]
+    assert any(m.abs().max() > 0 for m in mixers)  # zero-initialised output layers of the mixers moved
+    moved = [k for k, v in weights.tensors.items() if ".processor." not in k and not torch.equal(v, teacher[k])]
+    assert moved == []  # q/k/v/out are the teacher's: only processor parameters train
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(teacher_dir, tmp_path):
+    steps = {"train": {"steps": 10, "checkpoint_every": 3}}
+    whole = load_distill_config(write_config(tmp_path / "whole.yaml", teacher_dir, tmp_path / "whole", **steps))
+    distill(whole)
+    reference = read_log(tmp_path / "whole" / "loss_log.jsonl")
+
+    cfg = write_config(tmp_path / "killed.yaml", teacher_dir, tmp_path / "killed", **steps)
+    log_path = tmp_path / "killed" / "loss_log.jsonl"
+    command = [sys.executable, "-m", "linfuse", "distill", str(cfg)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_log(log_path) if log_path.exists() else []) < 5:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert 5 <= len(read_log(log_path)) < 10
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming distill from" in resumed.stdout
+    log = read_log(log_path)
+    assert [r["step"] for r in log] == list(range(1, 11))
+    for ours, theirs in zip(log, reference, strict=True):
+        for key in ("loss", "task", "kd", "feat"):
+            assert math.isclose(ours[key], theirs[key], rel_tol=1e-5, abs_tol=1e-9), (ours, theirs)
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path):
+    config = load_distill_config(write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", warmup_steps=2,
+                                              kd_weight=float("inf")))
+    with pytest.raises(TrainingDivergedError, match=r"not finite at step 3 .*last good checkpoint is .*step-000002"):
+        distill(config)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run" / "checkpoints")] == ["step-000002"]
+
+
+def test_teacher_samples_are_cached_and_reused(teacher_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red apple\na dog\n")
+    data = {"source": "teacher_samples", "prompts": str(prompts), "num_samples": 20, "sample_steps": 2}
+    cfg = write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", data=data, train={"steps": 1})
+    distill(load_distill_config(cfg))
+    shards = sorted((tmp_path / "run" / "teacher_samples").glob("shard-*.safetensors"))
+    assert len(shards) == 2
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    latents = load_file(shards[0])["latents"]
+    assert latents.shape == (16, 4, 8, 8)
+    distill(load_distill_config(write_config(tmp_path / "c2.yaml", teacher_dir, tmp_path / "run", data=data,
+                                             train={"steps": 2})))
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+
+
+def test_sdxl_distills_with_its_added_conditions(tmp_path):
+    path = tmp_path / "tiny-sdxl"
+    tiny_sdxl_pipeline().save_pretrained(path)
+    cfg = write_config(tmp_path / "c.yaml", path, tmp_path / "run", train={"steps": 1}, data={"resolution": 32})
+    out = distill(load_distill_config(cfg))
+    assert len(read_linear_weights(out).layers) == 70
+    assert json.loads((out / "linear_attention.json").read_text())["method"] == "linfusion"
