@@ -27,6 +27,9 @@ def add_training_commands(commands) -> None:
     evaluate.add_argument("--guidance", type=float, default=5.0)
     evaluate.add_argument("--out", default="eval", help="folder for scores.jsonl and sheet.png")
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--classify", action="store_true",
+                          help="also name the emoji in one image per glyph by nearest template (bundled emoji "
+                               "models): top-1/top-5 accuracy of teacher and student")
     evaluate.set_defaults(run=run_eval)
 
 
@@ -81,4 +84,24 @@ def run_eval(args) -> int:
     print(f"mean PSNR {summary['mean_psnr']:.2f} dB, mean latent distance {summary['mean_latent_distance']:.4f} "
           f"over {summary['pairs']} pairs; wrote {out / 'scores.jsonl'} and {out / 'sheet.png'} "
           "(each row: teacher images, then student images)")
+    if args.classify:
+        report_classification(student, teacher, args, out)
     return 0
+
+
+def report_classification(student, teacher, args, out: Path) -> None:
+    import json
+
+    from .distill.data import DataConfig
+    from .distill.emoji import EmojiSource
+    from .distill.evaluate import classify
+    from .fileio import atomic_write
+    from .pipelines import native_size
+
+    source = EmojiSource(DataConfig(resolution=native_size(teacher)[0]).composition())
+    results = {name: classify(pipe, source, steps=args.steps, guidance=args.guidance)
+               for name, pipe in (("teacher", teacher), ("student", student))}
+    atomic_write(out / "classify.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+    for name, result in results.items():
+        print(f"{name}: template top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%} over {result['prompts']} "
+              f"prompts (chance {result['chance_top1']:.1%})")

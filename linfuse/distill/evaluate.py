@@ -98,3 +98,53 @@ def sample_sheet(rows: list[list[Image.Image]], labels: list[str], *, scale: int
         for c, image in enumerate(row):
             sheet.paste(image.resize((cell, cell), Image.NEAREST), (label_width + c * cell, r * cell))
     return sheet
+
+
+class TemplateClassifier:
+    """Names the emoji in a generated image by its nearest render (pixel L2) among every glyph of the catalogue on
+    the prompt's background, at 3 scales × 9 placements. Crude, but a fixed background leaves mostly the glyph's
+    shape and colours to decide, and it needs no pretrained network."""
+
+    SCALES = (0.6, 0.75, 0.9)
+    OFFSETS = (0.0, 0.5, 1.0)
+
+    def __init__(self, source):
+        self.source = source
+        self._templates: dict[str, np.ndarray] = {}
+
+    def templates(self, background: str) -> np.ndarray:
+        if background not in self._templates:
+            renders = [[np.asarray(self.source.render(i, background, scale=s, offset=(x, y)), dtype=np.float32)
+                        for s in self.SCALES for x in self.OFFSETS for y in self.OFFSETS]
+                       for i in range(len(self.source.catalogue))]
+            self._templates[background] = np.asarray(renders).reshape(len(renders), len(renders[0]), -1)
+        return self._templates[background]
+
+    def rank(self, image: Image.Image, index: int, background: str) -> int:
+        """0 when the nearest glyph is the right one, 1 when it is second, …"""
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(1, 1, -1)
+        distance = ((self.templates(background) - pixels) ** 2).mean(axis=2).min(axis=1)
+        return int((distance < distance[index]).sum())
+
+
+def classification_prompts(source, backgrounds: list[str]) -> list[tuple[int, str, str]]:
+    """One prompt per glyph, backgrounds cycling: (glyph index, background, prompt)."""
+    return [(i, backgrounds[i % len(backgrounds)], source.caption(i, backgrounds[i % len(backgrounds)]))
+            for i in range(len(source.catalogue))]
+
+
+def classify(pipe, source, *, seed: int = 0, steps: int = 20, guidance: float = 5.0, progress: bool = True) -> dict:
+    """Top-1 / top-5 template accuracy of ``pipe`` over one prompt per glyph (chance: 1/144 and 5/144)."""
+    from ..pipelines import GenerationParams, generate, native_size
+
+    classifier = TemplateClassifier(source)
+    width, height = native_size(pipe)
+    ranks = []
+    for index, background, prompt in tqdm(classification_prompts(source, source.composition.backgrounds),
+                                          desc="classify", disable=not progress):
+        image = generate(pipe, GenerationParams(prompt=prompt, steps=steps, guidance=guidance, seed=seed,
+                                                width=width, height=height), progress=False)
+        ranks.append(classifier.rank(image, index, background))
+    ranks = np.asarray(ranks)
+    return {"prompts": len(ranks), "top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),
+            "chance_top1": 1 / len(source.catalogue)}
