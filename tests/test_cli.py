@@ -59,10 +59,13 @@ def test_bad_arguments_exit_2_with_a_message(pipeline_dir, tmp_path, capsys, ext
     assert not out.exists()
 
 
-def test_no_model_says_how_to_pass_one(capsys, monkeypatch):
+def test_a_missing_bundled_model_says_what_to_do(capsys, monkeypatch, tmp_path):
+    from linfuse.pipelines import loading
+
+    monkeypatch.setitem(loading.BUNDLED_MODELS, "student", tmp_path / "gone")
     monkeypatch.delenv("LINFUSE_MODEL", raising=False)
-    assert main(["generate", "a cat"]) == 2
-    assert "no model given: pass --model" in capsys.readouterr().err
+    assert main(["generate", "a cat", "--out", str(tmp_path / "x.png")]) == 2
+    assert "the bundled student model is missing" in capsys.readouterr().err
 
 
 def test_console_script_info_reports_versions_and_device():
