@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -146,3 +147,23 @@ def test_sdxl_distills_with_its_added_conditions(tmp_path):
     out = distill(load_distill_config(cfg))
     assert len(read_linear_weights(out).layers) == 70
     assert json.loads((out / "linear_attention.json").read_text())["method"] == "linfusion"
+
+
+def test_two_processes_with_torchrun_share_one_run(teacher_dir, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", train={"steps": 2})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "linfuse", "distill", str(cfg)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "on 2 process(es)" in result.stdout and "effective batch 4" in result.stdout
+    assert [r["step"] for r in read_log(tmp_path / "run" / "loss_log.jsonl")] == [1, 2]  # one log, not two
+    assert len(read_linear_weights(tmp_path / "run" / "linear_attention").layers) == 16
+
+
+def test_bf16_mixed_precision_runs_on_cpu(teacher_dir, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run",
+                       train={"steps": 1, "mixed_precision": "bf16"})
+    distill(load_distill_config(cfg))
+    record = read_log(tmp_path / "run" / "loss_log.jsonl")[0]
+    assert math.isfinite(record["loss"]) and record["kd"] > 0

@@ -66,7 +66,8 @@ def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Gene
 def make_accelerator(settings: TrainSettings):
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=settings.mixed_precision,
+    # cpu=True without CUDA lets `torchrun`/`accelerate launch` start several CPU processes (gloo) as well.
+    return Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
                        gradient_accumulation_steps=settings.gradient_accumulation)
 
 
@@ -96,6 +97,10 @@ class Trainer:
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.log_path = self.output_dir / LOG_NAME
 
+    @property
+    def effective_batch(self) -> int:
+        return self.settings.batch_size * self.settings.gradient_accumulation * self.accelerator.num_processes
+
     def resume(self) -> int:
         """Load the newest checkpoint, if any; returns the number of steps already done."""
         path = latest_checkpoint(self.checkpoint_root)
@@ -120,6 +125,10 @@ class Trainer:
     def run(self) -> list[dict]:
         start = self.resume()
         total = self.settings.steps
+        if self.accelerator.is_main_process:
+            print(f"{self.description}: steps {start + 1}..{total} on {self.accelerator.num_processes} process(es) "
+                  f"({self.accelerator.device}), mixed precision {self.settings.mixed_precision}, "
+                  f"effective batch {self.effective_batch}")
         bar = tqdm(total=total, initial=start, desc=self.description, disable=not self.accelerator.is_main_process)
         for step in range(start, total):
             record = self._optimizer_step(step)
@@ -152,6 +161,9 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value / accumulate
+        if self.accelerator.num_processes > 1:  # log the mean over processes, not process 0's share
+            means = self.accelerator.reduce(torch.tensor(list(sums.values()), device=self.accelerator.device), "mean")
+            sums = dict(zip(sums, means.tolist(), strict=True))
         return {"step": step + 1, **sums, "seconds": round(time.perf_counter() - started, 4)}
 
     def _diverged(self, step: int, values: dict) -> None:
