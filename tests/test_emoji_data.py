@@ -94,3 +94,19 @@ def test_config_rejects_unknown_keys_and_reads_yaml_number_spellings():
     bad = from_mapping(DistillConfig, {"model": "m", "train": {"mixed_precision": "fp8"}}, "config")
     with pytest.raises(InvalidArgumentError, match="train.mixed_precision must be one of no, fp16, bf16"):
         bad.validate()
+
+
+def test_saved_dataset_folder_is_read_with_its_columns(tmp_path):
+    import datasets
+
+    rows = {"picture": [Image.new("RGB", (40, 24), (0, 200, 0)), Image.new("RGB", (24, 24), (200, 0, 0))],
+            "caption": ["green", "red"]}
+    datasets.Dataset.from_dict(rows).cast_column("picture", datasets.Image()).save_to_disk(tmp_path / "ds")
+    config = DataConfig(source="saved_dataset", path=str(tmp_path / "ds"), resolution=16, image_column="picture",
+                        caption_column="caption")
+    batch = build_source(config).batch(torch.Generator().manual_seed(0), 4)
+    assert batch["pixels"].shape == (4, 3, 16, 16)
+    for pixels, caption in zip(batch["pixels"], batch["captions"], strict=True):
+        assert pixels[1 if caption == "green" else 0].mean() > 0.5
+    with pytest.raises(InvalidArgumentError, match="no column 'text'.*picture, caption"):
+        build_source(DataConfig(source="saved_dataset", path=str(tmp_path / "ds"), image_column="picture"))

@@ -71,9 +71,15 @@ def is_bundled_teacher(model) -> bool:
 
 def resolve_weights(weights, model_id: str):
     """None/"none" -> no weights; "auto" -> weights inside the pipeline folder (``linear_attention/``, as a
-    distilled student ships them), else the published LinFusion weights for a known base model."""
+    distilled student ships them), else the published LinFusion weights for a known base model, else an error;
+    "default" -> like "auto" but None (the teacher's projections) when neither exists."""
     if weights is None or weights == "none":
         return None
+    if weights == "default":
+        try:
+            return resolve_weights("auto", model_id)
+        except InvalidArgumentError:
+            return None
     if weights != "auto":
         return weights
     inside = Path(model_id).expanduser() / LINEAR_WEIGHTS_SUBFOLDER
@@ -88,15 +94,16 @@ def resolve_weights(weights, model_id: str):
     )
 
 
-def load_pipeline(model, *, method: str | None = "linfusion", weights=None, device=None, dtype=None):
+def load_pipeline(model=None, *, method: str | None = "linfusion", weights="default", device=None, dtype=None):
     """Load a text-to-image pipeline and convert its self-attention.
 
     Args:
         model: a local pipeline directory, a Hub id (fetched by diffusers when online), a pipeline object, or
             "student" / "teacher" / None for the models bundled in assets/ (None = the distilled student).
         method: linearisation method name, or None to keep softmax attention.
-        weights: directory / Hub id of linear-attention weights, "auto" for the published LinFusion weights of a
-            known base model, or None to start from the teacher's projections.
+        weights: directory / Hub id of linear-attention weights; "auto": the model folder's ``linear_attention/``
+            or the published LinFusion weights of a known base model (an error if neither); "default" (the
+            default): the same, else the teacher's projections; None: the teacher's projections (mixers at zero).
         device: "cpu", "cuda", …; default CUDA when available.
         dtype: "fp32", "fp16", "bf16" or a torch dtype; default fp16 on CUDA, fp32 on CPU.
 
