@@ -5,7 +5,7 @@ Two stages, each resumable from its own checkpoints under ``output_dir``:
    its ``scaling_factor`` is then set to 1/std of the latents, as Stable Diffusion does.
 2. ``unet/``: a UNet2DConditionModel with self- and cross-attention at the latent resolution, trained jointly
    with a CLIP text encoder built from scratch on the caption vocabulary, ε-prediction on the scaled-linear DDPM
-   schedule; an exponential moving average of both is what gets exported.
+   schedule; an exponential moving average of both (decay warmed up as in ``warmed_up_decay``) is what gets exported.
 The result is a plain diffusers StableDiffusionPipeline folder (safetensors, fp16 on disk).
 """
 
@@ -204,15 +204,21 @@ def train_denoiser(config: TeacherConfig, source, vae, accelerator):
         loss = F.mse_loss(prediction.float(), noise)
         return {"loss": loss}
 
-    def update_ema(_):
+    def update_ema(step):
+        decay = warmed_up_decay(config.ema_decay, step)
         with torch.no_grad():
             for average, live in zip(ema.parameters(), denoiser.parameters(), strict=True):
-                average.lerp_(live.detach(), 1 - config.ema_decay)
+                average.lerp_(live.detach(), 1 - decay)
 
     Trainer(Path(config.output_dir) / "unet-train", config.unet, accelerator, model, optimizer,
             denoiser.parameters(), {"denoiser": denoiser, "ema": ema}, step, description="teacher UNet",
             on_step_end=update_ema).run()
     return ema
+
+
+def warmed_up_decay(target: float, step: int) -> float:
+    """min(target, (1 + step) / (10 + step)): early averages forget the random initialisation quickly."""
+    return min(target, (1 + step) / (10 + step))
 
 
 def export_pipeline(config: TeacherConfig, vae, ema: Denoiser) -> Path:
