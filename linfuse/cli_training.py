@@ -74,9 +74,8 @@ def run_eval(args) -> int:
     scores, images = compare(student, teacher, prompts, seeds, steps=args.steps, guidance=args.guidance)
     out = Path(args.out)
     write_report(scores, out / "scores.jsonl")
-    rows = [[pair[k] for pair in images[i * len(seeds):(i + 1) * len(seeds)] for k in (1, 0)]
-            for i in range(len(prompts))]
-    sheet = sample_sheet([sum(row, []) for row in rows], prompts)
+    per_prompt = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
+    sheet = sample_sheet([[t for _, t in pairs] + [s for s, _ in pairs] for pairs in per_prompt], prompts)
     sheet.save(out / "sheet.png")
     for score in scores:
         print(f"{score.psnr:6.2f} dB  {score.latent_distance:.4f}  seed {score.seed}  {score.prompt}")
