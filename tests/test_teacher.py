@@ -39,6 +39,7 @@ def test_train_teacher_exports_a_loadable_pipeline_and_resumes(tmp_path, capsys)
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (32, 32)
     assert [r["step"] for r in read_log(tmp_path / "run" / "unet-train" / "loss_log.jsonl")] == [1, 2, 3]
+    capsys.readouterr()
 
     changed = write(tmp_path, unet={**TINY["unet"], "steps": 4})  # a longer run continues from step 3
     assert main(["train-teacher", str(changed)]) == 0

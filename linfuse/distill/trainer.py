@@ -65,7 +65,12 @@ def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Gene
 
 def make_accelerator(settings: TrainSettings):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    # One process may train several stages (teacher: VAE, then UNet) or runs with other precision: accelerate keeps
+    # its settings in singletons, so forget them (the distributed setup, PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     # cpu=True without CUDA lets `torchrun`/`accelerate launch` start several CPU processes (gloo) as well.
     return Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
                        gradient_accumulation_steps=settings.gradient_accumulation)
