@@ -24,6 +24,21 @@ def atomic_write(target: str | os.PathLike, write) -> Path:
     return target
 
 
+def atomic_folder(target: str | os.PathLike, write) -> Path:
+    """Call ``write(temporary_folder)``, then put that folder in place of ``target``: readers never see a half-written
+    folder (a crash leaves the old one, or none, plus a ``.tmp`` sibling that the next call clears)."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    write(temporary)
+    shutil.rmtree(target, ignore_errors=True)
+    temporary.rename(target)
+    return target
+
+
 def looks_like_hub_id(text: str) -> bool:
     """True for 'owner/name' strings that are not filesystem-looking paths."""
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and all(text.split("/"))

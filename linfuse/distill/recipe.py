@@ -6,15 +6,16 @@ uniform over the training schedule, noise is added with ``DDPMScheduler.add_nois
 """
 
 import copy
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import InvalidArgumentError
+from ..fileio import atomic_folder
 from ..linearize import get_method, linearize, save_linear_weights
 from ..linearize.convert import linearized_layers
+from ..linearize.layers import self_attention_layers
 from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source
 from .losses import AttentionOutputs, linfusion_loss, task_target
@@ -58,12 +59,9 @@ def load_distill_config(path) -> DistillConfig:
 
 
 def load_teacher(model: str):
-    from diffusers import DiffusionPipeline
-
+    """The teacher pipeline in fp32, from a folder or Hub id (the loader ``load_pipeline`` uses)."""
     from ..pipelines.loading import _from_pretrained
 
-    if Path(model).is_dir():
-        return DiffusionPipeline.from_pretrained(model, dtype=torch.float32)
     return _from_pretrained(model, torch.float32)
 
 
@@ -100,14 +98,8 @@ class Distillation:
             param.requires_grad_(True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.source = build_source(config.data, pipe=self.pipe, cache_dir=Path(config.output_dir) / "teacher_samples")
-        self.teacher_feats = AttentionOutputs(attn for name, attn in self._attn1(self.teacher))
+        self.teacher_feats = AttentionOutputs(attn for _, attn in self_attention_layers(self.teacher))
         self.student_feats = AttentionOutputs(attn for name, attn in linearized_layers(self.student))
-
-    @staticmethod
-    def _attn1(unet):
-        from ..linearize.layers import self_attention_layers
-
-        return self_attention_layers(unet)
 
     def processors(self) -> dict:
         """The trainable part, as a module dict keyed by layer name (what checkpoints store)."""
@@ -161,14 +153,13 @@ def distill(config: DistillConfig) -> Path:
 
 def export_student(job: Distillation, out: Path) -> Path:
     """The teacher pipeline's files (fp16) plus ``linear_attention/`` (fp16): loadable by ``load_pipeline``."""
-    temporary = out.with_name(out.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    job.pipe.save_pretrained(temporary, safe_serialization=True)
-    save_linear_weights(job.student, temporary / LINEAR_WEIGHTS_DIR, dtype=torch.float16)
-    _to_half_on_disk(temporary)
-    shutil.rmtree(out, ignore_errors=True)
-    temporary.rename(out)
-    return out
+
+    def write(folder: Path) -> None:
+        job.pipe.save_pretrained(folder, safe_serialization=True)
+        save_linear_weights(job.student, folder / LINEAR_WEIGHTS_DIR, dtype=torch.float16)
+        _to_half_on_disk(folder)
+
+    return atomic_folder(out, write)
 
 
 def _to_half_on_disk(folder: Path) -> None:

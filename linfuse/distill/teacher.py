@@ -10,7 +10,6 @@ The result is a plain diffusers StableDiffusionPipeline folder (safetensors, fp1
 """
 
 import copy
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..fileio import atomic_folder
 from .config import from_mapping, read_yaml
 from .data import DataConfig, EmojiBatches, build_source
 from .tokenizer import build_tokenizer, caption_words
@@ -166,11 +166,7 @@ def latent_scale(vae, source, samples: int = 256) -> float:
 
 
 def _save_folder(model, out: Path) -> None:
-    temporary = out.with_name(out.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary, safe_serialization=True)
-    shutil.rmtree(out, ignore_errors=True)
-    temporary.rename(out)
+    atomic_folder(out, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
 def train_denoiser(config: TeacherConfig, source, vae, accelerator):
@@ -228,7 +224,6 @@ def export_pipeline(config: TeacherConfig, vae, ema: Denoiser) -> Path:
                                    scheduler=DPMSolverMultistepScheduler.from_config(SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     out = Path(config.export)
-    out.parent.mkdir(parents=True, exist_ok=True)
     _save_folder(pipe.to(torch.float16), out)
     return out
 
