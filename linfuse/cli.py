@@ -62,7 +62,9 @@ def run_generate(args) -> int:
     params.validate()  # before loading anything: a bad argument costs no model load
     if args.method == "auto":
         args.method = "none" if is_bundled_teacher(args.model) else "linfusion"
-    method = None if args.method == "none" else get_method(args.method).name
+    if args.method != "none":
+        get_method(args.method)  # an unknown name fails here, before any loading
+    method = None if args.method == "none" else args.method
     model = resolve_model(args.model)
     weights = resolve_weights(args.weights, model) if method else None
     pipe = load_pipeline(model, method=method, weights=weights, device=args.device, dtype=args.dtype)

@@ -1,8 +1,10 @@
-"""``linfuse distill CONFIG.yaml``: LinFusion distillation of a pipeline's UNet into linear self-attention.
+"""``linfuse distill CONFIG.yaml``: LinFusion-style distillation of a pipeline's UNet into linear self-attention.
 
-The teacher is the pipeline's UNet, frozen. The student is a copy of it with every ``attn1`` converted (teacher
-projections, zero-initialised mixers, or ``init_weights``); only the linear-attention processors train. Timesteps are
-uniform over the training schedule, noise is added with ``DDPMScheduler.add_noise``; see ``losses`` for the loss.
+The teacher is the pipeline's UNet, frozen. The student is a copy of it with its ``attn1`` layers converted by
+``method`` (teacher projections and new parts initialised from them, or ``init_weights``; ``method: hybrid`` keeps
+some layers softmax). What trains: the processors, plus the converted layers' q/k/v/out for every method but
+linfusion (whose mixers carry the change). Timesteps are uniform over the training schedule, noise is added with
+``DDPMScheduler.add_noise``; see ``losses`` for the loss.
 """
 
 import copy
@@ -13,9 +15,9 @@ import torch
 
 from ..errors import InvalidArgumentError
 from ..fileio import atomic_folder
-from ..linearize import get_method, linearize, save_linear_weights
-from ..linearize.convert import linearized_layers
-from ..linearize.layers import self_attention_layers
+from ..linearize import linearize, save_linear_weights
+from ..linearize.convert import linearized_layers, split_hybrid, trainable_parameters
+from ..linearize.registry import get_method
 from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source
 from .losses import AttentionOutputs, linfusion_loss, task_target
@@ -32,6 +34,7 @@ class DistillConfig:
     method: str = "linfusion"
     init_weights: str | None = None
     mid_dim: int | None = None
+    options: dict = field(default_factory=dict)  # the method's options, e.g. {softmax_layers: 2, base: sana}
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     kd_weight: float = 0.5
@@ -41,7 +44,7 @@ class DistillConfig:
     def validate(self) -> None:
         if not self.model:
             raise InvalidArgumentError("model must name the teacher pipeline (a folder or Hub id)")
-        get_method(self.method)
+        get_method(split_hybrid(self.method, self.options)[0])
         self.data.validate()
         self.train.validate()
         for name in ("kd_weight", "feat_weight"):
@@ -92,18 +95,20 @@ class Distillation:
                 getattr(self.pipe, part).requires_grad_(False)
         self.student = copy.deepcopy(self.teacher)
         self.report = linearize(self.student, method=config.method, weights=config.init_weights,
-                                mid_dim=config.mid_dim)
-        self.params = [p for _, attn in linearized_layers(self.student) for p in attn.processor.parameters()]
+                                mid_dim=config.mid_dim, **config.options)
+        self.student.requires_grad_(False)
+        self.params = trainable_parameters(self.student)
         for param in self.params:
             param.requires_grad_(True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.source = build_source(config.data, pipe=self.pipe, cache_dir=Path(config.output_dir) / "teacher_samples")
-        self.teacher_feats = AttentionOutputs(attn for _, attn in self_attention_layers(self.teacher))
-        self.student_feats = AttentionOutputs(attn for name, attn in linearized_layers(self.student))
+        converted = linearized_layers(self.student)
+        self.teacher_feats = AttentionOutputs(self.teacher.get_submodule(name) for name, _ in converted)
+        self.student_feats = AttentionOutputs(attn for _, attn in converted)
 
     def processors(self) -> dict:
-        """The trainable part, as a module dict keyed by layer name (what checkpoints store)."""
-        return {"processors": torch.nn.ModuleDict({name.replace(".", "__"): attn.processor
+        """The converted layers (processor and projections), keyed by layer name: what checkpoints store."""
+        return {"processors": torch.nn.ModuleDict({name.replace(".", "__"): attn
                                                    for name, attn in linearized_layers(self.student)})}
 
     def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``linearize`` / ``unlinearize``: install and remove linear-attention processors on a diffusers UNet."""
+"""``linearize`` / ``unlinearize``: install and remove linfuse attention processors on a diffusers denoiser."""
 
 import os
 from dataclasses import dataclass, field, replace
@@ -6,8 +6,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..errors import ArchitectureMismatchError, InvalidArgumentError, WeightsError
-from .layers import LayerSpec, describe_architecture, layer_specs, resolve_unet, self_attention_layers
-from .registry import get_method, processor_classes
+from .grid import attach_token_grid, detach_token_grid
+from .hybrid import softmax_layer_names
+from .layers import LayerSpec, describe_architecture, layer_specs, resolve_denoiser
+from .registry import HYBRID, Method, get_method, processor_classes
 from .weights import LinearCheckpoint, read_linear_weights, write_linear_weights
 
 SDXL_MID_DIM_DIVISOR = 16
@@ -28,60 +30,76 @@ class LinearizeReport:
     def layers_replaced(self) -> int:
         return len(self.layers)
 
+    @property
+    def kind(self) -> str:
+        return "self-attention" if all(name.endswith("attn1") for name in self.layers) else "attention"
+
     def __str__(self) -> str:
         if self.restored:
-            return f"{self.layers_replaced} self-attention layers restored to their original processors"
-        source = f" from {self.weights}" if self.weights else " (mixers zero-initialised)"
+            return f"{self.layers_replaced} {self.kind} layers restored to their original processors"
+        source = f" from {self.weights}" if self.weights else " (initialised from the teacher)"
         return (
-            f"{self.method}: {self.layers_replaced} self-attention layers converted on {self.architecture}, "
+            f"{self.method}: {self.layers_replaced} {self.kind} layers converted on {self.architecture}, "
             f"{self.parameters_added:,} parameters added{source}"
         )
 
 
 def linearize(model, method: str = "linfusion", weights: str | os.PathLike | None = None, *,
-              mid_dim: int | None = None) -> LinearizeReport:
-    """Replace every self-attention (``attn1``) of a UNet, or of a pipeline's UNet, by linear attention.
+              mid_dim: int | None = None, **options) -> LinearizeReport:
+    """Replace the attention of a denoiser's layers by a linfuse method (linear, local or hybrid attention).
 
     Args:
-        model: a diffusers pipeline with a ``UNet2DConditionModel`` (StableDiffusion, SDXL, img2img, …) or the UNet.
-        method: a name from ``linfuse.linearize.METHODS`` ("linfusion").
-        weights: None to start from the teacher (projections kept, mixers output zero, i.e. plain ELU+1 linear
-            attention on the teacher's q/k/v); or a directory / Hub id in linfuse or LinFusion format, whose
-            projections replace the layer's own (the originals are kept on the CPU for :func:`unlinearize`).
-        mid_dim: mixer width when no weights are given; default the layer width, or width/16 for SDXL UNets.
+        model: a diffusers pipeline (anything with ``.unet`` or ``.transformer``) or the UNet / transformer itself.
+        method: a name from ``linfuse.linearize.METHODS`` — UNet self-attention: linfusion, sana, slab, inline,
+            rala, nalaformer, l2vit, transnormer; DiTs: clear (FLUX, SD3, PixArt), lit (DiT, PixArt); or "hybrid",
+            which converts all but ``softmax_layers`` layers with the method ``base`` (default linfusion).
+        weights: None to start from the teacher (its projections, new parts initialised so that the layer starts
+            close to it; lit re-initialises the attention weights); or a directory / Hub id in linfuse or LinFusion
+            format, or a CLEAR ``.safetensors`` file (local, or "owner/name/file.safetensors" on the Hub).
+            Projections in the weights replace the layer's own (the originals are kept on the CPU for
+            :func:`unlinearize`).
+        mid_dim: LinFusion mixer width when no weights are given; default the layer width, or width/16 for SDXL.
+        **options: the method's options, e.g. ``radius=8, pool=4`` for clear, ``heads=2`` for lit,
+            ``softmax_layers=2, base="sana"`` for hybrid; ``Method.options()`` lists them.
 
-    Cross-attention (``attn2``) is untouched. Raises before changing anything if an argument or the weights are bad.
+    Layers the method does not select (cross-attention, for the UNet methods) are untouched. Raises before changing
+    anything if an argument or the weights are bad.
     """
-    unet = resolve_unet(model)
-    method_spec = get_method(method)
+    denoiser = resolve_denoiser(model)
+    method_name, softmax_layers, options = split_hybrid(method, options)
+    method_spec = get_method(method_name)
+    if method == HYBRID and weights is None and softmax_layers is None:
+        raise InvalidArgumentError("method='hybrid' needs softmax_layers: how many layers keep softmax attention "
+                                   "(an integer) or their names (a list)")
     if mid_dim is not None and (not isinstance(mid_dim, int) or mid_dim < 1):
         raise InvalidArgumentError(f"mid_dim must be a positive integer or None; got {mid_dim!r}")
     if mid_dim is not None and weights is not None:
         raise InvalidArgumentError("mid_dim applies only without weights: a checkpoint fixes its own mixer width")
-    layers = self_attention_layers(unet)
-    if not layers:
-        raise InvalidArgumentError(f"{type(unet).__name__} has no self-attention (attn1) layers to convert")
-    if any(isinstance(attn.processor, processor_classes()) for _, attn in layers):
+    if mid_dim is not None and method_name != "linfusion":
+        raise InvalidArgumentError(f"mid_dim is an option of linfusion only, not of {method_name!r}")
+    candidates = method_spec.targets(denoiser)
+    if not candidates:
+        raise InvalidArgumentError(f"{type(denoiser).__name__} has no attention layers that {method_name} converts")
+    if any(isinstance(attn.processor, processor_classes()) for _, attn in candidates):
         raise InvalidArgumentError("this model is already linearized; call linfuse.unlinearize(model) first")
 
-    specs = layer_specs(unet)
-    checkpoint = None
-    if weights is not None:
-        checkpoint = read_linear_weights(weights)
-        _check_checkpoint(checkpoint, method, unet, specs)
-        specs = checkpoint.layers
-    else:
-        specs = [replace(spec, mid_dim=mid_dim or _default_mid_dim(unet, spec.dim)) for spec in specs]
-
+    checkpoint = read_linear_weights(weights) if weights is not None else None
+    specs = _layer_specs(method_spec, denoiser, candidates, checkpoint, options, mid_dim, softmax_layers)
+    layers = [(name, attn) for name, attn in candidates if name in {spec.name for spec in specs}]
     processors = [method_spec.build(spec) for spec in specs]
     if checkpoint is not None:
         _load_checkpoint(checkpoint, layers, processors)
-    report = LinearizeReport(method, describe_architecture(specs), weights=str(weights) if weights else None)
+    label = f"{HYBRID} ({method_name})" if len(layers) < len(candidates) else method_name
+    report = LinearizeReport(label, describe_architecture(specs), weights=str(weights) if weights else None)
+    grid = attach_token_grid(denoiser)
     for (name, attn), processor in zip(layers, processors, strict=True):
         if checkpoint is None:
-            processor.zero_mixers()
+            if getattr(processor, "changes_projections", False):
+                _keep_original_projections(attn, processor)
+            processor.initialize(attn)
         processor.to(device=attn.to_q.weight.device, dtype=attn.to_q.weight.dtype)
         processor.__dict__["_original_processor"] = attn.processor  # a plain attribute: not a submodule
+        processor.__dict__["_token_grid"] = grid
         attn.set_processor(processor)
         report.layers.append(name)
         report.parameters_added += sum(p.numel() for p in processor.parameters())
@@ -90,12 +108,13 @@ def linearize(model, method: str = "linfusion", weights: str | os.PathLike | Non
 
 def unlinearize(model) -> LinearizeReport:
     """Put back the processors (and projection weights) that :func:`linearize` replaced, bit for bit."""
-    unet = resolve_unet(model)
-    report = LinearizeReport("softmax", describe_architecture(layer_specs(unet)), restored=True)
-    for name, attn in self_attention_layers(unet):
+    denoiser = resolve_denoiser(model)
+    layers = linearized_layers(denoiser)
+    if not layers:
+        raise InvalidArgumentError("this model has no linearized layers; nothing to restore")
+    report = LinearizeReport("softmax", describe_architecture(_specs_of(layers)), restored=True)
+    for name, attn in layers:
         processor = attn.processor
-        if not isinstance(processor, processor_classes()):
-            continue
         originals = processor.__dict__.get("_original_projections")
         if originals:
             with torch.no_grad():
@@ -103,39 +122,93 @@ def unlinearize(model) -> LinearizeReport:
                     value.copy_(originals[key])
         attn.set_processor(processor.__dict__["_original_processor"])
         report.layers.append(name)
-    if not report.layers:
-        raise InvalidArgumentError("this model has no linearized layers; nothing to restore")
+    detach_token_grid(denoiser)
     return report
 
 
 def linearized_layers(model) -> list[tuple[str, object]]:
     """(name, Attention) of every layer that currently runs a linfuse processor."""
-    layers = self_attention_layers(resolve_unet(model))
-    return [(name, attn) for name, attn in layers if isinstance(attn.processor, processor_classes())]
+    denoiser = resolve_denoiser(model)
+    return [(name, module) for name, module in denoiser.named_modules()
+            if isinstance(getattr(module, "processor", None), processor_classes())]
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """What distillation trains: every processor's parameters, plus the layer's q/k/v/out projections for methods
+    that train them (all but linfusion)."""
+    params = []
+    for _, attn in linearized_layers(model):
+        params += list(attn.processor.parameters())
+        if attn.processor.trains_projections:
+            params += list(_projection_state(attn).values())
+    return params
 
 
 def save_linear_weights(model, directory: str | os.PathLike, *, dtype: torch.dtype | None = None):
-    """Save every converted layer's mixers and projections as safetensors plus a JSON config (atomic writes)."""
-    unet = resolve_unet(model)
-    layers = linearized_layers(unet)
+    """Save every converted layer's processor and projections as safetensors plus a JSON config (atomic writes)."""
+    denoiser = resolve_denoiser(model)
+    layers = linearized_layers(denoiser)
     if not layers:
         raise InvalidArgumentError("the model is not linearized; call linfuse.linearize(model) before saving")
     methods = {attn.processor.method for _, attn in layers}
     if len(methods) != 1:
         raise InvalidArgumentError(f"layers use several methods ({', '.join(sorted(methods))}); save one at a time")
-    tensors, specs = {}, []
+    method = methods.pop()
+    tensors = {}
     for name, attn in layers:
-        processor = attn.processor
-        specs.append(LayerSpec(name, processor.dim, processor.heads, processor.mid_dim))
-        for key, value in processor.state_dict().items():
+        for key, value in attn.processor.state_dict().items():
             tensors[f"{name}.processor.{key}"] = value
         for key, value in _projection_state(attn).items():
             tensors[f"{name}.{key}"] = value
     if dtype is not None:
-        tensors = {key: value.to(dtype) for key, value in tensors.items()}
-    extra = {"base_model": unet.config.get("_name_or_path", ""), "architecture": describe_architecture(specs)}
-    return write_linear_weights(directory, method=methods.pop(), base_model_class=type(unet).__name__,
+        tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
+    specs = _specs_of(layers)
+    converted = {name for name, _ in layers}
+    extra = {"base_model": denoiser.config.get("_name_or_path", ""), "architecture": describe_architecture(specs),
+             "softmax_layers": [n for n, _ in get_method(method).targets(denoiser) if n not in converted]}
+    return write_linear_weights(directory, method=method, base_model_class=type(denoiser).__name__,
                                 layers=specs, tensors=tensors, extra=extra)
+
+
+def _specs_of(layers) -> list[LayerSpec]:
+    return [LayerSpec(name, attn.processor.dim, attn.processor.heads, getattr(attn.processor, "mid_dim", None),
+                      attn.processor.layer_config()) for name, attn in layers]
+
+
+def split_hybrid(method: str, options: dict) -> tuple[str, object, dict]:
+    """(method to build, softmax_layers or None, remaining options)."""
+    options = dict(options)
+    if method != HYBRID:
+        for name in ("base", "softmax_layers"):
+            if name in options:
+                raise InvalidArgumentError(f"{name} is an option of method='hybrid', not of {method!r}")
+        return method, None, options
+    base = options.pop("base", "linfusion")
+    if base == HYBRID or not isinstance(base, str):
+        raise InvalidArgumentError(f"base must name a method other than hybrid; got {base!r}")
+    return base, options.pop("softmax_layers", None), options
+
+
+def _layer_specs(method: Method, denoiser, candidates, checkpoint, options, mid_dim, softmax_layers):
+    """The specs of the layers to convert: from the checkpoint, or from the model and the options."""
+    if checkpoint is not None:
+        if options or softmax_layers is not None:
+            given = sorted([*options, *(["softmax_layers"] if softmax_layers is not None else [])])
+            raise InvalidArgumentError(f"options {', '.join(given)} apply only without weights: "
+                                       "a checkpoint fixes its own configuration")
+        return _check_checkpoint(checkpoint, method, denoiser, candidates)
+    heads = options.pop("heads", None) if method.heads_option else None
+    specs = []
+    for spec in layer_specs(candidates):
+        if method.name == "linfusion":
+            spec = replace(spec, mid_dim=mid_dim or _default_mid_dim(denoiser, spec.dim))
+        default_heads = getattr(method.processor_class, "default_heads", None)
+        layer_heads = heads or (default_heads(spec.heads, spec.dim) if default_heads else spec.heads)
+        specs.append(replace(spec, heads=layer_heads, options=dict(options)))
+    if softmax_layers is not None:  # hybrid: leave some layers softmax
+        keep = softmax_layer_names(specs, softmax_layers)
+        specs = [spec for spec in specs if spec.name not in keep]
+    return specs
 
 
 def _default_mid_dim(unet, dim: int) -> int:
@@ -149,21 +222,36 @@ def _projection_state(attn) -> dict[str, torch.Tensor]:
     return {key: value for key, value in params.items() if key.startswith(("to_q.", "to_k.", "to_v.", "to_out."))}
 
 
-def _check_checkpoint(checkpoint: LinearCheckpoint, method: str, unet, specs: list[LayerSpec]) -> None:
-    if checkpoint.method != method:
+def _check_checkpoint(checkpoint: LinearCheckpoint, method: Method, denoiser, candidates) -> list[LayerSpec]:
+    """The checkpoint's layer specs, after checking they fit this model; CLEAR files list no layers: all of them."""
+    if checkpoint.method != method.name:
         raise WeightsError(
-            f"weights in {checkpoint.source} are for method {checkpoint.method!r}, not {method!r}; "
+            f"weights in {checkpoint.source} are for method {checkpoint.method!r}, not {method.name!r}; "
             f"pass method={checkpoint.method!r}"
         )
-    model_signature = [(s.name, s.dim, s.heads) for s in specs]
-    ckpt_signature = [(s.name, s.dim, s.heads) for s in checkpoint.layers]
-    if checkpoint.base_model_class != type(unet).__name__ or model_signature != ckpt_signature:
+    model_specs = {spec.name: spec for spec in layer_specs(candidates)}
+    model_class = type(denoiser).__name__
+    if checkpoint.layers is None and checkpoint.base_model_class == model_class:
+        return [replace(spec, options=dict(checkpoint.options)) for spec in model_specs.values()]
+    partial = bool(checkpoint.extra.get("softmax_layers"))
+    fits = checkpoint.base_model_class == model_class and all(
+        spec.name in model_specs and spec.dim == model_specs[spec.name].dim
+        and (method.heads_option or spec.heads == model_specs[spec.name].heads) for spec in checkpoint.layers)
+    if not partial and fits:
+        fits = fits and [spec.name for spec in checkpoint.layers] == list(model_specs)
+    if not fits:
         raise ArchitectureMismatchError(
             f"weights in {checkpoint.source} were made for a {checkpoint.base_model_class} "
-            f"{describe_architecture(checkpoint.layers)}, but the model is a {type(unet).__name__} "
-            f"{describe_architecture(specs)}. Use weights made for this model (LinFusion-1-5 for SD-1.x, "
-            "LinFusion-2-1 for SD-2.x, LinFusion-XL for SDXL) or linearize without weights and distill."
+            f"{describe_architecture(checkpoint.layers or [])}, but the model is a {model_class} "
+            f"{describe_architecture(list(model_specs.values()))}. Use weights made for this model (LinFusion-1-5 "
+            "for SD-1.x, LinFusion-2-1 for SD-2.x, LinFusion-XL for SDXL) or linearize without weights and distill."
         )
+    return checkpoint.layers
+
+
+def _keep_original_projections(attn, processor) -> None:
+    processor.__dict__["_original_projections"] = {k: v.detach().to("cpu", copy=True)
+                                                  for k, v in _projection_state(attn).items()}
 
 
 def _load_checkpoint(checkpoint: LinearCheckpoint, layers, processors) -> None:
@@ -188,8 +276,7 @@ def _load_checkpoint(checkpoint: LinearCheckpoint, layers, processors) -> None:
     with torch.no_grad():
         for (name, attn), processor in zip(layers, processors, strict=True):
             projections = _projection_state(attn)
-            processor.__dict__["_original_projections"] = {k: v.detach().to("cpu", copy=True)
-                                                          for k, v in projections.items()}
+            _keep_original_projections(attn, processor)
             for key, value in projections.items():
                 value.copy_(checkpoint.tensors[f"{name}.{key}"])
             processor.load_state_dict({k: checkpoint.tensors[f"{name}.processor.{k}"]

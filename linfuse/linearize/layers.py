@@ -1,6 +1,6 @@
-"""Finding the self-attention layers of a diffusers UNet and describing an architecture by them."""
+"""Finding the attention layers of a diffusers denoiser (UNet or transformer) and describing it by them."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from diffusers.models.attention_processor import Attention
 
@@ -9,15 +9,25 @@ from ..errors import InvalidArgumentError
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One self-attention layer: its module path in the UNet, width, head count and mixer width."""
+    """One converted layer: its module path in the denoiser, width, head count, mixer width (LinFusion) and the
+    method's other options (window radius, kernel size, …)."""
 
     name: str
     dim: int
     heads: int
     mid_dim: int | None = None
+    options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_denoiser(model):
+    """The UNet or transformer of a pipeline, or the model itself."""
+    for part in ("unet", "transformer"):
+        if getattr(model, part, None) is not None:
+            return getattr(model, part)
+    return model
 
 
 def resolve_unet(model):
@@ -42,8 +52,8 @@ def self_attention_layers(unet) -> list[tuple[str, Attention]]:
     ]
 
 
-def layer_specs(unet) -> list[LayerSpec]:
-    return [LayerSpec(name, attn.to_q.in_features, attn.heads) for name, attn in self_attention_layers(unet)]
+def layer_specs(layers) -> list[LayerSpec]:
+    return [LayerSpec(name, attn.to_q.in_features, attn.heads) for name, attn in layers]
 
 
 def describe_architecture(layers: list[LayerSpec]) -> str:
@@ -61,4 +71,6 @@ def describe_architecture(layers: list[LayerSpec]) -> str:
             return f"{family} UNet ({detail})"
     if len(layers) == 70 and widths == [640, 1280]:
         return f"SDXL UNet ({detail})"
+    if layers and all(layer.name.startswith(("transformer_blocks.", "single_transformer_blocks.")) for layer in layers):
+        return "transformer with " + detail.replace("self-attention", "attention")
     return f"UNet with {detail}"

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..kernels import DEFAULT_EPS, linear_attention
+from .processor import SelfAttentionProcessor
 
 
 class ResidualMixer(nn.Sequential):
@@ -30,77 +31,36 @@ class ResidualMixer(nn.Sequential):
         nn.init.zeros_(self[3].bias)
 
 
-class LinFusionAttnProcessor(nn.Module):
+class LinFusionAttnProcessor(SelfAttentionProcessor):
     """Normalised linear attention with residual query/key mixers (LinFusion)."""
 
     method = "linfusion"
+    trains_projections = False  # LinFusion trains the mixers only
 
     def __init__(
         self, dim: int, heads: int, mid_dim: int | None = None, feature_map: str = "elu1", eps: float = DEFAULT_EPS
     ):
-        super().__init__()
+        super().__init__(dim, heads)
         mid_dim = dim if mid_dim is None else mid_dim
-        if dim % heads:
-            raise InvalidArgumentError(f"dim ({dim}) must be a multiple of heads ({heads})")
         if mid_dim < 1:
             raise InvalidArgumentError(f"mid_dim must be >= 1; got {mid_dim}")
-        self.dim, self.heads, self.mid_dim = dim, heads, mid_dim
+        self.mid_dim = mid_dim
         self.feature_map, self.eps = feature_map, eps
         self.to_q_ = ResidualMixer(dim, mid_dim)
         self.to_k_ = ResidualMixer(dim, mid_dim)
 
     def layer_config(self) -> dict:
-        return {"dim": self.dim, "heads": self.heads, "mid_dim": self.mid_dim, "feature_map": self.feature_map,
-                "eps": self.eps}
+        return {"feature_map": self.feature_map, "eps": self.eps}
 
-    def zero_mixers(self) -> None:
-        """Start as plain φ-linear attention over the layer's own projections."""
+    def initialize(self, attn) -> None:
+        """Start as plain φ-linear attention over the layer's own projections (mixers output zero)."""
         self.to_q_.zero_output()
         self.to_k_.zero_output()
 
-    def forward(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
-        if attention_mask is not None:
-            raise InvalidArgumentError(
-                "attention_mask is not supported by linear self-attention (LinFusion); call without a mask"
-            )
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial_shape = None
-        if hidden_states.ndim == 4:
-            spatial_shape = hidden_states.shape
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-
-        batch = hidden_states.shape[0]
-        query = attn.to_q(self.to_q_(hidden_states).add_(hidden_states))  # W_q (x + M_q(x)), one temporary less
+    def project(self, attn, x: torch.Tensor, context: torch.Tensor):
+        query = attn.to_q(self.to_q_(x).add_(x))  # W_q (x + M_q(x)), one temporary less
         key = attn.to_k(self.to_k_(context).add_(context))
-        value = attn.to_v(context)
-        query = query.view(batch, -1, attn.heads, query.shape[-1] // attn.heads)
-        key = key.view(batch, -1, attn.heads, key.shape[-1] // attn.heads)
-        value = value.view(batch, -1, attn.heads, value.shape[-1] // attn.heads)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        return self.split_heads(attn, query, key, attn.to_v(context))
 
-        out = linear_attention(query, key, value, feature_map=self.feature_map, eps=self.eps, layout="bnhd")
-        del query, key, value  # free them before the output projection allocates
-        out = attn.to_out[1](attn.to_out[0](out.flatten(2)))
-
-        if spatial_shape is not None:
-            out = out.transpose(1, 2).reshape(spatial_shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def attend(self, q, k, v, x):
+        return linear_attention(q, k, v, feature_map=self.feature_map, eps=self.eps, layout="bnhd")

@@ -1,10 +1,23 @@
-"""Registry of linearisation methods: ``linearize(..., method=NAME)`` looks names up here."""
+"""Registry of conversion methods: ``linearize(..., method=NAME)`` looks names up here.
 
+A method is a processor class (what replaces a layer's attention) and a layer selection (which layers of which
+denoisers it converts). ``hybrid`` is not a method of its own but a policy over one: see :mod:`.hybrid`.
+"""
+
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
-from .layers import LayerSpec
+from .dit import lit_layers, window_attention_layers
+from .layers import LayerSpec, resolve_unet, self_attention_layers
 from .linfusion import LinFusionAttnProcessor
+
+HYBRID = "hybrid"
+
+
+def unet_self_attention(denoiser):
+    return self_attention_layers(resolve_unet(denoiser))
 
 
 @dataclass(frozen=True)
@@ -12,25 +25,66 @@ class Method:
     name: str
     processor_class: type
     summary: str
+    targets: Callable = unet_self_attention  # denoiser -> [(name, Attention)] it converts
+    heads_option: bool = False  # True: the processor may use another head count than the layer
+
+    def options(self) -> list[str]:
+        """Keyword options the processor takes beyond (dim, heads)."""
+        params = inspect.signature(self.processor_class.__init__).parameters
+        return [name for name in params if name not in ("self", "dim", "heads")] + (
+            ["heads"] if self.heads_option else [])
 
     def build(self, spec: LayerSpec):
-        return self.processor_class(dim=spec.dim, heads=spec.heads, mid_dim=spec.mid_dim)
+        kwargs = dict(spec.options)
+        if spec.mid_dim is not None:
+            kwargs["mid_dim"] = spec.mid_dim
+        unknown = sorted(set(kwargs) - set(self.options()))
+        if unknown:
+            raise InvalidArgumentError(
+                f"method {self.name!r} takes the options {', '.join(self.options()) or 'none'}; "
+                f"got {', '.join(unknown)}"
+            )
+        return self.processor_class(dim=spec.dim, heads=spec.heads, **kwargs)
 
 
-METHODS = {
-    "linfusion": Method(
-        "linfusion",
-        LinFusionAttnProcessor,
-        "LinFusion: residual MLP mixers on q/k inputs, ELU+1 features, mean-normalised linear attention",
-    ),
-}
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise InvalidArgumentError(f"method must be one of {', '.join(sorted(METHODS))}; got {name!r}")
-    return METHODS[name]
+    if name not in METHODS and name != HYBRID:
+        raise InvalidArgumentError(f"method must be one of {', '.join(method_names())}; got {name!r}")
+    return METHODS.get(name)
+
+
+def method_names() -> list[str]:
+    return sorted([*METHODS, HYBRID])
 
 
 def processor_classes() -> tuple[type, ...]:
     return tuple(method.processor_class for method in METHODS.values())
+
+
+def _register_builtin() -> None:
+    from .clear import ClearAttnProcessor
+    from .lit import LiTAttnProcessor
+
+    register(Method("linfusion", LinFusionAttnProcessor,
+                    "LinFusion: residual MLP mixers on q/k inputs, ELU+1 features, mean-normalised linear attention"))
+    register(Method("clear", ClearAttnProcessor,
+                    "CLEAR: softmax attention in a circular window around each image token, plus all text tokens "
+                    "and optional learned pooled tokens (FLUX, SD3, PixArt)", targets=window_attention_layers))
+    register(Method("lit", LiTAttnProcessor,
+                    "LiT: ReLU linear attention plus a depth-wise convolution, fewer heads, attention weights "
+                    "re-initialised (DiT, PixArt)", targets=lit_layers, heads_option=True))
+    from .variants import VARIANTS
+
+    for name, processor_class, summary in VARIANTS:
+        register(Method(name, processor_class, summary))
+
+
+_register_builtin()

@@ -11,11 +11,17 @@ LinFusion format (``Yuanshi/LinFusion-1-5``, ``-2-1``, ``-XL``)::
     config.json                         {"_class_name": "LinFusion", "modules_list": [{"module_name", "dim_n",
                                          "heads", "projection_mid_dim"}, …]}
     diffusion_pytorch_model.safetensors keys "<i>.to_q_.<j>.*", "<i>.to_k_.<j>.*", "<i>.to_q.weight", …
+
+CLEAR format (``Huage001/CLEAR``: clear_local_<r>.safetensors, clear_local_<r>_down_<f>.safetensors), one file::
+
+    keys are the FLUX transformer's own parameter names: "<layer>.to_q.weight", …, and
+    "<layer>.processor.spatial_weight" (1, 1, 1, f, 1, f, 1) for the pooled variant; r and f come from the file name
 """
 
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,8 +48,10 @@ class LinearCheckpoint:
     format: str
     method: str
     base_model_class: str
-    layers: list[LayerSpec]
+    layers: list[LayerSpec] | None  # None: every layer the method selects (CLEAR files)
     tensors: dict[str, torch.Tensor]
+    options: dict = field(default_factory=dict)  # options of every layer when ``layers`` is None
+    extra: dict = field(default_factory=dict)  # the rest of a linfuse config (softmax_layers of hybrids, …)
 
 
 def resolve_weights_dir(weights: str | os.PathLike) -> Path:
@@ -59,6 +67,39 @@ def resolve_weights_dir(weights: str | os.PathLike) -> Path:
     return _download(text)
 
 
+def resolve_weights_file(weights: str | os.PathLike) -> Path:
+    """A local .safetensors file, or "owner/name/path/file.safetensors" fetched from the Hugging Face Hub."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    parts = str(weights).split("/")
+    if len(parts) < 3 or not looks_like_hub_id("/".join(parts[:2])) or Path(weights).is_absolute():
+        raise WeightsError(f"weights file {path} does not exist; pass a file or owner/name/file.safetensors")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+    except Exception as exc:  # network errors, missing files, offline mode
+        raise WeightsError(
+            f"could not fetch {weights!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). If this machine "
+            "is offline, download the file elsewhere and pass its local path."
+        ) from exc
+
+
+def _read_clear(path: Path) -> LinearCheckpoint:
+    """CLEAR's attention weights for FLUX; the window radius is read from the file name."""
+    tensors = _read_tensors(path)
+    match = re.search(r"local_(\d+)", path.name)
+    pooled = [t for k, t in tensors.items() if k.endswith("processor.spatial_weight")]
+    if match is None:
+        raise WeightsError(f"cannot tell the window radius of {path.name}: CLEAR files are named "
+                           "clear_local_<radius>[_down_<factor>].safetensors; rename the file accordingly")
+    options = {"radius": int(match.group(1))}
+    if pooled:
+        options["pool"] = int(pooled[0].shape[3])
+    return LinearCheckpoint(str(path), "clear", "clear", "FluxTransformer2DModel", None, tensors, options)
+
+
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -72,7 +113,9 @@ def _download(repo_id: str) -> Path:
 
 
 def read_linear_weights(weights: str | os.PathLike) -> LinearCheckpoint:
-    """Read a linfuse or LinFusion weights directory (or Hub id) completely, validating it before any use."""
+    """Read a linfuse or LinFusion weights directory (or Hub id), or a CLEAR file, validating it before any use."""
+    if str(weights).endswith(".safetensors"):
+        return _read_clear(resolve_weights_file(weights))
     directory = resolve_weights_dir(weights)
     if (directory / CONFIG_NAME).exists():
         return _read_linfuse(directory)
@@ -125,6 +168,7 @@ def _read_linfuse(directory: Path) -> LinearCheckpoint:
         base_model_class=config.get("base_model_class", ""),
         layers=layers,
         tensors=_read_tensors(directory / WEIGHTS_NAME),
+        extra={k: v for k, v in config.items() if k not in ("format", "format_version", "method", "layers")},
     )
 
 
