@@ -76,7 +76,8 @@ class EmojiBatches:
     def batch(self, generator: torch.Generator, size: int) -> dict:
         seeds = torch.randint(0, 2**62, (size,), generator=generator).tolist()
         samples = [self.source.sample(seed) for seed in seeds]
-        return {"pixels": to_tensor([image for image, _ in samples]), "captions": [c for _, c in samples]}
+        return {"pixels": to_tensor([image for image, _ in samples]), "captions": [c for _, c in samples],
+                "labels": torch.tensor([self.source.label(seed) for seed in seeds])}
 
 
 def square(image: Image.Image, resolution: int) -> Image.Image:

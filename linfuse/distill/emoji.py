@@ -136,6 +136,10 @@ class EmojiSource:
         article = "an" if background[0] in "aeiou" else "a"
         return f"{name} on {article} {background} background"
 
+    def label(self, seed: int) -> int:
+        """The glyph index that ``sample(seed)`` draws: a class label for class-conditional models."""
+        return random.Random(seed).randrange(len(self.catalogue))
+
     def sample(self, seed: int) -> tuple[Image.Image, str]:
         rng = random.Random(seed)
         index = rng.randrange(len(self.catalogue))

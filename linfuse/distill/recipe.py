@@ -17,6 +17,7 @@ from ..errors import InvalidArgumentError
 from ..fileio import atomic_folder
 from ..linearize import linearize, save_linear_weights
 from ..linearize.convert import linearized_layers, split_hybrid, trainable_parameters
+from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import get_method
 from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source
@@ -39,6 +40,7 @@ class DistillConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     kd_weight: float = 0.5
     feat_weight: float = 0.5
+    variance_weight: float = 0.1  # lit: KD weight of the learned variance (the noise's is kd_weight)
     warmup_steps: int = 0  # task loss only for this many first steps (LinFusion's advice against early NaNs)
 
     def validate(self) -> None:
@@ -47,7 +49,7 @@ class DistillConfig:
         get_method(split_hybrid(self.method, self.options)[0])
         self.data.validate()
         self.train.validate()
-        for name in ("kd_weight", "feat_weight"):
+        for name in ("kd_weight", "feat_weight", "variance_weight"):
             if getattr(self, name) < 0:
                 raise InvalidArgumentError(f"{name} must be >= 0; got {getattr(self, name)}")
         if not 0 <= self.warmup_steps <= self.train.steps:
@@ -89,7 +91,7 @@ class Distillation:
         self.config, self.accelerator = config, accelerator
         self.pipe = load_teacher(config.model)
         self.pipe.set_progress_bar_config(disable=True)
-        self.teacher = self.pipe.unet.requires_grad_(False).eval()
+        self.teacher = resolve_denoiser(self.pipe).requires_grad_(False).eval()
         for part in ("vae", "text_encoder", "text_encoder_2"):
             if getattr(self.pipe, part, None) is not None:
                 getattr(self.pipe, part).requires_grad_(False)
@@ -142,7 +144,7 @@ def distill(config: DistillConfig) -> Path:
     """Run (or resume) the distillation; writes OUTPUT/linear_attention and, if asked, the student pipeline."""
     accelerator = make_accelerator(config.train)
     torch.manual_seed(config.train.seed)
-    job = Distillation(config, accelerator)
+    job = job_class(config)(config, accelerator)
     optimizer = torch.optim.AdamW(job.params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     model, optimizer = accelerator.prepare(job.student, optimizer)
     job.teacher.to(accelerator.device)
@@ -154,6 +156,15 @@ def distill(config: DistillConfig) -> Path:
         if config.export:
             export_student(job, Path(config.export))
     return out
+
+
+def job_class(config: DistillConfig) -> type:
+    """LiT's recipe for class-conditional DiTs (method lit), LinFusion's for UNets otherwise."""
+    if config.method == "lit":
+        from .lit import LiTDistillation
+
+        return LiTDistillation
+    return Distillation
 
 
 def export_student(job: Distillation, out: Path) -> Path:

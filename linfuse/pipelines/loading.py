@@ -130,8 +130,16 @@ def _from_pretrained(model_id: str, dtype: torch.dtype):
     path = Path(model_id).expanduser()
     if not path.is_dir() and not looks_like_hub_id(model_id):
         raise InvalidArgumentError(f"model {model_id!r} is neither a pipeline directory nor a Hub id like owner/name")
+    source = str(path) if path.is_dir() else model_id
     try:
-        return AutoPipelineForText2Image.from_pretrained(str(path) if path.is_dir() else model_id, dtype=dtype)
+        try:
+            return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
+        except ValueError as exc:  # pipelines outside the text-to-image family, e.g. class-conditional DiTPipeline
+            if "AutoPipeline can't find a pipeline" not in str(exc):
+                raise
+            from diffusers import DiffusionPipeline
+
+            return DiffusionPipeline.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise LinfuseError(
             f"could not load pipeline {model_id!r} ({type(exc).__name__}: {exc}). For a Hub id this machine needs "
