@@ -10,7 +10,7 @@ from tiny_models import tiny_unet
 
 import linfuse
 from linfuse.errors import InvalidArgumentError, WeightsError
-from linfuse.linearize import linearized_layers
+from linfuse.linearize import linearized_layers, trainable_parameters
 from linfuse.linearize.clear import ClearAttnProcessor
 
 CLEAR_LAYERS = {
@@ -203,3 +203,17 @@ def test_bad_calls_name_the_problem():
     linfuse.linearize(model, method="clear", radius=2, pool=8)
     with pytest.raises(InvalidArgumentError, match="pool=8 is larger than the 3×3 token grid"):
         run(model, dit_inputs("pixart", model, height=6, width=6))
+
+
+def test_clear_trains_image_side_projections_and_pooling_weights_only():
+    model = tiny_flux()
+    linfuse.linearize(model, method="clear", radius=2, pool=2)
+    trainable = {id(p) for p in trainable_parameters(model)}
+    names = sorted(name for name, p in model.named_parameters() if id(p) in trainable)
+    expected = []
+    for layer in CLEAR_LAYERS["flux"]:
+        projections = ["to_q", "to_k", "to_v"] + (["to_out.0"] if layer.startswith("transformer_blocks") else [])
+        expected += [f"{layer}.{p}.{kind}" for p in projections for kind in ("bias", "weight")]
+        expected.append(f"{layer}.processor.spatial_weight")
+    assert names == sorted(expected)  # no add_q/k/v_proj, to_add_out, norms or MLPs
+    assert not any("add_" in name for name in names)

@@ -1,13 +1,22 @@
 """Conversion of pretrained diffusion-model attention to linear attention."""
 
-from .convert import LinearizeReport, linearize, linearized_layers, save_linear_weights, unlinearize
+from .clear import ClearAttnProcessor
+from .convert import (
+    LinearizeReport,
+    linearize,
+    linearized_layers,
+    save_linear_weights,
+    trainable_parameters,
+    unlinearize,
+)
 from .layers import LayerSpec, describe_architecture, self_attention_layers
 from .linfusion import LinFusionAttnProcessor, ResidualMixer
-from .registry import METHODS, get_method
+from .lit import LiTAttnProcessor
+from .registry import METHODS, get_method, method_names
 from .weights import read_linear_weights
 
 __all__ = [
-    "METHODS", "LayerSpec", "LinFusionAttnProcessor", "LinearizeReport", "ResidualMixer", "describe_architecture",
-    "get_method", "linearize", "linearized_layers", "read_linear_weights", "save_linear_weights",
-    "self_attention_layers", "unlinearize",
+    "METHODS", "ClearAttnProcessor", "LayerSpec", "LiTAttnProcessor", "LinFusionAttnProcessor", "LinearizeReport",
+    "ResidualMixer", "describe_architecture", "get_method", "linearize", "linearized_layers", "method_names",
+    "read_linear_weights", "save_linear_weights", "self_attention_layers", "trainable_parameters", "unlinearize",
 ]
