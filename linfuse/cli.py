@@ -1,4 +1,4 @@
-"""The ``linfuse`` command line: ``linfuse generate PROMPT …`` and ``linfuse info``."""
+"""The ``linfuse`` command line: ``linfuse generate PROMPT …``, ``linfuse batch FILE …`` and ``linfuse info``."""
 
 import argparse
 import os
@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_batch import add_batch_command
+from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
 from .cli_training import add_training_commands
 from .errors import LinfuseError
-
-BUNDLED_GUIDANCE = 5.0
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,27 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="text to image with a linearized model")
     gen.add_argument("prompt")
-    gen.add_argument("--model", default=os.environ.get("LINFUSE_MODEL"),
-                     help="pipeline directory, Hub id, or 'student'/'teacher' for the bundled emoji models "
-                          "(default: $LINFUSE_MODEL, else the bundled student)")
-    gen.add_argument("--weights", default="auto",
-                     help="linear-attention weights: directory, Hub id, 'auto' (the model folder's own "
-                          "linear_attention/, else published LinFusion weights for known base models) or 'none' "
-                          "(teacher projections, mixers at zero)")
-    gen.add_argument("--method", default="auto",
-                     help="linearisation method, 'none' for softmax attention, or 'auto': none for the bundled "
-                          "teacher, linfusion otherwise")
-    gen.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=None,
-                     help="classifier-free guidance scale (default 7.5; 5.0 for the bundled emoji models)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--negative", default="", help="negative prompt")
+    add_model_arguments(gen)
     gen.add_argument("--out", default="linfuse.png", help="output PNG path (written atomically)")
-    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
-    gen.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
     gen.set_defaults(run=run_generate)
 
+    add_batch_command(commands)
     info = commands.add_parser("info", help="versions, device, and models available offline")
     info.set_defaults(run=run_info)
     add_training_commands(commands)
@@ -49,31 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_generate(args) -> int:
-    from .linearize import get_method
-    from .pipelines import GenerationParams, describe_run, generate, load_pipeline, native_size, parse_size, save_png
-    from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
+    from .pipelines import describe_run, native_size, save_png
 
-    bundled = args.model is None or args.model in ("student", "teacher")
-    guidance = args.guidance if args.guidance is not None else (BUNDLED_GUIDANCE if bundled else 7.5)
-    params = GenerationParams(prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
-                              guidance=guidance, seed=args.seed)
-    if args.size:
-        params.width, params.height = parse_size(args.size)
-    params.validate()  # before loading anything: a bad argument costs no model load
-    if args.method == "auto":
-        args.method = "none" if is_bundled_teacher(args.model) else "linfusion"
-    if args.method != "none":
-        get_method(args.method)  # an unknown name fails here, before any loading
-    method = None if args.method == "none" else args.method
-    model = resolve_model(args.model)
-    weights = resolve_weights(args.weights, model) if method else None
-    pipe = load_pipeline(model, method=method, weights=weights, device=args.device, dtype=args.dtype)
-    if pipe.linfuse_report:
-        print(pipe.linfuse_report, file=sys.stderr)
+    params = default_params(args, args.prompt)  # before loading anything: a bad argument costs no model load
+    method, weights = resolve_method(args)
+    pipe = load_model(args, method, weights)
     if not args.size:
         params.width, params.height = native_size(pipe)
     describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
-    image = generate(pipe, params)
+    image = renderer(args, pipe)(pipe, params)
     path = save_png(image, args.out, params)
     print(f"wrote {path} ({image.width}x{image.height})")
     return 0

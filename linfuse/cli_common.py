@@ -1,0 +1,86 @@
+"""What the generating commands (generate, batch) share: model arguments, and loading the model they name."""
+
+import os
+import sys
+
+BUNDLED_GUIDANCE = 5.0
+
+
+def add_model_arguments(parser) -> None:
+    parser.add_argument("--model", default=os.environ.get("LINFUSE_MODEL"),
+                        help="pipeline directory, Hub id, or 'student'/'teacher' for the bundled emoji models "
+                             "(default: $LINFUSE_MODEL, else the bundled student)")
+    parser.add_argument("--weights", default="auto",
+                        help="linear-attention weights: directory, Hub id, 'auto' (the model folder's own "
+                             "linear_attention/, else published LinFusion weights for known base models) or 'none' "
+                             "(teacher projections, mixers at zero)")
+    parser.add_argument("--method", default="auto",
+                        help="linearisation method, 'none' for softmax attention, or 'auto': none for the bundled "
+                             "teacher, linfusion otherwise")
+    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default 7.5; 5.0 for the bundled emoji models)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--highres", choices=("auto", "on", "off"), default="auto",
+                        help="progressive ×2 refinement with tiled VAE (auto: when the size exceeds twice the "
+                             "model's native size)")
+    parser.add_argument("--upscale", choices=("latent", "pixel"), default="latent",
+                        help="how the progressive mode upscales between stages")
+
+
+def default_params(args, prompt: str = ""):
+    """GenerationParams from the arguments, validated before anything is loaded (width/height 0 = native)."""
+    from .pipelines import GenerationParams, parse_size
+
+    bundled = args.model is None or args.model in ("student", "teacher")
+    guidance = args.guidance if args.guidance is not None else (BUNDLED_GUIDANCE if bundled else 7.5)
+    params = GenerationParams(prompt=prompt, negative_prompt=args.negative, steps=args.steps, guidance=guidance,
+                              seed=args.seed)
+    if args.size:
+        params.width, params.height = parse_size(args.size)
+    params.validate()
+    return params
+
+
+def resolve_method(args):
+    """(method or None, weights) from --method / --weights; an unknown method fails before any loading."""
+    from .linearize import get_method
+    from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
+
+    if args.method == "auto":
+        args.method = "none" if is_bundled_teacher(args.model) else "linfusion"
+    if args.method != "none":
+        get_method(args.method)
+    method = None if args.method == "none" else args.method
+    return method, (resolve_weights(args.weights, resolve_model(args.model)) if method else None)
+
+
+def load_model(args, method, weights):
+    from .pipelines import load_pipeline
+    from .pipelines.loading import resolve_model
+
+    pipe = load_pipeline(resolve_model(args.model), method=method, weights=weights, device=args.device,
+                         dtype=args.dtype)
+    if pipe.linfuse_report:
+        print(pipe.linfuse_report, file=sys.stderr)
+    return pipe
+
+
+def renderer(args, pipe):
+    """``render(pipe, params)``: plain generation, or progressive when --highres asks for it."""
+    from .pipelines import generate, native_size
+    from .pipelines.highres import HighResOptions, generate_highres
+
+    native = max(native_size(pipe))
+
+    def render(pipe, params):
+        progressive = args.highres == "on" or (args.highres == "auto" and max(params.width, params.height) > 2 * native)
+        if progressive:
+            return generate_highres(pipe, params, HighResOptions(upscale=args.upscale))
+        return generate(pipe, params)
+
+    return render

@@ -1,0 +1,200 @@
+"""Progressive high-resolution generation: a base image from text, then ×2 upscale + SDEdit refinement, up to 16K.
+
+``generate_highres(pipe, params)`` plans the stages (:mod:`.plan`), refuses what cannot work before any work
+(softmax attention beyond ``max_softmax_pixels``; a job the memory preflight says will not fit, naming the largest
+size that would), then runs them with the pipeline's own components: text-to-image at the base size, and for each
+refinement the latent upscaled ×2 (``upscale="latent"``: bicubic on the latent; ``"pixel"``: tiled VAE decode,
+bicubic on the image, tiled VAE encode) and re-denoised from strength s. The image is decoded in tiles at the end.
+
+``skip_residual=α > 0`` adds DemoFusion's skip residual: after each denoising step at timestep t the latent is
+pulled towards the upscaled latent noised to t, z ← c·noised(z_up, t) + (1 − c)·z with c = ((1 + cos(π(T−t)/T))/2)^α,
+T the training steps: strong at high noise (keeps the layout of the smaller image), vanishing at the end.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import InvalidArgumentError
+from ..linearize.registry import processor_classes
+from .parameters import GenerationParams
+from .plan import Stage, plan_stages
+from .preflight import InsufficientMemoryError, MemoryModel, estimate_memory, gib, largest_fitting_size
+from .text2image import native_size
+from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
+
+UPSCALE_MODES = ("latent", "pixel")
+DEFAULT_MAX_SOFTMAX_PIXELS = 2048 * 2048
+BAND_ROWS = 512  # rows converted to 8-bit at a time
+
+
+@dataclass
+class HighResOptions:
+    upscale: str = "latent"
+    strengths: tuple[float, ...] | None = None  # one per ×2 refinement; default 0.4 → 0.1
+    skip_residual: float = 0.0  # DemoFusion's α (cosine_scale_1 = 3 there); 0 = off
+    vae_tile: int = DEFAULT_TILE  # latent pixels
+    vae_overlap: int = DEFAULT_OVERLAP
+    max_softmax_pixels: int = DEFAULT_MAX_SOFTMAX_PIXELS
+    check_memory: bool = True
+    memory_limit: int | None = None  # bytes the job may use; default what is free now
+
+    def validate(self) -> "HighResOptions":
+        if self.upscale not in UPSCALE_MODES:
+            raise InvalidArgumentError(f"upscale must be one of {', '.join(UPSCALE_MODES)}; got {self.upscale!r}")
+        if not isinstance(self.skip_residual, (int, float)) or not 0 <= self.skip_residual <= 10:
+            raise InvalidArgumentError(f"skip_residual must be in [0, 10] (0 = off); got {self.skip_residual!r}")
+        check_tiling(self.vae_tile, self.vae_overlap)
+        if self.memory_limit is not None and (not isinstance(self.memory_limit, int) or self.memory_limit < 1):
+            raise InvalidArgumentError(f"memory_limit must be a positive number of bytes or None; got "
+                                       f"{self.memory_limit!r}")
+        if not isinstance(self.max_softmax_pixels, int) or self.max_softmax_pixels < 64 * 64:
+            raise InvalidArgumentError(
+                f"max_softmax_pixels must be an integer >= 4096; got {self.max_softmax_pixels!r}")
+        return self
+
+
+def softmax_layers(unet) -> list[str]:
+    """Names of the UNet's self-attention layers that still run softmax attention."""
+    return [name for name, module in unet.named_modules()
+            if name.endswith("attn1") and not isinstance(getattr(module, "processor", None), processor_classes())]
+
+
+def softmax_attention_bytes(pipe, width: int, height: int, batch: int) -> int:
+    """Bytes of one N×N attention matrix (all heads) at the finest softmax layer, as a math-mode SDPA holds it."""
+    unet, factor = pipe.unet, pipe.vae_scale_factor
+    worst = 0
+    for name in softmax_layers(unet):
+        attn = unet.get_submodule(name)
+        depth = _depth_of(unet, name)
+        tokens = math.ceil(height / factor / 2**depth) * math.ceil(width / factor / 2**depth)
+        worst = max(worst, batch * attn.heads * tokens * tokens * unet.dtype.itemsize)
+    return worst
+
+
+def _depth_of(unet, name: str) -> int:
+    parts = name.split(".")
+    levels = len(unet.down_blocks)
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "up_blocks":
+        return levels - 1 - int(parts[1])
+    return levels - 1  # mid block
+
+
+def check_softmax(pipe, params: GenerationParams, options: HighResOptions, batch: int) -> None:
+    layers = softmax_layers(pipe.unet)
+    pixels = params.width * params.height
+    if layers and pixels > options.max_softmax_pixels:
+        need = softmax_attention_bytes(pipe, params.width, params.height, batch)
+        raise InvalidArgumentError(
+            f"{params.width}x{params.height} is beyond max_softmax_pixels={options.max_softmax_pixels} for a model "
+            f"with {len(layers)} softmax self-attention layers: one attention matrix alone would take {gib(need)} "
+            "(N² in the token count). Linearize the model (linfuse.linearize(pipe) or --method linfusion), or raise "
+            "max_softmax_pixels if your attention backend is memory-efficient and you accept the quadratic time."
+        )
+
+
+def plan_job(pipe, params: GenerationParams, options: HighResOptions) -> list[Stage]:
+    params.validate(multiple_of=8)
+    options.validate()
+    return plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths)
+
+
+def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):
+    """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit."""
+    guidance = params.guidance > 1.0
+    model = model or MemoryModel(pipe)
+    estimate = estimate_memory(pipe, stages, guidance=guidance, upscale=options.upscale, tile=options.vae_tile,
+                               model=model, limit=options.memory_limit)
+    if options.check_memory and not estimate.fits:
+        best = largest_fitting_size(pipe, params.width, params.height, native_side=max(native_size(pipe)),
+                                    strengths=options.strengths, guidance=guidance, upscale=options.upscale,
+                                    tile=options.vae_tile, model=model, limit=options.memory_limit)
+        hint = f"the largest {params.width}:{params.height} size that fits is {best[0]}x{best[1]}" if best else \
+            "nothing of this aspect ratio fits"
+        raise InsufficientMemoryError(
+            f"{params.width}x{params.height} would need {estimate.describe()}; {hint}. Free memory, use a smaller "
+            "size or a linearized model, or lower vae_tile."
+        )
+    return estimate
+
+
+def upscale_latents(pipe, latents: torch.Tensor, stage: Stage, options: HighResOptions) -> torch.Tensor:
+    factor = pipe.vae_scale_factor
+    size = (stage.height // factor, stage.width // factor)
+    if options.upscale == "latent":
+        return F.interpolate(latents.float(), size=size, mode="bicubic", align_corners=False).to(latents.dtype)
+    tiling = {"tile": options.vae_tile, "overlap": options.vae_overlap}
+    image = tiled_decode(pipe.vae, latents, **tiling)
+    image = F.interpolate(image, size=(stage.height, stage.width), mode="bicubic", align_corners=False).clamp_(-1, 1)
+    return tiled_encode(pipe.vae, image, **tiling).to(latents.device, latents.dtype)
+
+
+def skip_residual_callback(reference: torch.Tensor, alpha: float, generator: torch.Generator):
+    """DemoFusion's skip residual as a diffusers ``callback_on_step_end`` (see the module docstring)."""
+    noise = torch.randn(reference.shape, generator=generator, dtype=torch.float32).to(reference)
+
+    def callback(pipe, index: int, timestep, tensors: dict) -> dict:
+        timesteps = pipe.scheduler.timesteps
+        if index + 1 >= len(timesteps):
+            return tensors
+        following = timesteps[index + 1]
+        total = pipe.scheduler.config.num_train_timesteps
+        weight = ((1 + math.cos(math.pi * (total - float(following)) / total)) / 2) ** alpha
+        noised = pipe.scheduler.add_noise(reference, noise, following.reshape(1))
+        tensors["latents"] = weight * noised + (1 - weight) * tensors["latents"]
+        return tensors
+
+    return callback
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] to 8-bit RGB images, converted in bands of rows (no full-size float temporaries)."""
+    out = []
+    for image in images:
+        array = np.empty((image.shape[1], image.shape[2], 3), dtype=np.uint8)
+        for top in range(0, image.shape[1], BAND_ROWS):
+            band = image[:, top:top + BAND_ROWS].float().add(1).mul_(127.5).round_().clamp_(0, 255)
+            array[top:top + BAND_ROWS] = band.to(torch.uint8).permute(1, 2, 0).numpy()
+        out.append(Image.fromarray(array))
+    return out
+
+
+def generate_highres(pipe, params: GenerationParams, options: HighResOptions | None = None, *,
+                     progress: bool = True) -> Image.Image:
+    """One image of params.width × params.height by progressive refinement (see the module docstring)."""
+    from diffusers import AutoPipelineForImage2Image
+
+    options = options or HighResOptions()
+    stages = plan_job(pipe, params, options)
+    check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
+    preflight_job(pipe, params, options, stages)
+    refine = AutoPipelineForImage2Image.from_pipe(pipe)
+    for part in (pipe, refine):
+        part.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(params.seed)
+    common = {"prompt": params.prompt, "negative_prompt": params.negative_prompt or None,
+              "num_inference_steps": params.steps, "guidance_scale": params.guidance, "generator": generator,
+              "output_type": "latent"}
+    bar = tqdm(total=len(stages) + 1, desc="high-res stages", disable=not progress)
+    base = stages[0]
+    latents = pipe(width=base.width, height=base.height, **common).images
+    bar.update(1)
+    for stage in stages[1:]:
+        bar.set_postfix_str(f"{stage.width}x{stage.height} s={stage.strength:g}")
+        upscaled = upscale_latents(pipe, latents, stage, options)
+        extra = {}
+        if options.skip_residual > 0:
+            extra["callback_on_step_end"] = skip_residual_callback(upscaled, options.skip_residual, generator)
+        latents = refine(image=upscaled, strength=stage.strength, **common, **extra).images
+        bar.update(1)
+    image = tiled_decode(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap)
+    bar.update(1)
+    bar.close()
+    return to_pil(image)[0]

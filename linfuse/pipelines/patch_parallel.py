@@ -1,0 +1,178 @@
+"""One image across processes: each rank runs the UNet on a band of latent rows; the result equals one process's.
+
+Under ``torchrun`` (any ``torch.distributed`` backend; gloo on CPUs), ``with patch_parallel(pipe): pipe(...)``
+makes every UNet call work on this rank's band of rows and gather the bands of the output, so the sampler, the
+VAE and everything else see full latents, unchanged. Inside the UNet, what couples rows is made exact:
+
+* convolutions with k×k kernels get the k//2 rows above and below their band from the neighbouring ranks (zeros at
+  the image border), then convolve without vertical padding (stride 1 or 2);
+* GroupNorm statistics are all-reduced: Σx, Σx² and the count per (sample, group), in float64;
+* linear attention all-reduces its per-head state [Σ_j φ(k_j) v_jᵀ ‖ Σ_j φ(k_j)] (d×(d+1) numbers per head) and
+  the token count, then applies O_i = φ(q_i)ᵀ S/N ÷ (φ(q_i)ᵀ z/N + ε) to its own queries.
+
+Token-wise parts (projections, layer norms, feed-forwards, cross-attention to the text) need nothing. Bands are
+multiples of 2^(number of down-sampling blocks) rows, so every level splits at the same place. Memory per rank is
+the UNet activations of its band; traffic per layer is a few rows of halo plus the attention states.
+"""
+
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..kernels.feature_maps import FEATURE_MAPS
+from ..linearize.registry import processor_classes
+
+SUPPORTED_METHODS = {"linfusion": "feature_map", "sana": None}  # normalised linear attention, no spatial terms
+
+
+def band_bounds(height: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """[start, end) rows of ``parts`` bands of ``height`` rows, each a multiple of ``align``, sizes within ``align``."""
+    if height % align:
+        raise InvalidArgumentError(f"latent height {height} must be a multiple of {align} to split into bands")
+    units = height // align
+    if units < parts:
+        raise InvalidArgumentError(f"latent height {height} gives {units} bands of {align} rows, fewer than the "
+                                   f"{parts} processes; use a larger image or fewer processes")
+    sizes = [units // parts + (1 if r < units % parts else 0) for r in range(parts)]
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size * align))
+        start += size * align
+    return bounds
+
+
+def _gather_rows(local: torch.Tensor, group=None) -> list[torch.Tensor]:
+    """Every rank's tensor, padded along dim 2 to the largest for all_gather, trimmed back."""
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([local.shape[2]], dtype=torch.int64), group=group)
+    largest = int(max(s.item() for s in sizes))
+    padded = F.pad(local, (0, 0, 0, largest - local.shape[2])).contiguous()
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded, group=group)
+    return [g[:, :, :int(s.item())] for g, s in zip(gathered, sizes, strict=True)]
+
+
+def _halo(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with ``rows`` rows of the neighbouring bands above and below (zeros at the image border)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    edges = torch.cat([x[:, :, :rows], x[:, :, -rows:]], dim=2).contiguous()
+    gathered = [torch.empty_like(edges) for _ in range(world)]
+    dist.all_gather(gathered, edges)
+    zeros = torch.zeros_like(x[:, :, :rows])
+    above = gathered[rank - 1][:, :, rows:] if rank > 0 else zeros
+    below = gathered[rank + 1][:, :, :rows] if rank + 1 < world else zeros
+    return torch.cat([above, x, below], dim=2)
+
+
+def _conv_forward(conv: nn.Conv2d):
+    rows, cols = conv.padding
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        padded = _halo(x, rows)
+        return F.conv2d(padded, conv.weight, conv.bias, conv.stride, (0, cols), conv.dilation, conv.groups)
+
+    return forward
+
+
+def _group_norm_forward(norm: nn.GroupNorm):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        batch, groups = x.shape[0], norm.num_groups
+        grouped = x.reshape(batch, groups, -1)
+        wide = grouped.to(torch.float64)
+        sums = torch.stack([wide.sum(-1), wide.square().sum(-1),
+                            torch.full_like(wide[..., 0], grouped.shape[-1])])
+        dist.all_reduce(sums)
+        mean = sums[0] / sums[2]
+        var = (sums[1] / sums[2] - mean.square()).clamp_min(0)
+        out = ((wide - mean[..., None]) * torch.rsqrt(var + norm.eps)[..., None]).to(x.dtype).reshape_as(x)
+        if norm.affine:
+            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+            out = out * norm.weight.view(shape) + norm.bias.view(shape)
+        return out
+
+    return forward
+
+
+def _attend_forward(processor):
+    phi = FEATURE_MAPS[getattr(processor, "feature_map", "relu")]
+    eps = processor.eps
+
+    def attend(q, k, v, x):
+        acc = torch.promote_types(q.dtype, torch.float32)
+        phi_k = phi(k.to(acc))
+        state = torch.einsum("bnhk,bnhv->bhkv", phi_k, v.to(acc))
+        packed = torch.cat([state, phi_k.sum(dim=1).unsqueeze(-1)], dim=-1)  # [S ‖ z], (B, heads, d, d + 1)
+        count = torch.tensor([float(k.shape[1])], dtype=acc)
+        dist.all_reduce(packed)
+        dist.all_reduce(count)
+        packed = packed / count
+        phi_q = phi(q.to(acc))
+        numerator = torch.einsum("bnhk,bhkv->bnhv", phi_q, packed[..., :-1])
+        denominator = torch.einsum("bnhk,bhk->bnh", phi_q, packed[..., -1]) + eps
+        return (numerator / denominator.unsqueeze(-1)).to(q.dtype)
+
+    return attend
+
+
+def _check_unet(unet) -> list:
+    layers = [m for n, m in unet.named_modules() if n.endswith("attn1")]
+    unsupported = [type(m.processor).__name__ for m in layers
+                   if not isinstance(m.processor, processor_classes()) or m.processor.method not in SUPPORTED_METHODS]
+    if unsupported:
+        raise InvalidArgumentError(
+            f"patch parallelism needs every self-attention layer converted to {' or '.join(SUPPORTED_METHODS)}; "
+            f"{len(unsupported)} layers run {sorted(set(unsupported))}. Linearize the model with one of them first.")
+    return [m.processor for m in layers]
+
+
+@contextmanager
+def patch_parallel(pipe):
+    """Split every UNet call of ``pipe`` across the ranks of the default process group (see the module docstring)."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise InvalidArgumentError("patch_parallel needs torch.distributed initialised: launch with torchrun (or "
+                                   "accelerate launch) and call torch.distributed.init_process_group first")
+    unet = pipe.unet
+    processors = _check_unet(unet)
+    align = 2 ** sum(1 for block in unet.down_blocks if getattr(block, "downsamplers", None))
+    patched = [(c, _conv_forward(c)) for c in unet.modules() if isinstance(c, nn.Conv2d) and c.kernel_size[0] > 1]
+    patched += [(n, _group_norm_forward(n)) for n in unet.modules() if isinstance(n, nn.GroupNorm)]
+    patched += [(p, _attend_forward(p)) for p in processors]
+    for module, forward in patched:
+        setattr(module, "attend" if module in processors else "forward", forward)
+    bounds = {}
+
+    def split(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if sample.shape[-1] % align:
+            raise InvalidArgumentError(f"latent width {sample.shape[-1]} must be a multiple of {align}")
+        start, end = band_bounds(sample.shape[-2], world, align)[rank]
+        bounds["rows"] = (start, end)
+        band = sample[:, :, start:end]
+        return ((band, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": band})
+
+    def gather(module, args, kwargs, output):
+        first = output[0] if isinstance(output, tuple) else output.sample
+        full = torch.cat(_gather_rows(first.contiguous()), dim=2)
+        if isinstance(output, tuple):
+            return (full, *output[1:])
+        output.sample = full
+        return output
+
+    handles = [unet.register_forward_pre_hook(split, with_kwargs=True),
+               unet.register_forward_hook(gather, with_kwargs=True)]
+    try:
+        yield bounds
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, _ in patched:
+            if module in processors:
+                del module.attend
+            else:
+                del module.forward

@@ -1,0 +1,234 @@
+"""Memory preflight: the peak memory of each stage of a job, estimated before any work, and the largest size that fits.
+
+Each stage's figure is the memory it needs *beyond* the loaded weights (which are already resident and so already
+excluded from the free memory it is compared with):
+
+* a denoising stage: the UNet forward at the stage's latent size and batch (×2 with classifier-free guidance),
+  counted by running the model's meta-device twin under :class:`~.memory_trace.LiveBytes`, plus the sampler's
+  latents (``LATENT_BUFFERS`` latent-sized tensors: latents, noise, CFG copies, multistep history);
+* a VAE stage: one tile's decode or encode (traced the same way) plus the canvases of whole images it fills
+  (float32, on the CPU), and for the final image the 8-bit copy.
+
+On the CPU the device and host are the same memory and the two parts add up; on a GPU the device part is compared
+with ``torch.cuda.mem_get_info`` and the host part with the system's available memory. A job fits when every stage
+needs at most ``SAFETY`` of what is free.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LinfuseError
+from ..linearize.twin import meta_twin
+from .memory_trace import traced_peak
+from .plan import Stage, plan_stages
+
+SAFETY = 0.9
+LATENT_BUFFERS = 10
+CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
+
+
+class InsufficientMemoryError(LinfuseError):
+    """A job would not fit in the memory that is free; raised before any work, with the largest size that fits."""
+
+
+@dataclass
+class StageMemory:
+    label: str
+    width: int
+    height: int
+    device_bytes: int
+    host_bytes: int
+
+
+@dataclass
+class MemoryEstimate:
+    device: str
+    stages: list[StageMemory] = field(default_factory=list)
+    free_device: int | None = None
+    free_host: int | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.device == "cpu"
+
+    def stage_need(self, stage: StageMemory) -> tuple[int, int]:
+        """(device, host) bytes; on the CPU both in the device figure."""
+        if self.shared:
+            return stage.device_bytes + stage.host_bytes, 0
+        return stage.device_bytes, stage.host_bytes
+
+    @property
+    def peak_device(self) -> int:
+        return max(self.stage_need(s)[0] for s in self.stages)
+
+    @property
+    def peak_host(self) -> int:
+        return max(self.stage_need(s)[1] for s in self.stages)
+
+    @property
+    def fits(self) -> bool:
+        device_ok = self.free_device is None or self.peak_device <= SAFETY * self.free_device
+        host_ok = self.shared or self.free_host is None or self.peak_host <= SAFETY * self.free_host
+        return device_ok and host_ok
+
+    def describe(self) -> str:
+        where = "memory" if self.shared else f"{self.device} memory"
+        lines = [f"{s.label} {s.width}x{s.height}: {gib(sum(self.stage_need(s)))}" for s in self.stages]
+        free = f"{gib(self.free_device)} free" if self.free_device is not None else "free memory unknown"
+        return f"peak {gib(self.peak_device)} of {where} ({free}); " + "; ".join(lines)
+
+
+def gib(count: int | None) -> str:
+    return "?" if count is None else f"{count / 2**30:.2f} GiB"
+
+
+def host_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def free_memory(device: torch.device) -> tuple[int | None, int | None]:
+    """(free device bytes, free host bytes) now; on the CPU both are the system's available memory."""
+    host = host_available()
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], host
+    return host, host
+
+
+class MemoryModel:
+    """Meta twins of a pipeline's UNet and VAE, and the traced peak of each operation at any size."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.unet = meta_twin(pipe.unet)
+        self.vae = meta_twin(pipe.vae)
+        self.dtype = pipe.unet.dtype
+        self.vae_factor = pipe.vae_scale_factor
+        self.text_tokens = getattr(pipe.tokenizer, "model_max_length", 77) if pipe.tokenizer is not None else 77
+        self._unet_existing = [*self.unet.parameters(), *self.unet.buffers()]
+        self._vae_existing = [*self.vae.parameters(), *self.vae.buffers()]
+        self._cache: dict = {}
+
+    def _unet_inputs(self, batch: int, height: int, width: int):
+        config = self.unet.config
+        meta = {"device": "meta", "dtype": self.dtype}
+        sample = torch.empty(batch, config.in_channels, height, width, **meta)
+        context = torch.empty(batch, self.text_tokens, config.cross_attention_dim, **meta)
+        added = None
+        if config.addition_embed_type == "text_time":
+            pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+            added = {"text_embeds": torch.empty(batch, pooled, **meta), "time_ids": torch.empty(batch, 6, **meta)}
+        return sample, context, added
+
+    def unet_bytes(self, latent_height: int, latent_width: int, batch: int) -> int:
+        key = ("unet", latent_height, latent_width, batch)
+        if key not in self._cache:
+            sample, context, added = self._unet_inputs(batch, latent_height, latent_width)
+            timestep = torch.tensor(500)
+
+            def forward(x, c):
+                return self.unet(x, timestep, c, added_cond_kwargs=added).sample
+
+            peak = traced_peak(forward, sample, context, existing=self._unet_existing)
+            latent = sample[:1].nelement() * sample.element_size()
+            self._cache[key] = peak + LATENT_BUFFERS * latent * max(1, batch // 2)
+        return self._cache[key]
+
+    def vae_tile_bytes(self, tile: int, batch: int, kind: str) -> int:
+        key = ("vae", tile, batch, kind)
+        if key not in self._cache:
+            config, meta = self.vae.config, {"device": "meta", "dtype": self.vae.dtype}
+            if kind == "decode":
+                x = torch.empty(batch, config.latent_channels, tile, tile, **meta)
+                self._cache[key] = traced_peak(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
+            else:
+                side = tile * self.vae_factor
+                x = torch.empty(batch, config.in_channels, side, side, **meta)
+                self._cache[key] = traced_peak(lambda z: self.vae.encode(z).latent_dist.mean, x,
+                                               existing=self._vae_existing)
+        return self._cache[key]
+
+
+def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, guidance: bool = True,
+                    upscale: str = "latent", tile: int = 64) -> list[StageMemory]:
+    """The memory of every stage of a progressive job (a single image: ``stages`` with one base stage)."""
+    factor = model.vae_factor
+    unet_batch = batch * (2 if guidance else 1)
+    out = []
+    previous = None
+    for stage in stages:
+        latent_h, latent_w = stage.height // factor, stage.width // factor
+        label = "base" if stage.is_base else f"refine s={stage.strength:g}"
+        out.append(StageMemory(label, stage.width, stage.height, model.unet_bytes(latent_h, latent_w, unet_batch), 0))
+        if upscale == "pixel" and previous is not None:  # decode previous, resize, encode: two canvases on the host
+            tiles = max(model.vae_tile_bytes(tile, batch, "decode"), model.vae_tile_bytes(tile, batch, "encode"))
+            canvases = batch * CANVAS_BYTES_PER_PIXEL * (previous.width * previous.height + stage.width * stage.height)
+            out.append(StageMemory("upscale (VAE)", stage.width, stage.height, tiles, canvases))
+        previous = stage
+    final = stages[-1]
+    pixels = final.width * final.height
+    out.append(StageMemory("decode (VAE)", final.width, final.height, model.vae_tile_bytes(tile, batch, "decode"),
+                           batch * pixels * (CANVAS_BYTES_PER_PIXEL + 3)))
+    return out
+
+
+def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
+                    tile: int = 64, model: MemoryModel | None = None, limit: int | None = None) -> MemoryEstimate:
+    """The estimate of every stage, with the free memory now (or ``limit`` bytes, for device and host alike)."""
+    model = model or MemoryModel(pipe)
+    device = pipe.unet.device
+    free_device, free_host = (limit, limit) if limit is not None else free_memory(device)
+    return MemoryEstimate(device.type, estimate_stages(model, stages, batch=batch, guidance=guidance,
+                                                      upscale=upscale, tile=tile), free_device, free_host)
+
+
+def candidate_sizes(width: int, height: int) -> list[tuple[int, int]]:
+    """Sizes up to W×H, multiples of 8, small to large: of exactly W:H when that leaves at least 8 sizes to choose
+    from, else of W:H to within a rounding to 8 pixels."""
+    from math import gcd
+
+    divisor = gcd(width, height)
+    unit_w, unit_h = width // divisor, height // divisor
+    exact = [(m * unit_w, m * unit_h) for m in range(1, divisor + 1)
+             if (m * unit_w) % 8 == 0 and (m * unit_h) % 8 == 0]
+    if len(exact) >= 8:
+        return exact
+    longer = max(width, height)
+    sizes = {(max(8, width * side // longer // 8 * 8), max(8, height * side // longer // 8 * 8))
+             for side in range(8, longer + 1, 8)}
+    return sorted(sizes)
+
+
+def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, strengths=None, **kwargs
+                         ) -> tuple[int, int] | None:
+    """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does."""
+    model = kwargs.pop("model", None) or MemoryModel(pipe)
+    sizes = candidate_sizes(width, height)
+
+    def fits(index: int) -> bool:
+        w, h = sizes[index]
+        count = len(plan_stages(w, h, native_side)) - 1
+        schedule = None if strengths is None else _resample(list(strengths), count)
+        return estimate_memory(pipe, plan_stages(w, h, native_side, schedule), model=model, **kwargs).fits
+
+    if not fits(0):
+        return None
+    low, high = 0, len(sizes) - 1  # fits(low) holds; find the last index that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return sizes[low]
+
+
+def _resample(strengths: list[float], count: int) -> list[float]:
+    """A schedule of ``count`` values from the first to the last of ``strengths``."""
+    from .plan import default_strengths
+
+    return default_strengths(count, strengths[0], strengths[-1]) if strengths else []

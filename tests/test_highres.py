@@ -1,0 +1,214 @@
+"""Progressive high-resolution generation, tiled VAE, memory trace and preflight, on the bundled emoji models."""
+
+import pytest
+import torch
+from PIL import Image
+
+from linfuse.errors import InvalidArgumentError
+from linfuse.pipelines import GenerationParams, load_pipeline
+from linfuse.pipelines.highres import HighResOptions, generate_highres, plan_job, preflight_job, to_pil
+from linfuse.pipelines.memory_trace import LiveBytes, traced_peak
+from linfuse.pipelines.plan import plan_stages
+from linfuse.pipelines.preflight import InsufficientMemoryError, MemoryModel, estimate_memory
+from linfuse.pipelines.tiled_vae import axis_weights, tile_starts, tiled_decode, tiled_encode
+
+
+@pytest.fixture(scope="module")
+def student():
+    return load_pipeline(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_pipeline("teacher", method=None, device="cpu")
+
+
+def params(size=(128, 128), **kwargs):
+    return GenerationParams(prompt="red apple on a blue background", width=size[0], height=size[1], steps=10,
+                            guidance=5.0, seed=kwargs.pop("seed", 0), **kwargs)
+
+
+# ---- plan --------------------------------------------------------------------------------------------------------
+
+
+def test_plan_halves_down_to_the_native_side_with_linfusion_strengths():
+    stages = plan_stages(2048, 2048, 64)
+    assert [(s.width, s.height) for s in stages] == [(64, 64), (128, 128), (256, 256), (512, 512), (1024, 1024),
+                                                     (2048, 2048)]
+    assert [s.strength for s in stages] == [1.0, 0.4, 0.325, 0.25, 0.175, 0.1]
+    wide = plan_stages(1000, 400, 64)
+    assert [(s.width, s.height) for s in wide] == [(64, 24), (128, 48), (248, 96), (496, 200), (1000, 400)]
+    assert plan_stages(64, 64, 64) == plan_stages(64, 64, 64, strengths=[]) and len(plan_stages(64, 64, 64)) == 1
+
+
+@pytest.mark.parametrize("width, strengths, message", [
+    (20000, None, "width must be a multiple of 8 from 8 to 16384"),
+    (100, None, "width must be a multiple of 8"),
+    (256, [0.3], "strengths must give 2 values"),
+    (256, [0.3, 1.2], r"strengths must lie in \(0, 1\)"),
+])
+def test_plan_refuses_bad_requests(width, strengths, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        plan_stages(width, 128, 64, strengths)
+
+
+# ---- tiled VAE ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(100, 32, 8), (97, 32, 16), (33, 32, 4), (32, 32, 8), (300, 40, 0)])
+def test_tiles_cover_the_axis_and_weights_sum_to_one(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + size == length
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))  # overlaps >= `overlap`
+    total = torch.zeros(length, dtype=torch.float64)
+    for start, weight in zip(starts, axis_weights(length, starts, size), strict=True):
+        assert (weight > 0).all()
+        total[start:start + size] += weight
+    torch.testing.assert_close(total, torch.ones(length, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def reference_latents(pipe, height=96, width=64):
+    """Latents of a real picture: the base model's image upscaled, encoded whole."""
+    image = torch.nn.functional.interpolate(pipe(prompt="sunflower on a purple background", num_inference_steps=4,
+                                                 guidance_scale=5.0, output_type="pt",
+                                                 generator=torch.Generator().manual_seed(0)).images * 2 - 1,
+                                            size=(height * 4, width * 4), mode="bicubic").clamp(-1, 1)
+    with torch.no_grad():
+        return image, pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def column_steps(images):
+    return (images[..., 1:] - images[..., :-1]).abs().mean(dim=(0, 1, 2))
+
+
+def test_tiled_decode_and_encode_match_the_whole_image(student):
+    vae = student.vae
+    image, latents = reference_latents(student, height=128, width=96)  # 3×2 tiles of 64 with overlap 16
+    with torch.no_grad():
+        whole = vae.decode(latents / vae.config.scaling_factor).sample
+    own_error = (whole - image).abs().mean()  # the VAE's own reconstruction error, for scale
+    tiled = tiled_decode(vae, latents, tile=64, overlap=16)
+    assert tiled.shape == whole.shape == (1, 3, 512, 384)
+    assert (tiled - whole).abs().mean() < 0.15  # [-1, 1] scale; each tile uses its own GroupNorm statistics
+    assert (tiled - image).abs().mean() < 1.05 * own_error  # as faithful to the picture as the whole decode
+    seams = column_steps(tiled).mean() / column_steps(whole).mean()
+    assert seams < 1.1  # no extra edges where tiles meet
+    assert torch.equal(tiled_decode(vae, latents, tile=128, overlap=16), whole)  # one tile: exactly the whole
+    encoded = tiled_encode(vae, image, tile=64, overlap=16)
+    assert encoded.shape == latents.shape
+    assert (encoded - latents).abs().mean() < 0.2 * latents.abs().mean()
+
+
+def test_to_pil_in_bands_equals_a_direct_conversion():
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 1100, 37) * 2.2 - 1.1  # taller than one band, values beyond [-1, 1]
+    direct = ((images[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert (torch.from_numpy(__import__("numpy").asarray(to_pil(images)[0])) == torch.from_numpy(direct)).all()
+
+
+# ---- memory trace ------------------------------------------------------------------------------------------------
+
+
+def test_live_bytes_counts_each_storage_once_until_its_last_view_dies():
+    x = torch.empty(1000, device="meta")  # 4,000 bytes, existing
+    with LiveBytes([x]) as trace:
+        doubled = x * 2  # +4,000
+        view = doubled.view(10, 100).t()  # same storage: +0
+        del doubled
+        assert trace.current == 4000  # the view keeps it alive
+        summed = view + 1  # +4,000
+        assert trace.current == trace.peak == 8000
+        del view, summed
+    assert trace.current == 0 and trace.peak == 8000
+    assert traced_peak(lambda t: (t * 2) + 1, x) == 8000  # the temporary and the result exist together
+
+
+def test_meta_estimate_grows_linearly_with_pixels_for_a_linear_unet(student, teacher):
+    linear, dense = MemoryModel(student), MemoryModel(teacher)
+    small, large = linear.unet_bytes(32, 32, 2), linear.unet_bytes(64, 64, 2)
+    assert 3.5 < large / small < 4.1  # 4× the tokens, ≈ 4× the memory
+    assert dense.unet_bytes(64, 64, 2) > large  # softmax attention holds more at the same size
+
+
+# ---- refusals before any work ------------------------------------------------------------------------------------
+
+
+def count_unet_calls(pipe):
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    return calls, handle
+
+
+def test_softmax_models_are_refused_beyond_the_limit_with_the_memory_they_would_need(teacher):
+    calls, handle = count_unet_calls(teacher)
+    try:
+        with pytest.raises(InvalidArgumentError, match=r"one attention matrix alone would take [0-9.]+ GiB"):
+            generate_highres(teacher, params((4096, 4096)), progress=False)
+        with pytest.raises(InvalidArgumentError, match="max_softmax_pixels"):
+            generate_highres(teacher, params((512, 512)), HighResOptions(max_softmax_pixels=256 * 256),
+                             progress=False)
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_a_job_that_cannot_fit_is_refused_with_the_largest_size_that_fits(student):
+    request, options = params((2048, 1024)), HighResOptions(memory_limit=200 * 2**20)
+    stages = plan_job(student, request, options)
+    calls, handle = count_unet_calls(student)
+    try:
+        with pytest.raises(InsufficientMemoryError, match=r"largest 2048:1024 size that fits is (\d+)x(\d+)") as info:
+            generate_highres(student, request, options, progress=False)
+    finally:
+        handle.remove()
+    assert not calls and "GiB" in str(info.value)
+    width, height = map(int, str(info.value).split("size that fits is ")[1].split(".")[0].split("x"))
+    assert width == 2 * height and width < 2048
+    model = MemoryModel(student)
+    fitting = plan_job(student, params((width, height)), options)
+    assert estimate_memory(student, fitting, model=model, limit=options.memory_limit).fits
+    bigger = plan_job(student, params((width + 16, height + 8)), options)
+    assert not estimate_memory(student, bigger, model=model, limit=options.memory_limit).fits
+    assert not estimate_memory(student, stages, model=model, limit=options.memory_limit).fits
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("upscale", "nearest", "upscale must be one of latent, pixel"),
+    ("vae_tile", 4, "tile must be an integer >= 8"),
+    ("vae_overlap", 40, r"overlap must be an integer in \[0, tile/2"),
+    ("skip_residual", -1, r"skip_residual must be in \[0, 10\]"),
+    ("memory_limit", 0, "memory_limit must be a positive number of bytes"),
+])
+def test_bad_options_name_the_parameter(student, field, value, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        generate_highres(student, params(), HighResOptions(**{field: value}), progress=False)
+
+
+# ---- generation --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upscale, skip_residual", [("latent", 0.0), ("pixel", 3.0)])
+def test_progressive_generation_gives_the_requested_size_and_is_reproducible(student, upscale, skip_residual):
+    options = HighResOptions(upscale=upscale, skip_residual=skip_residual, vae_tile=16, vae_overlap=4)
+    image = generate_highres(student, params((256, 128)), options, progress=False)
+    again = generate_highres(student, params((256, 128)), options, progress=False)
+    assert isinstance(image, Image.Image) and image.size == (256, 128)
+    assert image.tobytes() == again.tobytes()
+    assert len(set(image.getdata())) > 100  # a picture, not a flat fill
+    estimate = preflight_job(student, params((256, 128)), options, plan_job(student, params((256, 128)), options))
+    assert [s.label for s in estimate.stages][:2] == ["base", "refine s=0.4"]
+
+
+def test_the_diffusers_pipeline_class_gives_the_function_result(student):
+    from linfuse.pipelines.highres_pipeline import LinfuseHighResPipeline
+
+    pipe = LinfuseHighResPipeline.from_pipe(student)
+    assert pipe.unet is student.unet  # same components, nothing copied
+    image = pipe("red apple on a blue background", width=128, height=128, num_inference_steps=10,
+                 guidance_scale=5.0, progress=False, vae_tile=16, vae_overlap=4).images[0]
+    expected = generate_highres(student, params((128, 128)), HighResOptions(vae_tile=16, vae_overlap=4),
+                                progress=False)
+    assert image.tobytes() == expected.tobytes()
+    with pytest.raises(InvalidArgumentError, match="unknown options tile_size"):
+        pipe("x", width=128, height=128, tile_size=3)

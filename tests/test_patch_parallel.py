@@ -1,0 +1,44 @@
+"""Patch parallelism: one image denoised by two CPU processes (gloo) equals the single-process result."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from linfuse.errors import InvalidArgumentError
+from linfuse.pipelines import load_pipeline
+from linfuse.pipelines.patch_parallel import _check_unet, band_bounds, patch_parallel
+
+SCRIPT = Path(__file__).parent / "scripts" / "patch_parallel_job.py"
+
+
+def test_two_gloo_processes_reproduce_the_single_process_latents():
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", str(SCRIPT), "96", "144"], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bands"] == [[0, 20], [20, 36]]  # 36 latent rows: 5 and 4 blocks of 4 rows
+    assert report["max_abs_difference"] < 1e-4 and report["scale"] > 0.5
+
+
+def test_bands_align_to_the_down_sampling_factor():
+    assert band_bounds(64, 2, 8) == [(0, 32), (32, 64)]
+    assert band_bounds(40, 3, 4) == [(0, 16), (16, 28), (28, 40)]
+    with pytest.raises(InvalidArgumentError, match="must be a multiple of 8"):
+        band_bounds(60, 2, 8)
+    with pytest.raises(InvalidArgumentError, match="fewer than the 4 processes"):
+        band_bounds(24, 4, 8)
+
+
+def test_softmax_or_spatial_layers_and_missing_process_group_are_refused():
+    teacher = load_pipeline("teacher", method=None, device="cpu")
+    with pytest.raises(InvalidArgumentError, match="needs every self-attention layer converted to linfusion or sana"):
+        _check_unet(teacher.unet)
+    with pytest.raises(InvalidArgumentError, match="launch with torchrun"), patch_parallel(teacher):
+        pass
