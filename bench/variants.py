@@ -9,7 +9,9 @@ evaluates. Then, in this process, each student and the un-distilled conversion g
 ``assets/configs/eval_prompts.txt`` × the seeds (20 DPM-Solver steps, guidance 5) from the same noise as the teacher.
 
 Columns: PSNR of the student's 8-bit image against the teacher's, mean over the pairs, before and after
-distillation; the median seconds per training step (the trainer's log, steps after the first 5); the peak resident
+distillation; the median seconds per training step (the trainer's log of a separate fresh run of
+``--timing-steps`` steps per method, made after all training so that nothing else runs, first 2 steps left out;
+with ``--timing-steps 0`` the long run's log after its first 5 steps); the peak resident
 memory that ``distill()`` added to its process (VmHWM after the run minus VmRSS before it, so teacher, student,
 optimiser state and activations); and the parameters each method adds to the UNet. ``hybrid`` keeps the
 ``--softmax-layers`` lowest-resolution layers softmax and converts the rest with LinFusion.
@@ -40,17 +42,23 @@ def memory_kib(field: str) -> int:
 
 
 def run_child(args) -> None:
-    """Distill one method (resuming if its folder holds checkpoints) and print its figures as one JSON line."""
+    """Distill one method (resuming if its folder holds checkpoints) and print its figures as one JSON line.
+
+    With ``--timing N``: a fresh run of N steps in a temporary folder, for the time per step alone.
+    """
+    import tempfile
+
     from linfuse.distill.config import from_mapping
     from linfuse.distill.recipe import DistillConfig, distill
     from linfuse.distill.trainer import read_log
 
-    out = Path(args.out) / args.child
+    steps = args.timing or args.steps
+    out = Path(tempfile.mkdtemp()) if args.timing else Path(args.out) / args.child
     config = from_mapping(DistillConfig, {
         "model": str(TEACHER), "output_dir": str(out), "method": args.child,
         "options": method_options(args.child, args.softmax_layers), "data": {"source": "emoji", "resolution": 64},
-        "train": {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
-                  "checkpoint_every": args.steps, "seed": 0},
+        "train": {"steps": steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+                  "checkpoint_every": steps, "seed": 0},
     }, "config")
     config.validate()
     with open("/proc/self/clear_refs", "w") as f:
@@ -58,26 +66,29 @@ def run_child(args) -> None:
     before = memory_kib("VmRSS")
     distill(config)
     log = read_log(out / "loss_log.jsonl")
-    seconds = [record["seconds"] for record in log[5:]] or [record["seconds"] for record in log]
+    skip = 2 if args.timing else 5
+    seconds = [record["seconds"] for record in log[skip:]] or [record["seconds"] for record in log]
     peak_mib = (memory_kib("VmHWM") - before) / 1024
     print(json.dumps({"method": args.child, "seconds_per_step": statistics.median(seconds), "peak_mib": peak_mib,
                       "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"]}))
 
 
-def distill_in_child(method: str, args) -> dict:
-    """The child's figures; kept in OUT/<method>/bench.json, so a finished run is not re-measured as a resumed one."""
-    saved = Path(args.out) / method / "bench.json"
-    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+def distill_in_child(method: str, args, timing: int = 0) -> dict:
+    """The child's figures; kept in OUT/<method>/bench.json (timing.json for a timing run), so a finished run is
+    not re-measured as a resumed one."""
+    saved = Path(args.out) / method / ("timing.json" if timing else "bench.json")
+    settings = {"steps": timing or args.steps, "batch_size": args.batch_size, "lr": args.lr,
                 "softmax_layers": args.softmax_layers}
     if saved.exists() and json.loads(saved.read_text()).get("settings") == settings:
         return json.loads(saved.read_text())["figures"]
     command = [sys.executable, __file__, "--child", method, "--steps", str(args.steps), "--batch-size",
                str(args.batch_size), "--lr", str(args.lr), "--out", args.out, "--softmax-layers",
-               str(args.softmax_layers)]
+               str(args.softmax_layers), "--timing", str(timing)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
         raise RuntimeError(f"distilling {method} failed:\n{result.stderr[-3000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
+    saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"settings": settings, "figures": figures}))
     return figures
 
@@ -130,6 +141,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default="runs/bench-variants")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--timing-steps", type=int, default=12,
+                        help="steps of the separate short run that times each method (0: time the long run)")
+    parser.add_argument("--timing", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -140,6 +154,10 @@ def main() -> None:
     for method in args.methods:
         print(f"distilling {method} ({args.steps} steps)", file=sys.stderr)
         rows.append(distill_in_child(method, args))
+    if args.timing_steps:  # after all training, one method after another on a quiet machine
+        for row in rows:
+            print(f"timing {row['method']} ({args.timing_steps} steps)", file=sys.stderr)
+            row["seconds_per_step"] = distill_in_child(row["method"], args, args.timing_steps)["seconds_per_step"]
     scores = evaluate(args.methods, args)
     for row in rows:
         row["psnr_before"], row["psnr_after"], row["params_added"] = scores[row["method"]]
