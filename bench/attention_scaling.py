@@ -21,6 +21,7 @@ import time
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from procstat import memory_kib, reset_peak  # bench/procstat.py (scripts run as bench/NAME.py)
 
 from linfuse.linearize import LinFusionAttnProcessor
 
@@ -38,14 +39,6 @@ def build_layer(kind: str) -> Attention:
     return attn
 
 
-def memory_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure(kind: str, tokens: int, repeats: int) -> dict:
     """Run in a child process: time and peak memory of one layer at `tokens` tokens."""
     torch.set_num_threads(os.cpu_count())
@@ -53,9 +46,7 @@ def measure(kind: str, tokens: int, repeats: int) -> dict:
     x = torch.randn(1, tokens, WIDTH)
     with torch.no_grad():
         attn(x[:, :256])
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-        baseline = memory_kib("VmRSS")
+        baseline = reset_peak()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

@@ -23,15 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from procstat import memory_kib, reset_peak  # bench/procstat.py (scripts run as bench/NAME.py)
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def memory_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(kind: str, size: int, steps: int) -> dict:
@@ -45,9 +39,7 @@ def child(kind: str, size: int, steps: int) -> dict:
                               guidance=5.0, seed=0)
     options = HighResOptions(max_softmax_pixels=max(size * size, 4096))
     estimate = preflight_job(pipe, params, options, plan_job(pipe, params, options))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = memory_kib("VmRSS")
+    before = reset_peak()
     started = time.perf_counter()
     generate_highres(pipe, params, options, progress=False)
     seconds = time.perf_counter() - started

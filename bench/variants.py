@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from procstat import memory_kib, reset_peak  # bench/procstat.py (scripts run as bench/NAME.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "assets" / "linfuse-emoji-teacher"
 METHODS = ["linfusion", "sana", "slab", "inline", "rala", "nalaformer", "l2vit", "transnormer", "hybrid"]
@@ -31,14 +33,6 @@ METHODS = ["linfusion", "sana", "slab", "inline", "rala", "nalaformer", "l2vit",
 
 def method_options(method: str, softmax_layers: int) -> dict:
     return {"softmax_layers": softmax_layers, "base": "linfusion"} if method == "hybrid" else {}
-
-
-def memory_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_child(args) -> None:
@@ -61,9 +55,7 @@ def run_child(args) -> None:
                   "checkpoint_every": steps, "seed": 0},
     }, "config")
     config.validate()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    before = memory_kib("VmRSS")
+    before = reset_peak()
     distill(config)
     log = read_log(out / "loss_log.jsonl")
     skip = 2 if args.timing else 5
@@ -94,7 +86,22 @@ def distill_in_child(method: str, args, timing: int = 0) -> dict:
 
 
 def evaluate(methods: list[str], args) -> dict[str, tuple[float, float, int]]:
-    """(PSNR before, PSNR after, parameters added) per method, against the teacher's images."""
+    """(PSNR before, PSNR after, parameters added) per method, against the teacher's images; kept in
+    OUT/<method>/eval.json for the same seeds and run."""
+    settings = {"seeds": args.seeds, "steps": args.steps}
+    scores, todo = {}, []
+    for method in methods:
+        saved = Path(args.out) / method / "eval.json"
+        if saved.exists() and json.loads(saved.read_text())["settings"] == settings:
+            scores[method] = tuple(json.loads(saved.read_text())["scores"])
+        else:
+            todo.append(method)
+    if todo:
+        scores.update(_score(todo, args, settings))
+    return scores
+
+
+def _score(methods: list[str], args, settings: dict) -> dict[str, tuple[float, float, int]]:
     from linfuse.distill.evaluate import psnr, read_prompts
     from linfuse.linearize import linearize, read_linear_weights, unlinearize
     from linfuse.pipelines import GenerationParams, generate, load_pipeline
@@ -117,6 +124,8 @@ def evaluate(methods: list[str], args) -> dict[str, tuple[float, float, int]]:
         linearize(pipe, method=read_linear_weights(weights).method, weights=weights)
         scores[method] = (before, mean_psnr(), report.parameters_added)
         unlinearize(pipe)
+        (Path(args.out) / method / "eval.json").write_text(json.dumps({"settings": settings,
+                                                                       "scores": scores[method]}))
         print(f"evaluated {method}", file=sys.stderr)
     return scores
 

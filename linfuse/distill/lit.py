@@ -48,13 +48,8 @@ class LiTDistillation(Distillation):
         return labels.to(self.accelerator.device)
 
     def step(self, model, step: int, generator: torch.Generator) -> dict:
-        config, device = self.config, self.accelerator.device
-        batch = self.source.batch(generator, config.train.batch_size)
-        latents = self.latents(batch, generator)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator).to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        config = self.config
+        batch, _, noise, timesteps, noisy = self.noisy_batch(generator)
         labels = self.class_labels(batch)
         with torch.no_grad(), self.accelerator.autocast():
             teacher_out = self.teacher(noisy, timestep=timesteps, class_labels=labels).sample

@@ -121,14 +121,18 @@ class Distillation:
             posterior = vae.encode(batch["pixels"].to(self.accelerator.device, vae.dtype)).latent_dist
             return posterior.sample(generator=generator) * vae.config.scaling_factor
 
-    def step(self, model, step: int, generator: torch.Generator) -> dict:
-        config, device = self.config, self.accelerator.device
-        batch = self.source.batch(generator, config.train.batch_size)
+    def noisy_batch(self, generator: torch.Generator):
+        """(batch, clean latents, noise, timesteps, noisy latents): timesteps uniform, DDPM forward noising."""
+        batch = self.source.batch(generator, self.config.train.batch_size)
         latents = self.latents(batch, generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator).to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+                                  generator=generator).to(self.accelerator.device)
+        return batch, latents, noise, timesteps, self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+    def step(self, model, step: int, generator: torch.Generator) -> dict:
+        config, device = self.config, self.accelerator.device
+        batch, latents, noise, timesteps, noisy = self.noisy_batch(generator)
         hidden, added = encode_captions(self.pipe, batch["captions"], config.data.resolution, device)
         with torch.no_grad(), self.accelerator.autocast(), self.teacher_feats.capture():
             teacher_pred = self.teacher(noisy, timesteps, hidden, added_cond_kwargs=added).sample
