@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py
@@ -10,3 +11,19 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py
 # decorated, so it must be set before linfuse's Triton modules are imported (they are imported lazily).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def student():
+    """The bundled linear-attention student, on the CPU (shared: tests must not change it)."""
+    from linfuse.pipelines import load_pipeline
+
+    return load_pipeline(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    """The bundled softmax teacher, on the CPU (shared: tests must not change it)."""
+    from linfuse.pipelines import load_pipeline
+
+    return load_pipeline("teacher", method=None, device="cpu")

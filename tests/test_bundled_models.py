@@ -1,7 +1,6 @@
 """The emoji teacher and its distilled linear student that ship in assets/ (trained here, see README)."""
 
 import numpy as np
-import pytest
 import torch
 
 from linfuse.cli import main
@@ -22,16 +21,6 @@ def test_bundle_is_safetensors_only_and_small():
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     assert sum(folder_megabytes(folder) for folder in BUNDLED_MODELS.values()) < 60
     assert (BUNDLED_MODELS["student"] / "linear_attention" / "linear_attention.json").exists()
-
-
-@pytest.fixture(scope="module")
-def student():
-    return load_pipeline(None, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return load_pipeline("teacher", method=None, device="cpu")
 
 
 def images(pipe, seed=0):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from linfuse.errors import InvalidArgumentError
-from linfuse.pipelines import load_pipeline
 from linfuse.pipelines.patch_parallel import _check_unet, band_bounds, patch_parallel
 
 SCRIPT = Path(__file__).parent / "scripts" / "patch_parallel_job.py"
@@ -36,8 +35,7 @@ def test_bands_align_to_the_down_sampling_factor():
         band_bounds(24, 4, 8)
 
 
-def test_softmax_or_spatial_layers_and_missing_process_group_are_refused():
-    teacher = load_pipeline("teacher", method=None, device="cpu")
+def test_softmax_or_spatial_layers_and_missing_process_group_are_refused(teacher):
     with pytest.raises(InvalidArgumentError, match="needs every self-attention layer converted to linfusion or sana"):
         _check_unet(teacher.unet)
     with pytest.raises(InvalidArgumentError, match="launch with torchrun"), patch_parallel(teacher):

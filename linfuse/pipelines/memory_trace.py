@@ -9,6 +9,8 @@ what eager PyTorch would hold at once; workspace inside a single kernel (cuDNN, 
 import weakref
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -55,10 +57,25 @@ class LiveBytes(TorchDispatchMode):
             del self.live[key]
 
 
+class FusedAttention(TorchFunctionMode):
+    """Count ``F.scaled_dot_product_attention`` as the fused kernels that run it on GPUs and CPUs: its output only.
+
+    On the meta device SDPA falls back to the math path, which would count the N×N score matrix that flash and
+    memory-efficient kernels never hold.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            query, value = args[0], args[2] if len(args) > 2 else kwargs["value"]
+            return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        return func(*args, **kwargs)
+
+
 def traced_peak(function, *inputs, existing=()) -> int:
     """Bytes ``function(*inputs)`` holds at its peak, beyond ``existing`` tensors and the inputs; result freed."""
-    with torch.no_grad(), LiveBytes([*existing, *(t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor))]) \
-            as trace:
+    known = [*existing, *(t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor))]
+    with torch.no_grad(), FusedAttention(), LiveBytes(known) as trace:
         result = function(*inputs)
         del result
     return trace.peak

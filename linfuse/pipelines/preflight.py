@@ -4,8 +4,9 @@ Each stage's figure is the memory it needs *beyond* the loaded weights (which ar
 excluded from the free memory it is compared with):
 
 * a denoising stage: the UNet forward at the stage's latent size and batch (×2 with classifier-free guidance),
-  counted by running the model's meta-device twin under :class:`~.memory_trace.LiveBytes`, plus the sampler's
-  latents (``LATENT_BUFFERS`` latent-sized tensors: latents, noise, CFG copies, multistep history);
+  counted by running the model's meta-device twin under :class:`~.memory_trace.LiveBytes` and multiplied by the
+  allocator's overhead (``ALLOCATOR_OVERHEAD``), plus the sampler's latents (``LATENT_BUFFERS`` latent-sized
+  tensors: latents, noise, CFG copies, multistep history);
 * a VAE stage: one tile's decode or encode (traced the same way) plus the canvases of whole images it fills
   (float32, on the CPU), and for the final image the 8-bit copy.
 
@@ -25,6 +26,11 @@ from .plan import Stage, plan_stages
 
 SAFETY = 0.9
 LATENT_BUFFERS = 10
+# Allocators keep some freed memory (glibc's heap after its mmap threshold has grown; CUDA's caching allocator
+# blocks), so the resident peak exceeds the peak of live tensors. Measured on this project's CPU (bench/highres.py,
+# tests of the bundled UNet and VAE): resident / traced = 1.13–1.40, about 1.25 at large sizes. With
+# MALLOC_MMAP_THRESHOLD_=65536 (every large block returned to the system) the two agree within 1 %.
+ALLOCATOR_OVERHEAD = {"cpu": 1.25, "cuda": 1.1}
 CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
 
 
@@ -107,6 +113,7 @@ class MemoryModel:
 
     def __init__(self, pipe):
         self.pipe = pipe
+        self.overhead = ALLOCATOR_OVERHEAD.get(pipe.unet.device.type, 1.25)
         self.unet = meta_twin(pipe.unet)
         self.vae = meta_twin(pipe.vae)
         self.dtype = pipe.unet.dtype
@@ -138,7 +145,7 @@ class MemoryModel:
 
             peak = traced_peak(forward, sample, context, existing=self._unet_existing)
             latent = sample[:1].nelement() * sample.element_size()
-            self._cache[key] = peak + LATENT_BUFFERS * latent * max(1, batch // 2)
+            self._cache[key] = int(self.overhead * peak) + LATENT_BUFFERS * latent * max(1, batch // 2)
         return self._cache[key]
 
     def vae_tile_bytes(self, tile: int, batch: int, kind: str) -> int:
@@ -147,12 +154,12 @@ class MemoryModel:
             config, meta = self.vae.config, {"device": "meta", "dtype": self.vae.dtype}
             if kind == "decode":
                 x = torch.empty(batch, config.latent_channels, tile, tile, **meta)
-                self._cache[key] = traced_peak(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
+                peak = traced_peak(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
             else:
                 side = tile * self.vae_factor
                 x = torch.empty(batch, config.in_channels, side, side, **meta)
-                self._cache[key] = traced_peak(lambda z: self.vae.encode(z).latent_dist.mean, x,
-                                               existing=self._vae_existing)
+                peak = traced_peak(lambda z: self.vae.encode(z).latent_dist.mean, x, existing=self._vae_existing)
+            self._cache[key] = int(self.overhead * peak)
         return self._cache[key]
 
 
