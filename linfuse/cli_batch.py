@@ -18,16 +18,14 @@ def run_batch_command(args) -> int:
     from .pipelines.batch import read_jobs, run_batch
 
     defaults = default_params(args)
-    sized = bool(args.size)
-    if not sized:
-        defaults.width = defaults.height = 8  # placeholder: the model's native size replaces it after loading
+    if not args.size:
+        defaults.width = defaults.height = 0  # the model's native size, filled in after loading
     jobs = read_jobs(args.prompts, defaults)  # every line checked before the model loads
     method, weights = resolve_method(args)
     pipe = load_model(args, method, weights)
-    native = native_size(pipe)
+    native_width, native_height = native_size(pipe)
     for job in jobs:
-        if not sized and (job.width, job.height) == (8, 8):
-            job.width, job.height = native
+        job.width, job.height = job.width or native_width, job.height or native_height
         describe_run(pipe, job, model=args.model or "student", weights=str(weights or ""))
     written = run_batch(pipe, jobs, args.out, render=renderer(args, pipe))
     print(f"wrote {len(written)} images to {args.out} ({len(jobs) - len(written)} of {len(jobs)} were there "

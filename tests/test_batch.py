@@ -113,6 +113,8 @@ def test_jsonl_fields_override_the_defaults(tmp_path):
     first, second = read_jobs(path, GenerationParams(prompt="", width=64, height=64, seed=100))
     assert (first.seed, first.width, first.height, first.guidance) == (7, 128, 64, 3)
     assert (second.prompt, second.seed) == ("a dog", 101)
+    native, sized = read_jobs(path, GenerationParams(prompt="", width=0, height=0))[::-1]  # 0 = native, later
+    assert (native.width, native.height, sized.width, sized.height) == (0, 0, 128, 0)
 
 
 def test_bad_batch_arguments_exit_2_before_loading(tmp_path, capsys):

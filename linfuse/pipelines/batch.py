@@ -44,7 +44,8 @@ def _from_json(line: str, where: str, defaults: GenerationParams, index: int) ->
 
 
 def read_jobs(path, defaults: GenerationParams, *, multiple_of: int = 8) -> list[GenerationParams]:
-    """The jobs of a .txt or .jsonl prompt file, each validated (see the module docstring)."""
+    """The jobs of a .txt or .jsonl prompt file, each validated (see the module docstring). A width or height of 0
+    (in ``defaults`` when no size was asked for) stands for the model's native size."""
     path = Path(path)
     if path.suffix not in (".txt", ".jsonl"):
         raise InvalidArgumentError(f"prompt file must end in .txt or .jsonl; got {path.name}")
@@ -60,8 +61,8 @@ def read_jobs(path, defaults: GenerationParams, *, multiple_of: int = 8) -> list
             params = _from_json(line, where, defaults, len(jobs))
         else:
             params = replace(defaults, prompt=line, seed=defaults.seed + len(jobs))
-        try:
-            params.validate(multiple_of=multiple_of)
+        try:  # a size of 0 means "the model's native size", filled in once the model is loaded
+            replace(params, width=params.width or 8, height=params.height or 8).validate(multiple_of=multiple_of)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"{where}: {exc}") from exc
         jobs.append(params)
