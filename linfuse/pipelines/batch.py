@@ -71,11 +71,16 @@ def read_jobs(path, defaults: GenerationParams, *, multiple_of: int = 8) -> list
     return jobs
 
 
-def pending_jobs(jobs: list[GenerationParams], out_dir) -> list[tuple[int, GenerationParams]]:
-    """(index, params) of the jobs whose output file does not exist yet; leftover temporary files are removed."""
+def clear_leftovers(out_dir) -> None:
+    """Remove the temporary files that a killed write leaves (``save_png`` writes ``.NAME.png.*.tmp``)."""
     out_dir = Path(out_dir)
     for leftover in out_dir.glob(".*.png.*.tmp") if out_dir.is_dir() else []:
         leftover.unlink(missing_ok=True)
+
+
+def pending_jobs(jobs: list[GenerationParams], out_dir) -> list[tuple[int, GenerationParams]]:
+    """(index, params) of the jobs whose output file does not exist yet."""
+    out_dir = Path(out_dir)
     return [(index, params) for index, params in enumerate(jobs) if not (out_dir / output_name(index, params)).exists()]
 
 
@@ -91,10 +96,10 @@ def run_batch(pipe, jobs: list[GenerationParams], out_dir, *, render, progress: 
     from .parameters import save_png
 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs gives gloo processes
-    todo = pending_jobs(jobs, out_dir) if state.is_main_process else None
+    if state.is_main_process:  # before anyone writes: a temporary file after the barrier is another rank's work
+        clear_leftovers(out_dir)
     state.wait_for_everyone()
-    if todo is None:
-        todo = pending_jobs(jobs, out_dir)
+    todo = pending_jobs(jobs, out_dir)
     written = []
     with state.split_between_processes(todo) as share:
         bar = tqdm(share, desc=f"batch (process {state.process_index})", disable=not progress)

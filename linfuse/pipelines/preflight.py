@@ -16,13 +16,14 @@ needs at most ``SAFETY`` of what is free.
 """
 
 from dataclasses import dataclass, field
+from math import gcd
 
 import torch
 
 from ..errors import LinfuseError
 from ..linearize.twin import meta_twin
 from .memory_trace import traced_peak
-from .plan import Stage, plan_stages
+from .plan import Stage, default_strengths, plan_stages
 
 SAFETY = 0.9
 LATENT_BUFFERS = 10
@@ -199,8 +200,6 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
 def candidate_sizes(width: int, height: int) -> list[tuple[int, int]]:
     """Sizes up to W×H, multiples of 8, small to large: of exactly W:H when that leaves at least 8 sizes to choose
     from, else of W:H to within a rounding to 8 pixels."""
-    from math import gcd
-
     divisor = gcd(width, height)
     unit_w, unit_h = width // divisor, height // divisor
     exact = [(m * unit_w, m * unit_h) for m in range(1, divisor + 1)
@@ -236,6 +235,4 @@ def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, str
 
 def _resample(strengths: list[float], count: int) -> list[float]:
     """A schedule of ``count`` values from the first to the last of ``strengths``."""
-    from .plan import default_strengths
-
     return default_strengths(count, strengths[0], strengths[-1]) if strengths else []

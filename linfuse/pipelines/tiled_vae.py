@@ -55,10 +55,6 @@ def axis_weights(length: int, starts: list[int], size: int) -> list[torch.Tensor
     return [weight / total[start:start + size] for start, weight in zip(starts, raw, strict=True)]
 
 
-def tile_count(height: int, width: int, tile: int, overlap: int) -> int:
-    return len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
-
-
 def weighted_tiles(height: int, width: int, tile: int, overlap: int, scale: int):
     """(y0, x0, size_y, size_x, weight) of every tile of a (height, width) grid, row by row; ``weight`` is the
     tile's 2-D blend weight at ``scale`` × the grid's resolution (float64)."""

@@ -18,7 +18,6 @@ rounding), a fraction of the cost, what inference uses.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InvalidArgumentError
@@ -101,7 +100,3 @@ class SESR(nn.Module):
                 module.collapse()
         return self
 
-
-def upscale_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """The baseline SR results are compared with."""
-    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
