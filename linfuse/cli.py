@@ -1,4 +1,4 @@
-"""The ``linfuse`` command line: ``linfuse generate PROMPT …``, ``linfuse batch FILE …`` and ``linfuse info``."""
+"""The ``linfuse`` command line: generate, batch, img2img, upscale, info, and the training and evaluation commands."""
 
 import argparse
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__
 from .cli_batch import add_batch_command
 from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
+from .cli_companions import add_companion_commands
 from .cli_training import add_training_commands
 from .errors import LinfuseError
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, device, and models available offline")
     info.set_defaults(run=run_info)
     add_training_commands(commands)
+    add_companion_commands(commands)
     return parser
 
 

@@ -1,5 +1,6 @@
 """``linfuse distill``, ``linfuse train-teacher`` and ``linfuse eval``."""
 
+import argparse
 from pathlib import Path
 
 from .errors import InvalidArgumentError
@@ -27,9 +28,11 @@ def add_training_commands(commands) -> None:
     evaluate.add_argument("--guidance", type=float, default=5.0)
     evaluate.add_argument("--out", default="eval", help="folder for scores.jsonl and sheet.png")
     evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--classify", action="store_true",
-                          help="also name the emoji in one image per glyph by nearest template (bundled emoji "
-                               "models): top-1/top-5 accuracy of teacher and student")
+    evaluate.add_argument("--classify", action=argparse.BooleanOptionalAction, default=None,
+                          help="also generate one image per glyph with each model and score them with the bundled "
+                               "classifiers (prompt accuracy, student-teacher agreement, Fréchet distance on "
+                               "classifier features) and the nearest-template rule (default: on for the bundled "
+                               "teacher, whose domain the classifiers know)")
     evaluate.set_defaults(run=run_eval)
 
 
@@ -61,7 +64,7 @@ def parse_seeds(text: str) -> list[int]:
 def run_eval(args) -> int:
     from .distill.evaluate import compare, read_prompts, sample_sheet, summarize, write_report
     from .pipelines import load_pipeline
-    from .pipelines.loading import resolve_model, resolve_weights
+    from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
 
     seeds = parse_seeds(args.seeds)
     prompts = read_prompts(args.prompts)
@@ -83,24 +86,32 @@ def run_eval(args) -> int:
     print(f"mean PSNR {summary['mean_psnr']:.2f} dB, mean latent distance {summary['mean_latent_distance']:.4f} "
           f"over {summary['pairs']} pairs; wrote {out / 'scores.jsonl'} and {out / 'sheet.png'} "
           "(each row: teacher images, then student images)")
-    if args.classify:
+    if args.classify or (args.classify is None and is_bundled_teacher(args.teacher)):
         report_classification(student, teacher, args, out)
     return 0
 
 
 def report_classification(student, teacher, args, out: Path) -> None:
+    """Template accuracy and the bundled classifiers' scores on one picture per glyph from each model."""
     import json
 
+    from .companions.classify.report import classifier_report, format_report
     from .distill.data import DataConfig
     from .distill.emoji import EmojiSource
-    from .distill.evaluate import classify
+    from .distill.evaluate import glyph_pictures, template_accuracy
     from .fileio import atomic_write
     from .pipelines import native_size
 
     source = EmojiSource(DataConfig(resolution=native_size(teacher)[0]).composition())
-    results = {name: classify(pipe, source, steps=args.steps, guidance=args.guidance)
-               for name, pipe in (("teacher", teacher), ("student", student))}
+    generated = {}
+    for name, pipe in (("teacher", teacher), ("student", student)):
+        prompts, generated[name] = glyph_pictures(pipe, source, steps=args.steps, guidance=args.guidance)
+    reference = [source.render(index, background) for index, background, _ in prompts]
+    results = {"template": {name: template_accuracy(source, prompts, pictures) for name, pictures in generated.items()},
+               "classifiers": classifier_report(source.names, [index for index, _, _ in prompts], generated,
+                                                reference)}
     atomic_write(out / "classify.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    for name, result in results.items():
+    for name, result in results["template"].items():
         print(f"{name}: template top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%} over {result['prompts']} "
               f"prompts (chance {result['chance_top1']:.1%})")
+    print("\n".join(format_report(results["classifiers"])))

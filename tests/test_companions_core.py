@@ -104,3 +104,21 @@ def test_linearscope_refuses_smooth_activations_and_batches():
         linear_map(ESPCN(), torch.rand(1, 3, 4, 4))
     with pytest.raises(InvalidArgumentError, match="batch size 1"):
         linear_map(SmallClassifier(), torch.rand(2, 3, 8, 8))
+
+
+def test_one_output_row_equals_the_row_of_the_full_map_and_pictures_show_its_sign():
+    from linfuse.companions.interpret import output_row, signed_picture
+
+    model = randomize(SESR("m3", scale=2, channels=1, expansion=8), seed=4)
+    x = torch.rand(1, 1, 6, 7)
+    mapping = linear_map(model, x)
+    for index in (0, 37, mapping.bias.numel() - 1):
+        assert torch.allclose(output_row(model, x, index), mapping.row_image(index), atol=1e-12)
+    with pytest.raises(InvalidArgumentError, match="index must be an output position"):
+        output_row(model, x, mapping.bias.numel())
+    row = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    row[0, 0, 0, 0], row[0, 0, 1, 1] = 2.0, -1.0
+    picture = signed_picture(row, size=8)
+    assert picture.size == (8, 8)
+    assert picture.getpixel((0, 0)) == (255, 0, 0) and picture.getpixel((7, 7)) == (128, 128, 255)
+    assert picture.getpixel((7, 0)) == (255, 255, 255)

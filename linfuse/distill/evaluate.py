@@ -133,18 +133,23 @@ def classification_prompts(source, backgrounds: list[str]) -> list[tuple[int, st
             for i in range(len(source.catalogue))]
 
 
-def classify(pipe, source, *, seed: int = 0, steps: int = 20, guidance: float = 5.0, progress: bool = True) -> dict:
-    """Top-1 / top-5 template accuracy of ``pipe`` over one prompt per glyph (chance: 1/144 and 5/144)."""
+def glyph_pictures(pipe, source, *, seed: int = 0, steps: int = 20, guidance: float = 5.0,
+                   progress: bool = True) -> tuple[list[tuple[int, str, str]], list[Image.Image]]:
+    """One picture per glyph (backgrounds cycling): the (glyph, background, prompt) list and the pictures."""
     from ..pipelines import GenerationParams, generate, native_size
 
-    classifier = TemplateClassifier(source)
     width, height = native_size(pipe)
-    ranks = []
-    for index, background, prompt in tqdm(classification_prompts(source, source.composition.backgrounds),
-                                          desc="classify", disable=not progress):
-        image = generate(pipe, GenerationParams(prompt=prompt, steps=steps, guidance=guidance, seed=seed,
+    prompts = classification_prompts(source, source.composition.backgrounds)
+    pictures = [generate(pipe, GenerationParams(prompt=prompt, steps=steps, guidance=guidance, seed=seed,
                                                 width=width, height=height), progress=False)
-        ranks.append(classifier.rank(image, index, background))
-    ranks = np.asarray(ranks)
+                for _, _, prompt in tqdm(prompts, desc="glyph pictures", disable=not progress)]
+    return prompts, pictures
+
+
+def template_accuracy(source, prompts: list[tuple[int, str, str]], pictures: list[Image.Image]) -> dict:
+    """Top-1 / top-5 accuracy of the nearest-template classifier (chance: 1/144 and 5/144)."""
+    classifier = TemplateClassifier(source)
+    ranks = np.asarray([classifier.rank(picture, index, background)
+                        for (index, background, _), picture in zip(prompts, pictures, strict=True)])
     return {"prompts": len(ranks), "top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),
             "chance_top1": 1 / len(source.catalogue)}

@@ -113,3 +113,42 @@ def linear_map(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.
         model.to(original)
     outputs, inputs = bias.numel(), x.numel()
     return LinearMap(matrix.reshape(outputs, inputs), bias.reshape(-1), tuple(x.shape), tuple(bias.shape))
+
+
+def output_row(model: nn.Module, x: torch.Tensor, index: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Row ``index`` of A (how each input value makes output value ``index``), shaped like x: one backward pass
+    through the gate-frozen network instead of the whole Jacobian, for inputs too large for :func:`linear_map`."""
+    if x.shape[0] != 1:
+        raise InvalidArgumentError(f"output_row takes one sample (batch size 1); got a batch of {x.shape[0]}")
+    model = model.eval()
+    gates = record_gates(model, x)
+    original = next(model.parameters()).dtype
+    model.to(dtype)
+    try:
+        probe = x.detach().to(dtype).requires_grad_(True)
+        out = _frozen(model, gates, probe).reshape(-1)
+        if not 0 <= index < out.numel():
+            raise InvalidArgumentError(f"index must be an output position in [0, {out.numel() - 1}]; got {index}")
+        (row,) = torch.autograd.grad(out[index], probe)
+    finally:
+        model.to(original)
+    return row
+
+
+def signed_picture(values: torch.Tensor, size: int | None = None):
+    """A (…, H, W) map (channels summed) as a PIL picture: blue negative, white zero, red positive, scaled by the
+    largest magnitude; ``size`` enlarges it (nearest) so single pixels stay visible."""
+    import numpy as np
+    from PIL import Image
+
+    plane = values.detach().double().reshape(-1, *values.shape[-2:]).sum(dim=0)
+    peak = plane.abs().max().clamp_min(1e-30)
+    t = (plane / peak).numpy()
+    red = np.where(t > 0, 1.0, 1.0 + t)
+    blue = np.where(t < 0, 1.0, 1.0 - t)
+    green = 1.0 - np.abs(t)
+    picture = Image.fromarray((np.stack([red, green, blue], axis=-1) * 255).round().astype(np.uint8))
+    if size:
+        longest = max(picture.size)
+        picture = picture.resize((size * picture.width // longest, size * picture.height // longest), Image.NEAREST)
+    return picture
