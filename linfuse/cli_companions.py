@@ -1,5 +1,6 @@
 """``linfuse upscale``, ``linfuse img2img``, ``linfuse train-sr`` and ``linfuse train-classifier``."""
 
+import dataclasses
 from pathlib import Path
 
 from .errors import InvalidArgumentError
@@ -82,17 +83,24 @@ def run_img2img(args) -> int:
     return 0
 
 
+def _add_config_arguments(parser, defaults, choices: dict[str, tuple]) -> None:
+    """One ``--field`` option per field of a training config dataclass, typed and defaulted from ``defaults``."""
+    for field in dataclasses.fields(defaults):
+        value = getattr(defaults, field.name)
+        extra = {"help": f"one of {', '.join(map(str, choices[field.name]))}"} if field.name in choices else {}
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value, **extra)
+
+
+def _config_from(args, config_class):
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}).validate()
+
+
 def add_train_sr_command(commands) -> None:
     from .companions.sr.train import SRTrainConfig
-    from .companions.sr.zoo import SR_MODELS
+    from .companions.sr.zoo import SR_MODELS, SR_SCALES
 
-    defaults = SRTrainConfig()
     train = commands.add_parser("train-sr", help="train an SR companion (ESPCN / SESR) on package pictures")
-    train.add_argument("--model", default=defaults.model, help=f"one of {', '.join(SR_MODELS)}")
-    train.add_argument("--scale", type=int, default=defaults.scale, help="2 or 4")
-    for name in ("steps", "batch", "patch", "expansion", "seed"):
-        train.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    train.add_argument("--lr", type=float, default=defaults.lr)
+    _add_config_arguments(train, SRTrainConfig(), {"model": SR_MODELS, "scale": SR_SCALES})
     train.add_argument("--out", default=None, help="weights file (default: the bundled assets/sr/<model>-x<scale>)")
     train.set_defaults(run=run_train_sr)
 
@@ -100,9 +108,7 @@ def add_train_sr_command(commands) -> None:
 def run_train_sr(args) -> int:
     from .companions.sr.train import SRTrainConfig, train_sr
 
-    config = SRTrainConfig(model=args.model, scale=args.scale, steps=args.steps, batch=args.batch, patch=args.patch,
-                           lr=args.lr, expansion=args.expansion, seed=args.seed).validate()
-    print(f"wrote {train_sr(config, out=args.out)}")
+    print(f"wrote {train_sr(_config_from(args, SRTrainConfig), out=args.out)}")
     return 0
 
 
@@ -110,13 +116,8 @@ def add_train_classifier_command(commands) -> None:
     from .companions.classify.train import ClassifierTrainConfig
     from .companions.classify.zoo import CLASSIFIERS
 
-    defaults = ClassifierTrainConfig()
     train = commands.add_parser("train-classifier", help="train an emoji classifier (scores generated images)")
-    train.add_argument("--model", default=defaults.model, help=f"one of {', '.join(CLASSIFIERS)}")
-    for name in ("samples", "steps", "batch", "seed"):
-        train.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    _add_config_arguments(train, ClassifierTrainConfig(), {"model": CLASSIFIERS})
     train.add_argument("--out", default=None, help="weights file (default: the bundled assets/classify/<model>)")
     train.set_defaults(run=run_train_classifier)
 
@@ -124,8 +125,6 @@ def add_train_classifier_command(commands) -> None:
 def run_train_classifier(args) -> int:
     from .companions.classify.train import ClassifierTrainConfig, train_classifier
 
-    config = ClassifierTrainConfig(model=args.model, samples=args.samples, steps=args.steps, batch=args.batch,
-                                   lr=args.lr, weight_decay=args.weight_decay, seed=args.seed).validate()
-    path, score = train_classifier(config, out=args.out)
+    path, score = train_classifier(_config_from(args, ClassifierTrainConfig), out=args.out)
     print(f"wrote {path} (validation top-1 {score:.1%})")
     return 0

@@ -12,6 +12,7 @@ so A x₀ + b = f(x₀) to float rounding. Rows of A (one per output value) show
 columns show where one input pixel goes; both reshape to images.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -97,20 +98,27 @@ def _frozen(model: nn.Module, gates, x: torch.Tensor) -> torch.Tensor:
             hook.remove()
 
 
-def linear_map(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> LinearMap:
-    """The affine map (A, b) that ``model`` applies at input ``x`` (one sample, batch dimension 1)."""
+@contextmanager
+def _gates_frozen_in(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, caller: str):
+    """Yields ``f(t)``: the network with its gates frozen at x, computing in ``dtype`` (restored afterwards)."""
     if x.shape[0] != 1:
-        raise InvalidArgumentError(f"linear_map takes one sample (batch size 1); got a batch of {x.shape[0]}")
+        raise InvalidArgumentError(f"{caller} takes one sample (batch size 1); got a batch of {x.shape[0]}")
     model = model.eval()
     gates = record_gates(model, x)
     original = next(model.parameters()).dtype
     model.to(dtype)
     try:
-        with torch.no_grad():
-            bias = _frozen(model, gates, torch.zeros_like(x, dtype=dtype))
-        matrix = torch.autograd.functional.jacobian(lambda t: _frozen(model, gates, t), x.to(dtype))
+        yield lambda t: _frozen(model, gates, t)
     finally:
         model.to(original)
+
+
+def linear_map(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> LinearMap:
+    """The affine map (A, b) that ``model`` applies at input ``x`` (one sample, batch dimension 1)."""
+    with _gates_frozen_in(model, x, dtype, "linear_map") as frozen:
+        with torch.no_grad():
+            bias = frozen(torch.zeros_like(x, dtype=dtype))
+        matrix = torch.autograd.functional.jacobian(frozen, x.to(dtype))
     outputs, inputs = bias.numel(), x.numel()
     return LinearMap(matrix.reshape(outputs, inputs), bias.reshape(-1), tuple(x.shape), tuple(bias.shape))
 
@@ -118,20 +126,12 @@ def linear_map(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.
 def output_row(model: nn.Module, x: torch.Tensor, index: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Row ``index`` of A (how each input value makes output value ``index``), shaped like x: one backward pass
     through the gate-frozen network instead of the whole Jacobian, for inputs too large for :func:`linear_map`."""
-    if x.shape[0] != 1:
-        raise InvalidArgumentError(f"output_row takes one sample (batch size 1); got a batch of {x.shape[0]}")
-    model = model.eval()
-    gates = record_gates(model, x)
-    original = next(model.parameters()).dtype
-    model.to(dtype)
-    try:
+    with _gates_frozen_in(model, x, dtype, "output_row") as frozen:
         probe = x.detach().to(dtype).requires_grad_(True)
-        out = _frozen(model, gates, probe).reshape(-1)
+        out = frozen(probe).reshape(-1)
         if not 0 <= index < out.numel():
             raise InvalidArgumentError(f"index must be an output position in [0, {out.numel() - 1}]; got {index}")
         (row,) = torch.autograd.grad(out[index], probe)
-    finally:
-        model.to(original)
     return row
 
 
