@@ -13,15 +13,16 @@ from linfuse.companions.interpret import grad_cam, linear_map
 from linfuse.errors import InvalidArgumentError
 
 
-def test_squared_hinge_loss_is_the_one_vs_rest_l2_svm_objective():
+def test_squared_hinge_loss_is_the_multiclass_l2_svm_objective():
     scores = torch.tensor([[2.0, 0.5, -3.0], [0.2, -0.4, 1.5]])
     labels = torch.tensor([0, 1])
-    # sample 0: true 2.0 (no loss), others 0.5 -> (1+0.5)^2, -3 -> 0;  sample 1: 0.2 -> 1.2^2, true -0.4 -> 1.4^2,
-    # 1.5 -> 2.5^2
-    expected = ((1.5**2) + (1.2**2 + 1.4**2 + 2.5**2)) / 2
+    # sample 0: margins 2 − 0.5 = 1.5 and 5 → no loss;  sample 1: −0.4 − 0.2 = −0.6 → 1.6², −0.4 − 1.5 → 2.9²
+    expected = (0.0 + 1.6**2 + 2.9**2) / 2
     assert squared_hinge_loss(scores, labels).item() == pytest.approx(expected)
     weight = torch.ones(3, 4)
     assert squared_hinge_loss(scores, labels, weight, c=2.0).item() == pytest.approx(expected + 12 / (2 * 2.0 * 2))
+    half_margin = torch.tensor([[0.5, 0.0]])
+    assert squared_hinge_loss(half_margin, torch.tensor([0])).item() == pytest.approx(0.25)
 
 
 def test_frechet_distance_matches_the_closed_form_for_gaussians():

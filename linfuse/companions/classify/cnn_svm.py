@@ -1,11 +1,15 @@
 """CNN-SVM: a small convolutional network whose last layer is a linear SVM, trained end to end with the squared
 hinge loss (Tang, 2013) instead of softmax cross-entropy.
 
-One-vs-rest L2-SVM over K classes, scores s = W·φ(x) + b, targets t_k = +1 for the true class and −1 otherwise:
+Multi-class L2-SVM over K classes (Weston–Watkins form), scores s = W·φ(x) + b, true class y:
 
-    L = mean over the batch of  Σ_k max(0, 1 − t_k·s_k)²  +  (1 / (2·C·N)) ‖W‖²
+    L = mean over the batch of  Σ_{k≠y} max(0, 1 − (s_y − s_k))²  +  (1 / (2·C·N)) ‖W‖²
 
-The features φ are ReLU convolutions, each halving the resolution, and global average pooling (no max-pooling), so the
+Tang's one-vs-rest form, Σ_k max(0, 1 − t_k·s_k)² with t = ±1, has a trap with many classes: scoring every class
+−1 costs only 4 per sample, and with 144 classes training here settled there (1 % accuracy); the pairwise margins
+above have no such all-negative optimum.
+
+The features φ are convolutions (BatchNorm, ReLU), each halving the resolution, and global average pooling (no max-pooling), so the
 whole network is piecewise linear and LinearScope can replay it exactly.
 """
 
@@ -17,10 +21,10 @@ DEFAULT_CHANNELS = (32, 64, 128, 128)
 
 def squared_hinge_loss(scores: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
                        c: float = 10.0) -> torch.Tensor:
-    """One-vs-rest L2-SVM loss (see the module docstring); ``weight`` is the SVM's W for the margin term."""
-    targets = -torch.ones_like(scores)
-    targets.scatter_(1, labels[:, None], 1.0)
-    loss = torch.clamp(1 - targets * scores, min=0).pow(2).sum(dim=1).mean()
+    """Multi-class L2-SVM loss (see the module docstring); ``weight`` is the SVM's W for the margin term."""
+    true = scores.gather(1, labels[:, None])
+    violations = torch.clamp(1 - (true - scores), min=0).pow(2)
+    loss = (violations.sum(dim=1) - 1).mean()  # the k = y term is max(0, 1 − 0)² = 1 for every sample
     if weight is not None:
         loss = loss + weight.pow(2).sum() / (2 * c * scores.shape[0])
     return loss
@@ -31,7 +35,7 @@ class CNNSVM(nn.Module):
         super().__init__()
         layers, previous = [], in_channels
         for width in channels:
-            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
             previous = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
