@@ -23,11 +23,16 @@ def describe_run(pipe, params: GenerationParams, *, model: str = "", weights: st
     return params
 
 
-def generate(pipe, params: GenerationParams, *, progress: bool = True):
-    """Run the pipeline once; the random stream comes from a CPU generator so a seed means the same on any device."""
+def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_on_step_end=None):
+    """Run the pipeline once; the random stream comes from a CPU generator so a seed means the same on any device.
+
+    ``callback_on_step_end`` is handed to the pipeline as it is (diffusers' per-step callback, e.g. for a progress
+    display); by default none is passed.
+    """
     params.validate(multiple_of=pipe.vae_scale_factor)
     pipe.set_progress_bar_config(disable=not progress, desc="denoising")
     generator = torch.Generator("cpu").manual_seed(params.seed)
+    extra = {"callback_on_step_end": callback_on_step_end} if callback_on_step_end is not None else {}
     result = pipe(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt or None,
@@ -36,5 +41,6 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True):
         num_inference_steps=params.steps,
         guidance_scale=params.guidance,
         generator=generator,
+        **extra,
     )
     return result.images[0]

@@ -9,8 +9,8 @@ Tang's one-vs-rest form, Σ_k max(0, 1 − t_k·s_k)² with t = ±1, has a trap 
 −1 costs only 4 per sample, and with 144 classes training here settled there (1 % accuracy); the pairwise margins
 above have no such all-negative optimum.
 
-The features φ are convolutions (BatchNorm, ReLU), each halving the resolution, and global average pooling (no max-pooling), so the
-whole network is piecewise linear and LinearScope can replay it exactly.
+The features φ are convolutions (BatchNorm, ReLU), each halving the resolution, and global average pooling (no
+max-pooling), so the whole network is piecewise linear and LinearScope can replay it exactly.
 """
 
 import torch

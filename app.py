@@ -1,0 +1,112 @@
+"""linfuse web UI: ``python app.py [--port 7860] [--host 127.0.0.1] [--share]``, then open http://127.0.0.1:7860.
+
+Tabs: Generate (text to image; progressive above twice the model's native size) and High-res (progressive
+generation with explicit options); each shows the memory preflight before anything runs. Every image lands in the
+gallery below the tabs with its parameters as the caption, and as a PNG carrying them (``linfuse.pipelines.save_png``).
+
+Endpoints (``gradio_client.Client("http://127.0.0.1:7860").predict(..., api_name="/generate")``); errors in any input
+come back as ``gradio_client.exceptions.AppError`` whose message names the parameter and its allowed range:
+
+``/generate``  inputs: prompt (str), negative (str), width (int), height (int), steps (int), guidance (float),
+               seed (int), model ('student', 'teacher', a pipeline folder or a Hub id), method ('auto', 'none' or a
+               name from ``linfuse.linearize.method_names()``).
+               outputs: (image file (PNG), parameters text, PNG file with the parameters embedded, gallery).
+``/highres``   inputs: those of /generate, then upscale ('latent' | 'pixel'), strengths (text: one value in (0, 1)
+               per ×2 refinement, comma-separated; '' = 0.4 down to 0.1), skip_residual (float, 0 = off, up to 10).
+               outputs: as /generate.
+``/estimate``  inputs: width, height, guidance, model, method.  output: Markdown text: the memory preflight of the
+               job /generate would run (peak MiB, free MiB, fits or not, the largest size of that shape that fits,
+               per-stage MiB); problems with the inputs are described in the text instead of raised.
+``/estimate_highres``  inputs: width, height, guidance, model, method, upscale, strengths.  output: as /estimate,
+               for the job /highres would run.
+
+Widths and heights are multiples of 8 from 8 to 16384; steps 1–1000; guidance 0–100; seed 0–2**32−1. Requests
+that use a model run one at a time (queue size ``--queue-size``); loaded models are cached (``--max-models``).
+"""
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+
+from linfuse.errors import LinfuseError
+from linfuse.ui import AppSettings, UIContext, generate_tab, highres_tab
+
+# Small images (the bundled models draw 64×64) are shown enlarged, with their pixels sharp.
+CSS = """.linfuse-image img { image-rendering: pixelated; }
+.linfuse-output img { min-width: 320px; min-height: 320px; object-fit: contain; }"""
+
+# The tabs, in display order: each is a function build(ctx: UIContext) that adds one gr.Tab (called inside the
+# app's gr.Tabs()) and wires its events, using ctx.models (cached pipelines), ctx.history / ctx.gallery (the shared
+# gallery, via linfuse.ui.results.finish) and ctx.settings.
+TABS: list[Callable[[UIContext], None]] = [
+    generate_tab.build,
+    highres_tab.build,
+    # --- Tabs to come, added here in this order (not implemented yet):
+    # img2img_tab.build,   # Img2Img
+    # upscale_tab.build,   # Upscale (super-resolution)
+    # inspect_tab.build,   # Inspect (LinearScope / Grad-CAM)
+]
+
+
+def build_app(settings: AppSettings | None = None, tabs=None) -> gr.Blocks:
+    """The whole UI as a gr.Blocks (not launched, no queue set)."""
+    ctx = UIContext.create(settings or AppSettings())
+    with gr.Blocks(title="linfuse", analytics_enabled=False) as demo:
+        ctx.blocks = demo
+        gr.Markdown("# linfuse\nLinear-attention diffusion. The bundled emoji models draw 64×64 emoji on plain "
+                    "backgrounds, e.g. *dog face on a yellow background*.")
+        ctx.history = gr.State([])
+        ctx.gallery = gr.Gallery(label="this session's images (caption: their parameters)", columns=6, height=280,
+                                 object_fit="contain", preview=False, fit_columns=False, format="png",
+                                 elem_id="gallery", elem_classes=["linfuse-image"], render=False)
+        with gr.Tabs():
+            for build in TABS if tabs is None else tabs:
+                build(ctx)
+        ctx.gallery.render()
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="linfuse web UI (Gradio)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--weights", default="default",
+                        help="linear-attention weights: 'default' (the model folder's own linear_attention/, else "
+                             "the published LinFusion weights of a known base model, else the teacher's projections, "
+                             "not distilled), 'auto' (the same but refuses the last case), 'none', or a directory / "
+                             "Hub id")
+    parser.add_argument("--outdir", type=Path, default=None, help="where PNGs are written (default: a temp folder)")
+    parser.add_argument("--max-models", type=int, default=2, help="pipelines kept loaded (default 2)")
+    parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16)")
+    parser.add_argument("--memory-limit-mib", type=int, default=None,
+                        help="memory a job may use, for the preflight (default: what is free)")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> AppSettings:
+    settings = AppSettings(device=args.device, dtype=args.dtype, weights=args.weights, max_models=args.max_models,
+                           memory_limit=None if args.memory_limit_mib is None else args.memory_limit_mib * 2**20)
+    if args.outdir is not None:
+        settings.outdir = args.outdir
+    return settings
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = settings_from(args)
+        demo = build_app(settings)
+    except LinfuseError as exc:  # e.g. --device cuda without a GPU, a bad --dtype: say so, exit with status 2
+        raise SystemExit(f"app.py: error: {exc}") from None
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
+                allowed_paths=[str(settings.outdir)], ssr_mode=False, css=CSS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""The web UI (``python app.py``): Gradio tabs over linfuse's pipelines; one concept per module.
+
+``context``: settings and what the tabs share; ``models``: the cached model loader; ``validation``: input checks
+and error messages; ``preflight``: the memory estimate as shown; ``forms``: the shared input and output widgets;
+``results``: saving, captions and the gallery; ``generate_tab`` and ``highres_tab``: one tab each.
+"""
+
+from .context import AppSettings, UIContext
+
+__all__ = ["AppSettings", "UIContext"]

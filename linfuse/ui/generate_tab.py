@@ -1,0 +1,65 @@
+"""The Generate tab: text to image, plain up to twice the model's native size and progressive above (as
+``linfuse generate --highres auto``), with the memory preflight shown as the size and model change.
+
+Endpoints: ``/generate`` and ``/estimate`` (see app.py's docstring for their inputs and outputs).
+"""
+
+import gradio as gr
+
+from ..pipelines import HighResOptions, describe_run, generate, generate_highres
+from ..pipelines.plan import plan_stages
+from .forms import generation_form, result_area
+from .preflight import estimate_markdown, is_progressive
+from .results import PROGRESS, finish, step_progress
+from .validation import check_method, check_model, check_params, check_refinement_steps, shown_to_people
+
+TAB_ID = "generate"
+
+
+def generate_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, history, progress):
+    """Validate, load (cached), generate, save: the outputs of :func:`linfuse.ui.results.finish`."""
+    params = check_params(prompt, negative, width, height, steps, guidance, seed)
+    model, method = check_model(model), check_method(method)
+    progress(0, desc=f"loading {model}")
+    loaded = ctx.models.get(model, method)
+    describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
+    if is_progressive(loaded, params.width, params.height):
+        check_refinement_steps(params.steps, plan_stages(params.width, params.height, loaded.native_side))
+        progress(0, desc="progressive generation (memory preflight first)")
+        options = HighResOptions(memory_limit=ctx.settings.memory_limit)
+        image = generate_highres(loaded.pipe, params, options)  # its stage bar is tqdm, followed by gr.Progress
+        return finish(ctx, image, params, history, extra="progressive, latent upscaling")
+    image = generate(loaded.pipe, params, progress=False, callback_on_step_end=step_progress(progress))
+    return finish(ctx, image, params, history)
+
+
+def build(ctx) -> None:
+    """Add the Generate tab; call inside the app's ``gr.Tabs()``."""
+    with gr.Tab("Generate", id=TAB_ID):
+        with gr.Row():
+            with gr.Column():
+                form = generation_form(TAB_ID)
+                form.preflight.render()
+                button = gr.Button("Generate image", variant="primary", elem_id="generate-button")
+            with gr.Column():
+                area = result_area(TAB_ID)
+
+    @shown_to_people
+    def run(prompt, negative, width, height, steps, guidance, seed, model, method, history,
+            progress=PROGRESS):
+        return generate_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, history,
+                              progress)
+
+    def estimate(width, height, guidance, model, method):
+        return estimate_markdown(ctx.models, width, height, guidance, model, method,
+                                 memory_limit=ctx.settings.memory_limit)
+
+    button.click(run, [*form.inputs(), ctx.history], [*area.outputs(), ctx.history, ctx.gallery],
+                 api_name="generate", concurrency_id="denoise", concurrency_limit=1)
+    form.prompt.submit(run, [*form.inputs(), ctx.history], [*area.outputs(), ctx.history, ctx.gallery],
+                       api_visibility="private", concurrency_id="denoise", concurrency_limit=1)
+    preflight = {"inputs": form.estimate_inputs(), "outputs": form.preflight, "show_progress": "minimal",
+                 "concurrency_id": "preflight", "concurrency_limit": 1}
+    gr.on([*form.estimate_triggers(), ctx.blocks.load], estimate, api_name="estimate", trigger_mode="always_last",
+          **preflight)
+    form.model_picked.then(estimate, api_visibility="private", **preflight)

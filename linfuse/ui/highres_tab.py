@@ -1,0 +1,88 @@
+"""The High-res tab: progressive generation with explicit :class:`~linfuse.pipelines.HighResOptions` (a base image
+at the native size, then ×2 upscale and SDEdit refinement per stage, tiled VAE), up to 16384×16384.
+
+Endpoints: ``/highres`` and ``/estimate_highres`` (see app.py's docstring for their inputs and outputs).
+"""
+
+import gradio as gr
+
+from ..pipelines import describe_run, generate_highres
+from ..pipelines.highres import UPSCALE_MODES
+from ..pipelines.plan import plan_stages
+from .forms import generation_form, result_area
+from .preflight import estimate_markdown
+from .results import PROGRESS, finish
+from .validation import (
+    MAX_SKIP_RESIDUAL,
+    check_highres,
+    check_method,
+    check_model,
+    check_params,
+    check_refinement_steps,
+    shown_to_people,
+)
+
+TAB_ID = "highres"
+
+
+def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths,
+                  skip_residual, history, progress):
+    """Validate everything, then :func:`linfuse.pipelines.generate_highres` (which runs the memory preflight)."""
+    params = check_params(prompt, negative, width, height, steps, guidance, seed)
+    options = check_highres(upscale, strengths, skip_residual)
+    options.memory_limit = ctx.settings.memory_limit
+    model, method = check_model(model), check_method(method)
+    progress(0, desc=f"loading {model}")
+    loaded = ctx.models.get(model, method)
+    check_refinement_steps(params.steps, plan_stages(params.width, params.height, loaded.native_side,
+                                                     options.strengths))
+    describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
+    progress(0, desc="memory preflight, then the stages")
+    image = generate_highres(loaded.pipe, params, options)  # its stage bar is tqdm, followed by gr.Progress
+    schedule = ", ".join(f"{s:g}" for s in options.strengths) if options.strengths else "default strengths"
+    extra = f"progressive, {options.upscale} upscaling, {schedule}, skip residual {options.skip_residual:g}"
+    return finish(ctx, image, params, history, extra=extra)
+
+
+def option_inputs() -> tuple[gr.Dropdown, gr.Textbox, gr.Number]:
+    upscale = gr.Dropdown(list(UPSCALE_MODES), value="latent", label="upscale", elem_id=f"{TAB_ID}-upscale",
+                          info="latent: bicubic on the latent; pixel: decode, resize, encode (tiled VAE)",
+                          allow_custom_value=True)  # so that check_highres, not gradio, words a wrong value
+    strengths = gr.Textbox("", label="strengths", elem_id=f"{TAB_ID}-strengths",
+                           info="one per ×2 refinement, each in (0, 1), e.g. '0.4, 0.25, 0.1'; empty: 0.4 down to 0.1")
+    skip = gr.Number(0, label="skip_residual", elem_id=f"{TAB_ID}-skip-residual",
+                     info=f"DemoFusion's skip residual α, 0 (off) to {MAX_SKIP_RESIDUAL:g}; 3 is DemoFusion's")
+    return upscale, strengths, skip
+
+
+def build(ctx) -> None:
+    """Add the High-res tab; call inside the app's ``gr.Tabs()``."""
+    with gr.Tab("High-res", id=TAB_ID):
+        with gr.Row():
+            with gr.Column():
+                form = generation_form(TAB_ID, side=256, steps=20)
+                with gr.Row():
+                    upscale, strengths, skip = option_inputs()
+                form.preflight.render()
+                button = gr.Button("Generate high-res image", variant="primary", elem_id=f"{TAB_ID}-button")
+            with gr.Column():
+                area = result_area(TAB_ID)
+
+    @shown_to_people
+    def run(prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths, skip_residual,
+            history, progress=PROGRESS):
+        return highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale,
+                             strengths, skip_residual, history, progress)
+
+    def estimate(width, height, guidance, model, method, upscale, strengths):
+        return estimate_markdown(ctx.models, width, height, guidance, model, method, progressive=True,
+                                 upscale=upscale, strengths=strengths, memory_limit=ctx.settings.memory_limit)
+
+    button.click(run, [*form.inputs(), upscale, strengths, skip, ctx.history],
+                 [*area.outputs(), ctx.history, ctx.gallery], api_name="highres", concurrency_id="denoise",
+                 concurrency_limit=1)
+    preflight = {"inputs": [*form.estimate_inputs(), upscale, strengths], "outputs": form.preflight,
+                 "show_progress": "minimal", "concurrency_id": "preflight", "concurrency_limit": 1}
+    gr.on([*form.estimate_triggers(), upscale.change, strengths.blur, strengths.submit, ctx.blocks.load], estimate,
+          api_name="estimate_highres", trigger_mode="always_last", **preflight)
+    form.model_picked.then(estimate, api_visibility="private", **preflight)

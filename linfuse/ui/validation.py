@@ -1,0 +1,164 @@
+"""Checking what the web UI (or a gradio_client caller) sends, with messages that name the parameter and its range.
+
+Everything here raises :class:`InvalidArgumentError` (linfuse's own error); :func:`shown_to_people` turns that, and
+every other error linfuse raises on purpose, into a ``gr.Error`` whose text the browser and ``gradio_client`` show.
+"""
+
+import functools
+import math
+import re
+from pathlib import Path
+
+from ..errors import InvalidArgumentError, LinfuseError
+from ..fileio import looks_like_hub_id
+from ..linearize import method_names
+from ..pipelines import GenerationParams, HighResOptions
+from ..pipelines.highres import UPSCALE_MODES
+from ..pipelines.parameters import MAX_SIZE
+
+BUNDLED = ("student", "teacher")
+SPECIAL_METHODS = ("auto", "none")
+MAX_SKIP_RESIDUAL = 10.0
+
+
+def method_choices() -> list[str]:
+    """What the method dropdown offers: 'auto' (none for the bundled teacher, linfusion otherwise), 'none' (softmax),
+    then every registered linearisation method."""
+    return [*SPECIAL_METHODS, *method_names()]
+
+
+def as_int(name: str, value) -> int:
+    """A whole number from a form field (gradio sends numbers as int or float; None when the field is empty)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidArgumentError(f"{name} is empty; enter a whole number")
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be a whole number; got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a whole number; got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise InvalidArgumentError(f"{name} must be a whole number; got {value!r}")
+    return int(number)
+
+
+def as_float(name: str, value) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be a number; got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number; got {value!r}") from None
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{name} must be a finite number; got {value!r}")
+    return number
+
+
+def check_size(width, height) -> tuple[int, int]:
+    """(width, height) as integers, each a multiple of 8 from 8 to 16384."""
+    size = as_int("width", width), as_int("height", height)
+    for name, value in zip(("width", "height"), size, strict=True):
+        if not 8 <= value <= MAX_SIZE or value % 8:
+            raise InvalidArgumentError(f"{name} must be a multiple of 8 between 8 and {MAX_SIZE}; got {value}")
+    return size
+
+
+def check_params(prompt, negative, width, height, steps, guidance, seed) -> GenerationParams:
+    """The generation parameters of a form, validated by :meth:`GenerationParams.validate`."""
+    if prompt is not None and not isinstance(prompt, str):
+        raise InvalidArgumentError(f"prompt must be text; got {type(prompt).__name__}")
+    if negative is not None and not isinstance(negative, str):
+        raise InvalidArgumentError(f"negative prompt must be text; got {type(negative).__name__}")
+    width, height = check_size(width, height)
+    params = GenerationParams(prompt=prompt or "", negative_prompt=negative or "", width=width, height=height,
+                              steps=as_int("steps", steps), guidance=as_float("guidance", guidance),
+                              seed=as_int("seed", seed))
+    return params.validate(multiple_of=8)
+
+
+def check_model(model) -> str:
+    """'student', 'teacher', an existing pipeline folder, or a Hub id like owner/name."""
+    text = (model or "").strip() if isinstance(model, str) else model
+    if not isinstance(text, str) or not text:
+        raise InvalidArgumentError("model is empty; use 'student' or 'teacher' (the bundled models), a local "
+                                   "diffusers pipeline folder, or a Hub id like owner/name")
+    if text in BUNDLED or looks_like_hub_id(text):
+        return text
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise InvalidArgumentError(f"model {text!r} is not a folder on this machine, nor a Hub id like owner/name, "
+                                   "nor 'student' / 'teacher'")
+    if not (path / "model_index.json").exists():
+        raise InvalidArgumentError(f"model folder {text!r} has no model_index.json; point it at a diffusers "
+                                   "pipeline folder (the one that holds unet/, vae/, …)")
+    return str(path)
+
+
+def check_method(method) -> str:
+    choices = method_choices()
+    if method not in choices:
+        raise InvalidArgumentError(f"method must be one of {', '.join(choices)}; got {method!r}")
+    return method
+
+
+def parse_strengths(text) -> tuple[float, ...] | None:
+    """'0.4, 0.25, 0.1' -> (0.4, 0.25, 0.1); empty -> None (the default schedule, 0.4 down to 0.1)."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [part for part in re.split(r"[,\s;]+", str(text).strip()) if part]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise InvalidArgumentError(f"strengths must be numbers between 0 and 1 separated by commas, e.g. "
+                                   f"'0.4, 0.1'; got {text!r}") from None
+    if any(not 0 < value < 1 for value in values):
+        raise InvalidArgumentError(f"strengths must each lie strictly between 0 and 1; got {text!r}")
+    return values
+
+
+def check_highres(upscale, strengths, skip_residual) -> HighResOptions:
+    if upscale not in UPSCALE_MODES:
+        raise InvalidArgumentError(f"upscale must be one of {', '.join(UPSCALE_MODES)}; got {upscale!r}")
+    alpha = as_float("skip_residual", skip_residual)
+    if not 0 <= alpha <= MAX_SKIP_RESIDUAL:
+        raise InvalidArgumentError(f"skip_residual must be from 0 (off) to {MAX_SKIP_RESIDUAL:g}; got {alpha:g}")
+    return HighResOptions(upscale=upscale, strengths=parse_strengths(strengths), skip_residual=alpha).validate()
+
+
+def people_message(exc: BaseException) -> str:
+    """The text to show for an error: linfuse's own messages as they are, others with their type."""
+    if isinstance(exc, LinfuseError):
+        return str(exc)
+    if "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}. Use a smaller size, fewer models loaded, or a linearized model."
+    return f"{type(exc).__name__}: {exc}"
+
+
+def shown_to_people(fn):
+    """Decorator for event handlers: errors become ``gr.Error`` with a readable message (and the request fails)."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (LinfuseError, ValueError, OSError, RuntimeError) as exc:
+            raise gr.Error(people_message(exc), title="linfuse") from exc
+
+    return wrapper
+
+
+def check_refinement_steps(steps: int, stages) -> None:
+    """Every refinement of a progressive job must run at least one denoising step: diffusers' img2img runs
+    int(steps × strength) of them, and with none it fails deep inside the sampler."""
+    for stage in stages:
+        if stage.is_base or int(steps * stage.strength) >= 1:
+            continue
+        needed = math.ceil(1 / stage.strength)
+        needed += int(needed * stage.strength) < 1
+        raise InvalidArgumentError(
+            f"steps must be at least {needed} for this progressive job: the refinement to {stage.width}x{stage.height}"
+            f" runs int(steps × strength) = int({steps} × {stage.strength:g}) = 0 denoising steps; raise steps or "
+            "that strength")

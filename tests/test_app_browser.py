@@ -1,0 +1,80 @@
+"""The web UI end to end in headless Chromium: type a prompt, click Generate, see the image.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``) and Playwright's Python package (``pip install
+playwright``, part of the ``test`` extra); no ``playwright install``: the test drives the system's Chromium. Missing
+either is a failure, not a skip. ``LINFUSE_CHROMIUM`` names another Chromium binary. With
+``LINFUSE_SAVE_SCREENSHOT=1`` the screenshot is written to assets/ui_screenshot.png (the README's picture).
+"""
+
+import os
+import shutil
+
+import app_server
+import pytest
+from PIL import Image
+
+INSTALL = ("CI installs both with the README's test command: apt-get install -y chromium && pip install -e '.[test]'")
+IMAGE_LOADED = """() => {
+    const image = document.querySelector('#generate-output img');
+    return image !== null && image.complete && image.naturalWidth > 0;
+}"""
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    yield app_server.shared(tmp_path_factory).url
+    app_server.stop_shared()
+
+
+def chromium_path() -> str:
+    path = os.environ.get("LINFUSE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Debian's chromium is not installed (no `chromium` on PATH): apt-get install -y chromium "
+                    f"(or set LINFUSE_CHROMIUM to a Chromium binary). {INSTALL}", pytrace=False)
+    return path
+
+
+def sync_playwright():
+    try:
+        from playwright.sync_api import sync_playwright as start
+    except ImportError:
+        pytest.fail("Playwright's Python package is missing: pip install playwright (no `playwright install` "
+                    f"needed: the test uses Debian's chromium). {INSTALL}", pytrace=False)
+    return start()
+
+
+def saving_for_readme() -> bool:
+    return os.environ.get("LINFUSE_SAVE_SCREENSHOT") == "1"
+
+
+def screenshot_path(tmp_path):
+    return app_server.ROOT / "assets" / "ui_screenshot.png" if saving_for_readme() else tmp_path / "ui_screenshot.png"
+
+
+def test_type_prompt_click_generate_see_image(app_url, tmp_path):
+    executable = chromium_path()
+    shot = screenshot_path(tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(app_url)
+            page.locator("#generate-prompt textarea").fill("dog face on a yellow background")
+            page.locator("#generate-steps input").fill("25" if saving_for_readme() else "4")  # 4: fast
+            page.locator("#generate-seed input").fill("3")
+            page.wait_for_function("() => document.querySelector('#generate-preflight')?.innerText.includes('MiB')")
+            page.locator("#generate-button").click()
+            page.wait_for_function(IMAGE_LOADED)
+            natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
+            page.locator("#gallery img").first.wait_for()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert natural_width == 64
+    assert shot.exists() and shot.stat().st_size > 0
+    with Image.open(shot) as picture:
+        assert picture.format == "PNG" and picture.width > 0 and picture.height > 0
+        picture.verify()
