@@ -123,3 +123,29 @@ def test_backend_environment_variable_is_validated(monkeypatch):
     with pytest.raises(InvalidArgumentError, match="LINFUSE_LINEAR_ATTENTION_BACKEND must be one of"):
         linear_attention(q, k, v)
     torch.testing.assert_close(linear_attention(q, k, v, backend="auto"), reference)
+
+
+def test_on_the_meta_device_the_reference_traces_two_chunks_with_the_same_peak(monkeypatch):
+    """The memory preflight traces the model on meta tensors; skipping the middle chunks there must not change the
+    traced peak (each chunk allocates the same shapes), only the time."""
+    import importlib
+
+    from linfuse.pipelines.memory_trace import traced_peak
+
+    # (the package re-exports a function of the same name, so the module comes from importlib)
+    reference = importlib.import_module("linfuse.kernels.linear_attention_reference")
+
+    q, k, v = (torch.empty(2, 4096, 4, 16, device="meta") for _ in range(3))
+
+    def run():
+        return reference.linear_attention_reference(q, k, v, feature_map="elu1", eps=1e-6, seq_dim=1, chunk_size=256)
+
+    calls = []
+    original = reference._chunks
+    monkeypatch.setattr(reference, "_chunks", lambda n, c, meta=False: calls.append(list(original(n, c, meta)))
+                        or original(n, c, meta))
+    fast = traced_peak(run)
+    assert [len(c) for c in calls] == [2, 2]
+    monkeypatch.setattr(reference, "_chunks", lambda n, c, meta=False: original(n, c, False))
+    assert traced_peak(run) == fast > 0
+    assert run().shape == (2, 4096, 4, 16)
