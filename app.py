@@ -1,8 +1,11 @@
 """linfuse web UI: ``python app.py [--port 7860] [--host 127.0.0.1] [--share]``, then open http://127.0.0.1:7860.
 
-Tabs: Generate (text to image; progressive above twice the model's native size) and High-res (progressive
-generation with explicit options); each shows the memory preflight before anything runs. Every image lands in the
-gallery below the tabs with its parameters as the caption, and as a PNG carrying them (``linfuse.pipelines.save_png``).
+Tabs: Generate (text to image; progressive above twice the model's native size), High-res (progressive
+generation with explicit options), Img2Img (SDEdit of an uploaded picture at any size), Upscale (the SR companions,
+or bicubic to compare) and Inspect (Grad-CAM of the classifiers; LinearScope rows of the SR companions and
+classifiers). Generate and High-res show the memory preflight before anything runs. Generated, transformed and
+upscaled images land in the gallery below the tabs with their parameters as the caption, and as PNGs carrying them
+(``linfuse.pipelines.save_png``; upscaled ones carry a Description).
 
 Endpoints (``gradio_client.Client("http://127.0.0.1:7860").predict(..., api_name="/generate")``); errors in any input
 come back as ``gradio_client.exceptions.AppError`` whose message names the parameter and its allowed range:
@@ -19,9 +22,30 @@ come back as ``gradio_client.exceptions.AppError`` whose message names the param
                per-stage MiB); problems with the inputs are described in the text instead of raised.
 ``/estimate_highres``  inputs: width, height, guidance, model, method, upscale, strengths.  output: as /estimate,
                for the job /highres would run.
+``/img2img``   inputs: image (``gradio_client.handle_file(path)``), prompt, negative, strength (float in (0, 1]),
+               steps, guidance, seed, model, method (as /generate), width, height (int; both 0 = the picture's own
+               size rounded down to multiples of 8). int(steps × strength) must be at least 1.
+               outputs: as /generate.
+``/upscale``   inputs: image, model ('bicubic' or a name from ``linfuse.companions.sr.SR_MODELS``: 'espcn',
+               'sesr-m3', 'sesr-m5', 'sesr-m11', 'sesr-xl'), scale (2 | 4), tile (int, 16–4096 input pixels).
+               The weights are assets/sr/<model>-x<scale>.safetensors; a missing file is an error naming the
+               ``linfuse train-sr`` command that makes it. Output sides up to 16384.
+               outputs: (image file (PNG), PNG file, summary text, gallery).
+``/inspect_gradcam``  inputs: image, classifier ('cnn-svm' | 'mobilenetv2'; 'vae-svm' is refused: no gradients
+               through its frozen VAE features), class (a class name; '' = the top class).
+               outputs: (top 5 classes as gr.Label data {"label", "confidences": [{"label", "confidence"}]}, the
+               softmax of the scores; Grad-CAM overlay on the 64×64 picture the classifier reads (PNG); Markdown
+               table of the raw scores).
+``/inspect_linearscope``  inputs: image, network ('<sesr model>-x<scale>', e.g. 'sesr-m5-x2', or 'cnn-svm' |
+               'mobilenetv2'), x, y (int: the output pixel in the ×scale upscaled centre crop of at most 32×32
+               input pixels; SR only), class ('' = the top class; classifiers only).
+               outputs: (row of the affine map at this input as a picture (red positive, blue negative); the input
+               (luma crop or 64×64 picture) with the pixel marked; Markdown summary; JSON {network, input, output,
+               model_output, linear_part (A·x), bias (b: the gate-frozen network at zero), reconstruction, error}).
 
 Widths and heights are multiples of 8 from 8 to 16384; steps 1–1000; guidance 0–100; seed 0–2**32−1. Requests
-that use a model run one at a time (queue size ``--queue-size``); loaded models are cached (``--max-models``).
+that use a diffusion model run one at a time, as do those using the companions (queue size ``--queue-size``);
+loaded pipelines are cached (``--max-models``), companions while their weight files are unchanged.
 """
 
 import argparse
@@ -31,7 +55,7 @@ from pathlib import Path
 import gradio as gr
 
 from linfuse.errors import LinfuseError
-from linfuse.ui import AppSettings, UIContext, generate_tab, highres_tab
+from linfuse.ui import AppSettings, UIContext, generate_tab, highres_tab, img2img_tab, inspect_tab, upscale_tab
 
 # Small images (the bundled models draw 64×64) are shown enlarged, with their pixels sharp.
 CSS = """.linfuse-image img { image-rendering: pixelated; }
@@ -43,10 +67,9 @@ CSS = """.linfuse-image img { image-rendering: pixelated; }
 TABS: list[Callable[[UIContext], None]] = [
     generate_tab.build,
     highres_tab.build,
-    # --- Tabs to come, added here in this order (not implemented yet):
-    # img2img_tab.build,   # Img2Img
-    # upscale_tab.build,   # Upscale (super-resolution)
-    # inspect_tab.build,   # Inspect (LinearScope / Grad-CAM)
+    img2img_tab.build,
+    upscale_tab.build,  # super-resolution
+    inspect_tab.build,  # Grad-CAM / LinearScope
 ]
 
 

@@ -68,10 +68,11 @@ def run_upscale(args) -> int:
 def run_img2img(args) -> int:
     from .cli_common import default_params, load_model, resolve_method
     from .pipelines import describe_run, save_png
-    from .pipelines.img2img import check_strength, img2img
+    from .pipelines.img2img import check_steps, check_strength, img2img
 
     check_strength(args.strength)
     params = default_params(args, args.prompt)
+    check_steps(params.steps, args.strength)  # before loading anything, as img2img would refuse them
     image = _open_image(args.image)
     method, weights = resolve_method(args)
     pipe = load_model(args, method, weights)

@@ -5,10 +5,15 @@ The server is a real ``python app.py`` subprocess (tests/app_server.py), shared 
 
 import app_server
 import pytest
-from gradio_client import Client
+import torch
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from linfuse.companions.classify import load_classifier
+from linfuse.companions.sr import SR_MODELS, SR_SCALES, load_sr
+from linfuse.companions.sr.zoo import weights_path
+from linfuse.distill.emoji import EmojiComposition, EmojiSource
 from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines import largest_fitting_size, read_png_parameters
 from linfuse.ui import preflight
@@ -27,6 +32,24 @@ def app_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(app_url):
     return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    """A 64×64 render of class 0, 'chestnut', on white: what the classifiers were trained on."""
+    return EmojiSource(EmojiComposition(resolution=64)).render(0, "white")
+
+
+@pytest.fixture(scope="module")
+def emoji_file(emoji, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pictures") / "chestnut.png"
+    emoji.save(path)
+    return path
+
+
+def saved(picture: Image.Image, path) -> str:
+    picture.save(path)
+    return handle_file(str(path))
 
 
 def test_generate_returns_a_64x64_png_with_its_parameters(client):
@@ -82,6 +105,110 @@ def test_highres_endpoint_makes_the_target_size(client):
                        api_name="/highres")
     with pytest.raises(AppError, match="upscale must be one of latent, pixel"):
         client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "nearest", "", 0, api_name="/highres")
+
+
+def test_img2img_works_at_the_input_size(client, emoji, tmp_path):
+    wide = Image.new("RGB", (128, 64))
+    wide.paste(emoji, (0, 0))
+    wide.paste(emoji.transpose(Image.FLIP_LEFT_RIGHT), (64, 0))
+    source = saved(wide, tmp_path / "wide.png")
+    common = ("red apple on a blue background", "")
+    image, parameters, png, gallery = client.predict(source, *common, 0.5, 10, 5.0, 0, "student", "auto", 0, 0,
+                                                     api_name="/img2img")
+    with Image.open(image) as shown:
+        assert shown.size == (128, 64)
+    assert "Size: 128x64" in parameters and read_png_parameters(png).steps == 10
+    assert "img2img strength 0.5 from a 128×64 picture" in gallery[0]["caption"]
+    with pytest.raises(AppError, match=r"strength must be in \(0, 1\]; got 1.5"):
+        client.predict(source, *common, 1.5, 10, 5.0, 0, "student", "auto", 0, 0, api_name="/img2img")
+    with pytest.raises(AppError, match=r"steps must be at least 5 for strength 0.2"):
+        client.predict(source, *common, 0.2, 4, 5.0, 0, "student", "auto", 0, 0, api_name="/img2img")
+    with pytest.raises(AppError, match="width and height must both be 0"):
+        client.predict(source, *common, 0.5, 10, 5.0, 0, "student", "auto", 64, 0, api_name="/img2img")
+
+
+def sr_with_weights(names=SR_MODELS, preferred=("sesr-m5", 2)) -> tuple[str, int] | None:
+    """One of the SR companions ``names`` whose weights are in assets/sr (sesr-m5 ×2 if there); None while they are
+    all being trained."""
+    present = [(name, scale) for name in names for scale in SR_SCALES if weights_path(name, scale).is_file()]
+    return preferred if preferred in present else next(iter(present), None)
+
+
+def test_upscale_makes_the_picture_scale_times_larger(client, emoji, tmp_path):
+    source = saved(emoji.resize((40, 30)), tmp_path / "small.png")
+    image, _, summary, _ = client.predict(source, "bicubic", 4, 256, api_name="/upscale")
+    with Image.open(image) as shown:
+        assert shown.size == (160, 120)
+    assert "bicubic: 40×30 → 160×120" in summary
+    with pytest.raises(AppError, match="tile must be a whole number from 16 to 4096"):
+        client.predict(source, "sesr-m5", 2, 8, api_name="/upscale")
+    with pytest.raises(AppError, match="scale must be one of 2, 4; got 3"):
+        client.predict(source, "sesr-m5", 3, 256, api_name="/upscale")
+    if (model := sr_with_weights()) is None:
+        pytest.skip("no SR companion has weights in assets/sr yet (linfuse train-sr)")
+    name, scale = model
+    image, png, summary, gallery = client.predict(source, name, scale, 256, api_name="/upscale")
+    with Image.open(image) as shown:
+        assert shown.size == (40 * scale, 30 * scale)  # sesr-m5 ×2: 80×60
+    assert f"{name}: 40×30 → {40 * scale}×{30 * scale}" in summary and gallery[0]["caption"] in summary
+    with Image.open(png) as stored:
+        assert stored.text["Description"].startswith(f"upscaled ×{scale} with {name}")
+
+
+def test_upscale_without_weights_names_the_command_that_trains_them(client, emoji, tmp_path):
+    missing = [(name, scale) for name in SR_MODELS for scale in SR_SCALES if not weights_path(name, scale).is_file()]
+    if not missing:
+        pytest.skip("every SR companion has its weights")
+    name, scale = missing[-1]
+    with pytest.raises(AppError, match=rf"no weights for {name} ×{scale} .*`linfuse train-sr --model {name} --scale "
+                                       rf"{scale}`"):
+        client.predict(saved(emoji, tmp_path / "in.png"), name, scale, 256, api_name="/upscale")
+
+
+def test_gradcam_gives_the_top_classes_and_an_overlay(client, emoji_file):
+    _, names = load_classifier("cnn-svm")
+    labels, overlay, scores = client.predict(handle_file(str(emoji_file)), "cnn-svm", "",
+                                             api_name="/inspect_gradcam")
+    top = [entry["label"] for entry in labels["confidences"]]
+    assert len(top) == 5 and set(top) <= set(names) and labels["label"] == top[0]
+    with Image.open(overlay) as shown:
+        assert min(shown.size) >= 64
+    assert f"Grad-CAM of **{top[0]}**" in scores
+    _, _, scores = client.predict(handle_file(str(emoji_file)), "cnn-svm", "chestnut", api_name="/inspect_gradcam")
+    assert "Grad-CAM of **chestnut**" in scores
+    with pytest.raises(AppError, match="classifier must be cnn-svm or mobilenetv2 for Grad-CAM; got 'vae-svm'"):
+        client.predict(handle_file(str(emoji_file)), "vae-svm", "", api_name="/inspect_gradcam")
+    with pytest.raises(AppError, match="did you mean chestnut"):
+        client.predict(handle_file(str(emoji_file)), "cnn-svm", "chesnut", api_name="/inspect_gradcam")
+
+
+def test_linearscope_row_reconstructs_the_model_output(client, emoji, emoji_file):
+    picture = handle_file(str(emoji_file))
+    row, view, summary, numbers = client.predict(picture, "cnn-svm", 0, 0, "chestnut",
+                                                 api_name="/inspect_linearscope")
+    with Image.open(row) as shown:
+        assert shown.size == (256, 256)
+    assert numbers["output"] == "the score of class 'chestnut'"
+    assert abs(numbers["reconstruction"] - numbers["model_output"]) < 1e-4
+    assert numbers["reconstruction"] == pytest.approx(numbers["linear_part"] + numbers["bias"], abs=1e-12)
+    with pytest.raises(AppError, match="ESPCN's tanh activations are not piecewise linear"):
+        client.predict(picture, "espcn-x2", 0, 0, "", api_name="/inspect_linearscope")
+    if (model := sr_with_weights([name for name in SR_MODELS if name.startswith("sesr-")])) is None:
+        pytest.skip("no SESR companion has weights in assets/sr yet (linfuse train-sr)")
+    name, scale = model
+    row, view, summary, numbers = client.predict(picture, f"{name}-x{scale}", 10, 40, "",
+                                                 api_name="/inspect_linearscope")
+    with Image.open(row) as shown:
+        assert shown.size == (256, 256)  # the 32×32 centre crop's weights, enlarged
+    assert abs(numbers["reconstruction"] - numbers["model_output"]) < 1e-4
+    luma = torch.tensor(list(emoji.convert("YCbCr").getdata(0)), dtype=torch.float32).reshape(1, 1, 64, 64) / 255
+    with torch.no_grad():  # the reported output is the model's own, at output pixel (10, 40) of the centre crop's
+        expected = float(load_sr(name, scale)(luma[..., 16:48, 16:48])[0, 0, 40, 10])
+    assert numbers["model_output"] == pytest.approx(expected, abs=1e-5)
+    side = 32 * scale
+    assert f"pixel (10, 40) of the {side}×{side} upscaled crop" in summary
+    with pytest.raises(AppError, match=rf"x must be a whole number from 0 to {side - 1} \(a column of the {side}×"):
+        client.predict(picture, f"{name}-x{scale}", side, 0, "", api_name="/inspect_linearscope")
 
 
 def test_validation_messages():

@@ -1,4 +1,4 @@
-"""The web UI end to end in headless Chromium: type a prompt, click Generate, see the image.
+"""The web UI end to end in headless Chromium: type a prompt, click Generate, see the image; open the other tabs.
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``) and Playwright's Python package (``pip install
 playwright``, part of the ``test`` extra); no ``playwright install``: the test drives the system's Chromium. Missing
@@ -19,6 +19,8 @@ IMAGE_LOADED = """() => {
     return image !== null && image.complete && image.naturalWidth > 0;
 }"""
 TIMEOUT_MS = 120_000
+NEW_TABS = [("High-res", "#highres-button"), ("Img2Img", "#img2img-button"), ("Upscale", "#upscale-button"),
+            ("Inspect", "#inspect-gradcam-button")]
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +73,15 @@ def test_type_prompt_click_generate_see_image(app_url, tmp_path):
             natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
             page.locator("#gallery img").first.wait_for()
             page.screenshot(path=str(shot), full_page=True)
+            shown = []
+            for tab, button in NEW_TABS:  # the other tabs render with their forms
+                page.get_by_role("tab", name=tab, exact=True).click()
+                page.locator(button).wait_for(state="visible")
+                shown.append(tab)
         finally:
             browser.close()
     assert natural_width == 64
+    assert shown == [tab for tab, _ in NEW_TABS]
     assert shot.exists() and shot.stat().st_size > 0
     with Image.open(shot) as picture:
         assert picture.format == "PNG" and picture.width > 0 and picture.height > 0

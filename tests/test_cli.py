@@ -49,7 +49,8 @@ def test_default_size_is_the_model_native_size_and_softmax_is_available(pipeline
     "extra, message",
     [(["--size", "100x64"], "width must be a multiple of 8"), (["--size", "64"], "size must look like WIDTHxHEIGHT"),
      (["--steps", "0"], "steps must be an integer from 1"), (["--method", "mamba"], "method must be one of clear,"),
-     (["--weights", "/no/such/weights"], "does not exist")],
+     (["--weights", "/no/such/weights"], "does not exist"),
+     (["--size", "256x256", "--steps", "4", "--weights", "none"], "steps must be at least 10 for this progressive")],
 )
 def test_bad_arguments_exit_2_with_a_message(pipeline_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "x.png"

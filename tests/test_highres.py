@@ -1,5 +1,7 @@
 """Progressive high-resolution generation, tiled VAE, memory trace and preflight, on the bundled emoji models."""
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -8,7 +10,7 @@ from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines import GenerationParams
 from linfuse.pipelines.highres import HighResOptions, generate_highres, plan_job, preflight_job, to_pil
 from linfuse.pipelines.memory_trace import LiveBytes, traced_peak
-from linfuse.pipelines.plan import plan_stages
+from linfuse.pipelines.plan import minimum_steps, plan_stages
 from linfuse.pipelines.preflight import InsufficientMemoryError, MemoryModel, estimate_memory
 from linfuse.pipelines.tiled_vae import axis_weights, tile_starts, tiled_decode, tiled_encode
 
@@ -142,6 +144,27 @@ def test_softmax_models_are_refused_beyond_the_limit_with_the_memory_they_would_
     finally:
         handle.remove()
     assert not calls
+
+
+@pytest.mark.parametrize("size, steps, strengths, needed, stage", [
+    ((256, 256), 4, None, 10, "256x256 runs int(steps × strength) = int(4 × 0.1) = 0"),  # the default 0.4 → 0.1
+    ((128, 96), 3, (0.3,), 4, "128x96 runs int(steps × strength) = int(3 × 0.3) = 0"),
+    ((256, 128), 3, (0.1, 0.5), 10, "128x64 runs"),  # the weakest refinement decides, wherever it is
+])
+def test_too_few_steps_for_a_refinement_are_refused_before_any_work(student, size, steps, strengths, needed, stage):
+    request = params(size)
+    request.steps = steps
+    calls, handle = count_unet_calls(student)
+    try:
+        with pytest.raises(InvalidArgumentError, match=rf"steps must be at least {needed} for this progressive job: "
+                                                       rf"the refinement to {re.escape(stage)}"):
+            generate_highres(student, request, HighResOptions(strengths=strengths), progress=False)
+    finally:
+        handle.remove()
+    assert not calls
+    request.steps = needed
+    plan_job(student, request, HighResOptions(strengths=strengths))  # the minimum named is enough
+    assert [minimum_steps(s) for s in (0.1, 0.3, 0.4, 1 / 3, 0.25, 1.0)] == [10, 4, 3, 3, 4, 1]
 
 
 def test_a_job_that_cannot_fit_is_refused_with_the_largest_size_that_fits(student):

@@ -49,6 +49,20 @@ def test_strength_outside_0_1_is_refused(student, picture, strength):
         img2img(student, picture, params(), strength=strength)
 
 
+def test_too_few_steps_for_the_strength_are_refused_before_any_work(student, picture):
+    calls = []
+    handle = student.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    request = params()
+    request.steps = 4
+    try:
+        with pytest.raises(InvalidArgumentError, match=r"steps must be at least 5 for strength 0.2: image-to-image "
+                                                       r"runs int\(steps × strength\) = int\(4 × 0.2\) = 0"):
+            img2img(student, picture, request, strength=0.2)
+    finally:
+        handle.remove()
+    assert not calls
+
+
 def test_img2img_command_rounds_the_input_size_down_to_multiples_of_8(tmp_path, picture, capsys):
     source = tmp_path / "in.png"
     picture.resize((133, 70)).save(source)

@@ -1,10 +1,11 @@
 """Progressive high-resolution generation: a base image from text, then ×2 upscale + SDEdit refinement, up to 16K.
 
-``generate_highres(pipe, params)`` plans the stages (:mod:`.plan`), refuses what cannot work before any work
-(softmax attention beyond ``max_softmax_pixels``; a job the memory preflight says will not fit, naming the largest
-size that would), then runs them with the pipeline's own components: text-to-image at the base size, and for each
-refinement the latent upscaled ×2 (``upscale="latent"``: bicubic on the latent; ``"pixel"``: tiled VAE decode,
-bicubic on the image, tiled VAE encode) and re-denoised from strength s. The image is decoded in tiles at the end.
+``generate_highres(pipe, params)`` plans the stages (:mod:`.plan`), refuses what cannot work before any work (too
+few ``steps`` for a refinement to run one denoising step at its strength; softmax attention beyond
+``max_softmax_pixels``; a job the memory preflight says will not fit, naming the largest size that would), then runs
+them with the pipeline's own components: text-to-image at the base size, and for each refinement the latent upscaled
+×2 (``upscale="latent"``: bicubic on the latent; ``"pixel"``: tiled VAE decode, bicubic on the image, tiled VAE
+encode) and re-denoised from strength s. The image is decoded in tiles at the end.
 
 ``skip_residual=α > 0`` adds DemoFusion's skip residual: after each denoising step at timestep t the latent is
 pulled towards the upscaled latent noised to t, z ← c·noised(z_up, t) + (1 − c)·z with c = ((1 + cos(π(T−t)/T))/2)^α,
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidArgumentError
 from ..linearize.registry import processor_classes
 from .parameters import GenerationParams
-from .plan import Stage, plan_stages
+from .plan import Stage, check_refinement_steps, plan_stages
 from .preflight import InsufficientMemoryError, MemoryModel, estimate_memory, gib, largest_fitting_size
 from .text2image import native_size
 from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
@@ -101,9 +102,13 @@ def check_softmax(pipe, params: GenerationParams, options: HighResOptions, batch
 
 
 def plan_job(pipe, params: GenerationParams, options: HighResOptions) -> list[Stage]:
+    """The stages of this job, after checking the parameters, the options, and that every refinement runs at
+    least one denoising step."""
     params.validate(multiple_of=8)
     options.validate()
-    return plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths)
+    stages = plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths)
+    check_refinement_steps(params.steps, stages)
+    return stages
 
 
 def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):

@@ -1,8 +1,9 @@
 """Image-to-image (SDEdit) at any size with a (linearized) pipeline: encode, noise to ``strength``, re-denoise.
 
 The picture is encoded and decoded with the tiled VAE, so only the UNet sees the whole latent; with linear
-attention its cost grows linearly in pixels. ``strength`` s runs the last round(steps·s) of ``steps`` steps from
-the picture noised to that level: 0.2 keeps the layout and retouches detail, 0.8 keeps mostly colours.
+attention its cost grows linearly in pixels. ``strength`` s runs the last int(steps·s) of ``steps`` steps from
+the picture noised to that level (at least one: :func:`check_steps`): 0.2 keeps the layout and retouches detail,
+0.8 keeps mostly colours.
 """
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from ..errors import InvalidArgumentError
 from .highres import HighResOptions, check_softmax, to_pil
 from .parameters import GenerationParams
-from .plan import MAX_SIDE, Stage
+from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
 from .preflight import InsufficientMemoryError, estimate_memory
 from .tiled_vae import tiled_decode, tiled_encode
 
@@ -34,6 +35,15 @@ def check_strength(strength) -> float:
     return float(strength)
 
 
+def check_steps(steps: int, strength: float) -> None:
+    """Refuse ``steps`` too few for ``strength`` to run one denoising step (diffusers would fail inside its
+    sampler with "cannot reshape tensor of 0 elements")."""
+    if denoising_steps(steps, strength) < 1:
+        raise InvalidArgumentError(
+            f"steps must be at least {minimum_steps(strength)} for strength {strength:g}: image-to-image runs "
+            f"int(steps × strength) = int({steps} × {strength:g}) = 0 denoising steps; raise steps or strength")
+
+
 def to_pixels(image: Image.Image, width: int, height: int) -> torch.Tensor:
     image = image.convert("RGB")
     if image.size != (width, height):
@@ -52,6 +62,7 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     strength = check_strength(strength)
     params.width, params.height = target_size(image, size)
     params.validate(multiple_of=8)
+    check_steps(params.steps, strength)
     batch = 2 if params.guidance > 1.0 else 1
     check_softmax(pipe, params, options, batch=batch)
     estimate = estimate_memory(pipe, [Stage(params.width, params.height, strength)], guidance=batch == 2,

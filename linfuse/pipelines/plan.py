@@ -3,10 +3,12 @@
 For a target W×H and a model whose native side is S (its UNet's sample size × the VAE factor), the sizes are
 W×H, W/2×H/2, … halved until the longer side is at most S (each rounded to a multiple of 8), taken from small to
 large. The first is generated from text; each later one upscales the previous ×2 and re-denoises it with strength
-s_k (SDEdit): the last ``round(steps·s_k)`` of ``steps`` steps. LinFusion's default schedule runs s from 0.4 at the
-first refinement down to 0.1 at the last, evenly spaced.
+s_k (SDEdit): the last ``int(steps·s_k)`` of ``steps`` steps, as diffusers' img2img counts them. LinFusion's default
+schedule runs s from 0.4 at the first refinement down to 0.1 at the last, evenly spaced. Every refinement must run
+at least one step (:func:`check_refinement_steps`); with none, diffusers fails deep inside its sampler.
 """
 
+import math
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
@@ -63,3 +65,32 @@ def plan_stages(width: int, height: int, native_side: int, strengths=None) -> li
         raise InvalidArgumentError(f"strengths must lie in (0, 1); got {strengths}")
     base = Stage(*sizes[0], 1.0)
     return [base] + [Stage(w, h, float(s)) for (w, h), s in zip(sizes[1:], strengths, strict=True)]
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """The steps diffusers' img2img runs at ``strength`` out of a ``steps``-step schedule: int(steps × strength)."""
+    return int(steps * strength)
+
+
+def minimum_steps(strength: float) -> int:
+    """The fewest steps for which ``strength`` (in (0, 1]) runs at least one denoising step."""
+    steps = max(1, math.ceil(1 / strength))
+    while denoising_steps(steps, strength) < 1:  # float rounding: e.g. 3 × (1/3) may fall just below 1
+        steps += 1
+    return steps
+
+
+def check_refinement_steps(steps: int, stages: list[Stage]) -> None:
+    """Refuse a progressive job one of whose refinements would run no denoising step (diffusers then fails with
+    "cannot reshape tensor of 0 elements"). The weakest strength decides: ``steps`` that suffice for it suffice for
+    every stage."""
+    refinements = [stage for stage in stages if not stage.is_base]
+    if not refinements:
+        return
+    weakest = min(refinements, key=lambda stage: stage.strength)
+    if denoising_steps(steps, weakest.strength) >= 1:
+        return
+    raise InvalidArgumentError(
+        f"steps must be at least {minimum_steps(weakest.strength)} for this progressive job: the refinement to "
+        f"{weakest.width}x{weakest.height} runs int(steps × strength) = int({steps} × {weakest.strength:g}) = 0 "
+        "denoising steps; raise steps or that strength")

@@ -2,7 +2,8 @@
 
 ``context``: settings and what the tabs share; ``models``: the cached model loader; ``validation``: input checks
 and error messages; ``preflight``: the memory estimate as shown; ``forms``: the shared input and output widgets;
-``results``: saving, captions and the gallery; ``generate_tab`` and ``highres_tab``: one tab each.
+``results``: saving, captions and the gallery; ``companions``: the cached SR models and classifiers;
+``generate_tab``, ``highres_tab``, ``img2img_tab``, ``upscale_tab`` and ``inspect_tab``: one tab each.
 """
 
 from .context import AppSettings, UIContext

@@ -51,8 +51,8 @@ class ResultArea:
         return [self.image, self.parameters, self.download]
 
 
-def size_inputs(prefix: str, side: int) -> tuple[gr.Number, gr.Number]:
-    info = f"pixels, a multiple of 8 from 8 to {MAX_SIZE}"
+def size_inputs(prefix: str, side: int, info: str | None = None) -> tuple[gr.Number, gr.Number]:
+    info = info or f"pixels, a multiple of 8 from 8 to {MAX_SIZE}"
     width = gr.Number(side, label="width", info=info, precision=0, step=8, elem_id=f"{prefix}-width")
     height = gr.Number(side, label="height", info=info, precision=0, step=8, elem_id=f"{prefix}-height")
     return width, height
@@ -75,12 +75,12 @@ def model_inputs(prefix: str) -> tuple[gr.Textbox, gr.Dropdown, object]:
     return model, method, picked
 
 
-def generation_form(prefix: str, *, side: int = 64, steps: int = 25) -> GenerationForm:
+def generation_form(prefix: str, *, side: int = 64, steps: int = 25, size_info: str | None = None) -> GenerationForm:
     """Prompt, size, sampling and model inputs, plus the preflight display; call inside a gr.Tab."""
     prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2, elem_id=f"{prefix}-prompt")
     negative = gr.Textbox("", label="negative prompt", elem_id=f"{prefix}-negative")
     with gr.Row():
-        width, height = size_inputs(prefix, side)
+        width, height = size_inputs(prefix, side, size_info)
     with gr.Row():
         steps_box = gr.Number(steps, label="steps", info=f"1 to {MAX_STEPS}", precision=0, elem_id=f"{prefix}-steps")
         guidance = gr.Number(BUNDLED_GUIDANCE, label="guidance", info="0 to 100; 5 suits the bundled models, 7.5 SD",
@@ -90,6 +90,18 @@ def generation_form(prefix: str, *, side: int = 64, steps: int = 25) -> Generati
     preflight = gr.Markdown("*Memory preflight: waiting for the model…*", label="memory preflight",
                             elem_id=f"{prefix}-preflight", render=False)  # the tab places it: form.preflight.render()
     return GenerationForm(prompt, negative, width, height, steps_box, guidance, seed, model, method, preflight, picked)
+
+
+def picture_input(prefix: str, label: str = "input picture") -> gr.Image:
+    """An uploaded picture, handed to the handler as an RGB PIL image (None when empty)."""
+    return gr.Image(label=label, type="pil", image_mode="RGB", sources=["upload", "clipboard"], height=320,
+                    elem_id=f"{prefix}-input", elem_classes=["linfuse-image"])
+
+
+def picture_output(elem_id: str, label: str, height: int = 320) -> gr.Image:
+    """A picture the handler returns (PIL or a file path), shown with its pixels sharp and sent as PNG."""
+    return gr.Image(label=label, type="pil", format="png", interactive=False, height=height, elem_id=elem_id,
+                    elem_classes=["linfuse-image", "linfuse-output"])
 
 
 def result_area(prefix: str) -> ResultArea:

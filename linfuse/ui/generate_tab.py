@@ -7,11 +7,10 @@ Endpoints: ``/generate`` and ``/estimate`` (see app.py's docstring for their inp
 import gradio as gr
 
 from ..pipelines import HighResOptions, describe_run, generate, generate_highres
-from ..pipelines.plan import plan_stages
 from .forms import generation_form, result_area
 from .preflight import estimate_markdown, is_progressive
 from .results import PROGRESS, finish, step_progress
-from .validation import check_method, check_model, check_params, check_refinement_steps, shown_to_people
+from .validation import check_method, check_model, check_params, shown_to_people
 
 TAB_ID = "generate"
 
@@ -24,10 +23,11 @@ def generate_image(ctx, prompt, negative, width, height, steps, guidance, seed, 
     loaded = ctx.models.get(model, method)
     describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
     if is_progressive(loaded, params.width, params.height):
-        check_refinement_steps(params.steps, plan_stages(params.width, params.height, loaded.native_side))
-        progress(0, desc="progressive generation (memory preflight first)")
+        progress(0, desc="progressive generation (checks and memory preflight first)")
         options = HighResOptions(memory_limit=ctx.settings.memory_limit)
-        image = generate_highres(loaded.pipe, params, options)  # its stage bar is tqdm, followed by gr.Progress
+        # refuses, before any work, too few steps for a refinement, softmax beyond its limit, a job that won't fit;
+        # its stage bar is tqdm, followed by gr.Progress
+        image = generate_highres(loaded.pipe, params, options)
         return finish(ctx, image, params, history, extra="progressive, latent upscaling")
     image = generate(loaded.pipe, params, progress=False, callback_on_step_end=step_progress(progress))
     return finish(ctx, image, params, history)

@@ -8,7 +8,6 @@ import gradio as gr
 
 from ..pipelines import describe_run, generate_highres
 from ..pipelines.highres import UPSCALE_MODES
-from ..pipelines.plan import plan_stages
 from .forms import generation_form, result_area
 from .preflight import estimate_markdown
 from .results import PROGRESS, finish
@@ -18,7 +17,6 @@ from .validation import (
     check_method,
     check_model,
     check_params,
-    check_refinement_steps,
     shown_to_people,
 )
 
@@ -27,15 +25,14 @@ TAB_ID = "highres"
 
 def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths,
                   skip_residual, history, progress):
-    """Validate everything, then :func:`linfuse.pipelines.generate_highres` (which runs the memory preflight)."""
+    """Validate the form, then :func:`linfuse.pipelines.generate_highres`, which refuses before any work what
+    cannot run (too few steps for a refinement's strength, a job that does not fit: its memory preflight)."""
     params = check_params(prompt, negative, width, height, steps, guidance, seed)
     options = check_highres(upscale, strengths, skip_residual)
     options.memory_limit = ctx.settings.memory_limit
     model, method = check_model(model), check_method(method)
     progress(0, desc=f"loading {model}")
     loaded = ctx.models.get(model, method)
-    check_refinement_steps(params.steps, plan_stages(params.width, params.height, loaded.native_side,
-                                                     options.strengths))
     describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
     progress(0, desc="memory preflight, then the stages")
     image = generate_highres(loaded.pipe, params, options)  # its stage bar is tqdm, followed by gr.Progress

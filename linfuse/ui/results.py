@@ -1,5 +1,6 @@
-"""What happens to a finished image: a PNG with its parameters (``save_png``), a caption, the session's gallery,
-and the per-step progress display while it is being made."""
+"""What happens to a finished image: a PNG with its parameters (``save_png``; pictures that no prompt made, such as
+upscaled ones, carry a description instead), a caption, the session's gallery, and the per-step progress display
+while it is being made."""
 
 import itertools
 import threading
@@ -7,7 +8,9 @@ import time
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image, PngImagePlugin
 
+from ..fileio import atomic_write
 from ..pipelines import GenerationParams, save_png
 
 # The default of a handler's `progress` argument: gradio gives each call its own tracker; track_tqdm also shows
@@ -18,11 +21,16 @@ _counter = itertools.count(1)
 _counter_lock = threading.Lock()
 
 
-def output_path(outdir: Path, params: GenerationParams) -> Path:
-    """A new file name in ``outdir``: time, a running number (unique within this server), seed."""
+def new_path(outdir: Path, label: str) -> Path:
+    """A new file name in ``outdir``: time, a running number (unique within this server), ``label``."""
     with _counter_lock:
         number = next(_counter)
-    return Path(outdir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{number:05d}-seed{params.seed}.png"
+    return Path(outdir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{number:05d}-{label}.png"
+
+
+def output_path(outdir: Path, params: GenerationParams) -> Path:
+    """A new file name in ``outdir`` for a generated image: time, running number, seed."""
+    return new_path(outdir, f"seed{params.seed}")
 
 
 def caption(params: GenerationParams, extra: str = "") -> str:
@@ -48,6 +56,17 @@ def finish(ctx, image, params: GenerationParams, history, extra: str = ""):
     path = save_png(image, output_path(ctx.settings.outdir, params), params)
     history = remember(history, path, caption(params, extra), ctx.settings.history)
     return str(path), params.to_text(), str(path), history, history
+
+
+def finish_picture(ctx, image: Image.Image, label: str, text: str, history):
+    """Save a picture that no prompt made (an upscaled one, …) as a PNG whose Description is ``text``, and add it
+    to the gallery with ``text`` as its caption. Returns: image file, PNG download, history, gallery."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Description", text)
+    path = atomic_write(new_path(ctx.settings.outdir, label),
+                        lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    history = remember(history, path, text, ctx.settings.history)
+    return str(path), str(path), history, history
 
 
 def step_progress(progress, desc: str = "denoising"):

@@ -54,6 +54,32 @@ def as_float(name: str, value) -> float:
     return number
 
 
+def whole_number_in(name: str, value, low: int, high: int, meaning: str = "") -> int:
+    """A whole number from ``low`` to ``high``; ``meaning`` (e.g. "input pixels per tile") completes the message."""
+    number = as_int(name, value)
+    if not low <= number <= high:
+        raise InvalidArgumentError(f"{name} must be a whole number from {low} to {high}"
+                                   f"{f' ({meaning})' if meaning else ''}; got {number}")
+    return number
+
+
+def check_choice(name: str, value, choices) -> object:
+    if value not in choices:
+        raise InvalidArgumentError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def check_image(image, name: str = "image"):
+    """An uploaded picture (gradio gives a PIL image, or None when nothing was uploaded), as RGB."""
+    from PIL import Image
+
+    if image is None:
+        raise InvalidArgumentError(f"{name} is empty; upload a picture")
+    if not isinstance(image, Image.Image):
+        raise InvalidArgumentError(f"{name} must be a picture; got {type(image).__name__}")
+    return image.convert("RGB")
+
+
 def check_size(width, height) -> tuple[int, int]:
     """(width, height) as integers, each a multiple of 8 from 8 to 16384."""
     size = as_int("width", width), as_int("height", height)
@@ -148,17 +174,3 @@ def shown_to_people(fn):
             raise gr.Error(people_message(exc), title="linfuse") from exc
 
     return wrapper
-
-
-def check_refinement_steps(steps: int, stages) -> None:
-    """Every refinement of a progressive job must run at least one denoising step: diffusers' img2img runs
-    int(steps × strength) of them, and with none it fails deep inside the sampler."""
-    for stage in stages:
-        if stage.is_base or int(steps * stage.strength) >= 1:
-            continue
-        needed = math.ceil(1 / stage.strength)
-        needed += int(needed * stage.strength) < 1
-        raise InvalidArgumentError(
-            f"steps must be at least {needed} for this progressive job: the refinement to {stage.width}x{stage.height}"
-            f" runs int(steps × strength) = int({steps} × {stage.strength:g}) = 0 denoising steps; raise steps or "
-            "that strength")

@@ -99,7 +99,7 @@ def _frozen(model: nn.Module, gates, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _gates_frozen_in(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, caller: str):
+def gates_frozen(model: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float64, caller: str = "gates_frozen"):
     """Yields ``f(t)``: the network with its gates frozen at x, computing in ``dtype`` (restored afterwards)."""
     if x.shape[0] != 1:
         raise InvalidArgumentError(f"{caller} takes one sample (batch size 1); got a batch of {x.shape[0]}")
@@ -115,7 +115,7 @@ def _gates_frozen_in(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, call
 
 def linear_map(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> LinearMap:
     """The affine map (A, b) that ``model`` applies at input ``x`` (one sample, batch dimension 1)."""
-    with _gates_frozen_in(model, x, dtype, "linear_map") as frozen:
+    with gates_frozen(model, x, dtype, "linear_map") as frozen:
         with torch.no_grad():
             bias = frozen(torch.zeros_like(x, dtype=dtype))
         matrix = torch.autograd.functional.jacobian(frozen, x.to(dtype))
@@ -126,7 +126,7 @@ def linear_map(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.
 def output_row(model: nn.Module, x: torch.Tensor, index: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Row ``index`` of A (how each input value makes output value ``index``), shaped like x: one backward pass
     through the gate-frozen network instead of the whole Jacobian, for inputs too large for :func:`linear_map`."""
-    with _gates_frozen_in(model, x, dtype, "output_row") as frozen:
+    with gates_frozen(model, x, dtype, "output_row") as frozen:
         probe = x.detach().to(dtype).requires_grad_(True)
         out = frozen(probe).reshape(-1)
         if not 0 <= index < out.numel():
