@@ -11,7 +11,7 @@ parameters (and, for SESR, those of the expanded training form at expansion 256)
 """
 
 import argparse
-import json
+import re
 import statistics
 import time
 
@@ -36,13 +36,9 @@ def milliseconds(model, side: int) -> float:
 
 
 def training_steps(name: str, scale: int) -> str:
-    """The steps the bundled file's metadata records ("a + b" when it continued an earlier file)."""
-    metadata = read_metadata(weights_path(name, scale))
-    steps = str(json.loads(metadata["config"])["steps"])
-    if "(continuing" in metadata["command"]:
-        first = metadata["command"].split("made by:")[1].split("--steps ")[1].split()[0]
-        steps = f"{first} + {steps}"
-    return steps
+    """The steps the bundled file's metadata records, phase by phase ("a + b" when it continued earlier files)."""
+    command = read_metadata(weights_path(name, scale))["command"]
+    return " + ".join(reversed(re.findall(r"--steps (\d+)", command)))
 
 
 def main() -> None:
