@@ -108,8 +108,10 @@ def test_classifier_report_scores_renders_against_themselves(validation):
     report = classifier_report(source.names, intended, {"a": renders, "b": shifted}, renders,
                                classifiers=("cnn-svm",))["cnn-svm"]
     assert report["models"]["a"]["prompt_accuracy"] > 0.7
-    assert abs(report["models"]["a"]["frechet_to_renders"]) < 1e-6
-    assert report["models"]["b"]["frechet_to_renders"] > 0
+    shifted_distance = report["models"]["b"]["frechet_to_renders"]
+    assert shifted_distance > 0
+    # the same pictures: zero up to the eigen-decompositions' rounding, tiny next to a real difference
+    assert abs(report["models"]["a"]["frechet_to_renders"]) < 1e-4 * shifted_distance
     assert 0 <= report["pairs"]["a|b"]["agreement"] <= 1
     lines = format_report({"cnn-svm": report})
     assert any("b vs a: agreement" in line for line in lines)
