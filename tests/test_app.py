@@ -11,8 +11,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from linfuse.companions.classify import load_classifier
-from linfuse.companions.sr import SR_MODELS, SR_SCALES, load_sr
-from linfuse.companions.sr.zoo import weights_path
+from linfuse.companions.sr import load_sr
 from linfuse.distill.emoji import EmojiComposition, EmojiSource
 from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines import largest_fitting_size, read_png_parameters
@@ -127,13 +126,6 @@ def test_img2img_works_at_the_input_size(client, emoji, tmp_path):
         client.predict(source, *common, 0.5, 10, 5.0, 0, "student", "auto", 64, 0, api_name="/img2img")
 
 
-def sr_with_weights(names=SR_MODELS, preferred=("sesr-m5", 2)) -> tuple[str, int] | None:
-    """One of the SR companions ``names`` whose weights are in assets/sr (sesr-m5 ×2 if there); None while they are
-    all being trained."""
-    present = [(name, scale) for name in names for scale in SR_SCALES if weights_path(name, scale).is_file()]
-    return preferred if preferred in present else next(iter(present), None)
-
-
 def test_upscale_makes_the_picture_scale_times_larger(client, emoji, tmp_path):
     source = saved(emoji.resize((40, 30)), tmp_path / "small.png")
     image, _, summary, _ = client.predict(source, "bicubic", 4, 256, api_name="/upscale")
@@ -144,25 +136,13 @@ def test_upscale_makes_the_picture_scale_times_larger(client, emoji, tmp_path):
         client.predict(source, "sesr-m5", 2, 8, api_name="/upscale")
     with pytest.raises(AppError, match="scale must be one of 2, 4; got 3"):
         client.predict(source, "sesr-m5", 3, 256, api_name="/upscale")
-    if (model := sr_with_weights()) is None:
-        pytest.skip("no SR companion has weights in assets/sr yet (linfuse train-sr)")
-    name, scale = model
+    name, scale = "sesr-m5", 2  # bundled (tests/test_sr.py checks every companion's file)
     image, png, summary, gallery = client.predict(source, name, scale, 256, api_name="/upscale")
     with Image.open(image) as shown:
         assert shown.size == (40 * scale, 30 * scale)  # sesr-m5 ×2: 80×60
     assert f"{name}: 40×30 → {40 * scale}×{30 * scale}" in summary and gallery[0]["caption"] in summary
     with Image.open(png) as stored:
         assert stored.text["Description"].startswith(f"upscaled ×{scale} with {name}")
-
-
-def test_upscale_without_weights_names_the_command_that_trains_them(client, emoji, tmp_path):
-    missing = [(name, scale) for name in SR_MODELS for scale in SR_SCALES if not weights_path(name, scale).is_file()]
-    if not missing:
-        pytest.skip("every SR companion has its weights")
-    name, scale = missing[-1]
-    with pytest.raises(AppError, match=rf"no weights for {name} ×{scale} .*`linfuse train-sr --model {name} --scale "
-                                       rf"{scale}`"):
-        client.predict(saved(emoji, tmp_path / "in.png"), name, scale, 256, api_name="/upscale")
 
 
 def test_gradcam_gives_the_top_classes_and_an_overlay(client, emoji_file):
@@ -193,9 +173,7 @@ def test_linearscope_row_reconstructs_the_model_output(client, emoji, emoji_file
     assert numbers["reconstruction"] == pytest.approx(numbers["linear_part"] + numbers["bias"], abs=1e-12)
     with pytest.raises(AppError, match="ESPCN's tanh activations are not piecewise linear"):
         client.predict(picture, "espcn-x2", 0, 0, "", api_name="/inspect_linearscope")
-    if (model := sr_with_weights([name for name in SR_MODELS if name.startswith("sesr-")])) is None:
-        pytest.skip("no SESR companion has weights in assets/sr yet (linfuse train-sr)")
-    name, scale = model
+    name, scale = "sesr-m5", 2
     row, view, summary, numbers = client.predict(picture, f"{name}-x{scale}", 10, 40, "",
                                                  api_name="/inspect_linearscope")
     with Image.open(row) as shown:
