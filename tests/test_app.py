@@ -14,7 +14,7 @@ from linfuse.companions.classify import load_classifier
 from linfuse.companions.sr import load_sr
 from linfuse.distill.emoji import EmojiComposition, EmojiSource
 from linfuse.errors import InvalidArgumentError
-from linfuse.pipelines import largest_fitting_size, read_png_parameters
+from linfuse.pipelines import GenerationParams, largest_fitting_size, read_png_parameters
 from linfuse.ui import preflight
 from linfuse.ui.models import LoadedModel, ModelKey
 from linfuse.ui.validation import check_params, check_size, parse_strengths
@@ -199,22 +199,14 @@ def test_validation_messages():
     assert parse_strengths(" 0.4, 0.25 0.1 ") == (0.4, 0.25, 0.1) and parse_strengths("") is None
 
 
-def test_last_fitting_finds_the_boundary_from_any_guess():
-    sizes = [(8 * i, 8 * i) for i in range(1, 201)]
-    for boundary in (0, 1, 57, 198):
-        for exponent in (1.0, 2.0, 4.0):  # headroom falling slower, as, and faster than the guess assumes
-            def probe(index, boundary=boundary, exponent=exponent):
-                return index <= boundary, ((boundary + 1.5) / (index + 1)) ** exponent
-
-            assert preflight.last_fitting(probe, sizes, 199, probe(199)[1]) == boundary
-
-
-def test_largest_that_fits_agrees_with_the_library(student):
+def test_the_preflight_view_names_the_librarys_largest_fitting_size(student):
     loaded = LoadedModel(ModelKey("student", "linfusion", None, "cpu", "float32"), student)
     options = preflight.HighResOptions(memory_limit=76 * 2**20)  # the VAE's tile alone needs ~60 MiB
     result = preflight.estimate(loaded, 384, 192, 5.0, progressive=True, options=options)
     assert not result.fits
-    ours = preflight.largest_that_fits(loaded, 384, 192, 5.0, options, result)
     theirs = largest_fitting_size(student, 384, 192, native_side=64, guidance=True, model=loaded.memory_model(),
                                   limit=options.memory_limit)
-    assert ours == theirs and ours[0] < 384
+    assert theirs[0] < 384
+    text = preflight.describe(loaded, GenerationParams("x", width=384, height=192, guidance=5.0), progressive=True,
+                              options=options)
+    assert f"The largest 384:192 size that fits is **{theirs[0]}×{theirs[1]}**" in text

@@ -30,6 +30,7 @@ from .text2image import native_size
 from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
 
 UPSCALE_MODES = ("latent", "pixel")
+MAX_SKIP_RESIDUAL = 10
 DEFAULT_MAX_SOFTMAX_PIXELS = 2048 * 2048
 BAND_ROWS = 512  # rows converted to 8-bit at a time
 
@@ -48,8 +49,9 @@ class HighResOptions:
     def validate(self) -> "HighResOptions":
         if self.upscale not in UPSCALE_MODES:
             raise InvalidArgumentError(f"upscale must be one of {', '.join(UPSCALE_MODES)}; got {self.upscale!r}")
-        if not isinstance(self.skip_residual, (int, float)) or not 0 <= self.skip_residual <= 10:
-            raise InvalidArgumentError(f"skip_residual must be in [0, 10] (0 = off); got {self.skip_residual!r}")
+        if not isinstance(self.skip_residual, (int, float)) or not 0 <= self.skip_residual <= MAX_SKIP_RESIDUAL:
+            raise InvalidArgumentError(
+                f"skip_residual must be in [0, {MAX_SKIP_RESIDUAL}] (0 = off); got {self.skip_residual!r}")
         check_tiling(self.vae_tile, self.vae_overlap)
         if self.memory_limit is not None and (not isinstance(self.memory_limit, int) or self.memory_limit < 1):
             raise InvalidArgumentError(f"memory_limit must be a positive number of bytes or None; got "

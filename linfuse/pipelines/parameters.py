@@ -28,6 +28,15 @@ _FIELDS = {  # text key -> (attribute, type)
 _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
+def check_side(name: str, value, multiple_of: int = 8) -> int:
+    """One image side: an int, a multiple of ``multiple_of``, from ``multiple_of`` to MAX_SIZE."""
+    if isinstance(value, bool) or not isinstance(value, int) or not multiple_of <= value <= MAX_SIZE or \
+            value % multiple_of:
+        raise InvalidArgumentError(
+            f"{name} must be a multiple of {multiple_of} between {multiple_of} and {MAX_SIZE}; got {value!r}")
+    return value
+
+
 @dataclass
 class GenerationParams:
     prompt: str
@@ -48,11 +57,7 @@ class GenerationParams:
         if not isinstance(self.prompt, str):
             raise InvalidArgumentError(f"prompt must be text; got {type(self.prompt).__name__}")
         for name in ("width", "height"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not multiple_of <= value <= MAX_SIZE or value % multiple_of:
-                raise InvalidArgumentError(
-                    f"{name} must be a multiple of {multiple_of} between {multiple_of} and {MAX_SIZE}; got {value!r}"
-                )
+            check_side(name, getattr(self, name), multiple_of)
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
             raise InvalidArgumentError(f"steps must be an integer from 1 to {MAX_STEPS}; got {self.steps!r}")
         if not isinstance(self.guidance, (int, float)) or not 0 <= self.guidance <= 100:

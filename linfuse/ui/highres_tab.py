@@ -7,12 +7,11 @@ Endpoints: ``/highres`` and ``/estimate_highres`` (see app.py's docstring for th
 import gradio as gr
 
 from ..pipelines import describe_run, generate_highres
-from ..pipelines.highres import UPSCALE_MODES
+from ..pipelines.highres import MAX_SKIP_RESIDUAL, UPSCALE_MODES
 from .forms import generation_form, result_area
 from .preflight import estimate_markdown
 from .results import PROGRESS, finish
 from .validation import (
-    MAX_SKIP_RESIDUAL,
     check_highres,
     check_method,
     check_model,

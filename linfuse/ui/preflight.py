@@ -5,14 +5,11 @@ size). Plain generation is one stage at the requested size; progressive generati
 Generate tab above twice the model's native size) is every stage of :func:`linfuse.pipelines.plan.plan_stages`.
 """
 
-import bisect
-import math
-
 from ..errors import InvalidArgumentError, LinfuseError
-from ..pipelines import GenerationParams, HighResOptions, estimate_memory
+from ..pipelines import GenerationParams, HighResOptions, estimate_memory, largest_fitting_size
 from ..pipelines.highres import check_softmax
-from ..pipelines.plan import Stage, default_strengths, plan_stages
-from ..pipelines.preflight import SAFETY, MemoryEstimate, candidate_sizes
+from ..pipelines.plan import Stage, plan_stages
+from ..pipelines.preflight import SAFETY, MemoryEstimate
 from .models import LoadedModel
 from .validation import as_float, check_method, check_model, check_size, parse_strengths, people_message
 
@@ -41,75 +38,12 @@ def estimate(loaded: LoadedModel, width: int, height: int, guidance: float, *, p
                            tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit)
 
 
-def headroom(result: MemoryEstimate) -> float:
-    """Usable memory over the estimated peak (below 1: does not fit); the tighter of device and host."""
-    ratios = [SAFETY * result.free_device / max(result.peak_device, 1)] if result.free_device else [1.0]
-    if not result.shared and result.free_host:
-        ratios.append(SAFETY * result.free_host / max(result.peak_host, 1))
-    return min(ratios)
-
-
-def secant_guess(points: list[tuple[int, float]], sizes: list[tuple[int, int]]) -> float:
-    """The width where the headroom reaches 1, from the last two probes on a log–log line (one probe: slope −2,
-    i.e. the peak proportional to the pixels, as with linear attention)."""
-    (i, h), *rest = points[-1:] + points[-2:-1]
-    x, y = math.log(sizes[i][0]), math.log(h)
-    slope = -2.0
-    if rest:
-        j, g = rest[0]
-        dx = x - math.log(sizes[j][0])
-        if dx and (y - math.log(g)) / dx < 0:
-            slope = (y - math.log(g)) / dx
-    return math.exp(x - y / slope)
-
-
-def last_fitting(probe, sizes: list[tuple[int, int]], high: int, high_headroom: float, max_secant: int = 8) -> int:
-    """The last index of ``sizes`` whose job fits, given that index 0 fits, index ``high`` does not (its headroom,
-    usable memory / peak, is ``high_headroom`` < 1) and fitting is monotone in size.
-
-    ``probe(i)`` -> (fits, headroom). Secant steps on log(headroom) against log(width), kept inside the bracket,
-    then bisection: a few probes near the answer instead of the ~log2(len(sizes)) of a plain bisection, each of
-    which traces the model at sizes it has not seen.
-    """
-    low, points = 0, [(high, high_headroom)]
-    widths = [w for w, _ in sizes]
-    for attempt in range(max_secant + 64):
-        if high - low <= 1:
-            break
-        if attempt < max_secant:
-            guess = bisect.bisect_right(widths, secant_guess(points, sizes)) - 1
-        else:
-            guess = (low + high) // 2
-        guess = min(max(guess, low + 1), high - 1)
-        fits, room = probe(guess)
-        points.append((guess, room))
-        low, high = (guess, high) if fits else (low, guess)
-    return low
-
-
-def largest_that_fits(loaded: LoadedModel, width: int, height: int, guidance: float, options: HighResOptions,
-                      result: MemoryEstimate) -> tuple[int, int] | None:
-    """What :func:`linfuse.pipelines.largest_fitting_size` answers (same candidate sizes, same test per size), found
-    with the secant search of :func:`last_fitting` instead of a plain bisection (minutes on a CPU at 16K)."""
-    sizes = candidate_sizes(width, height)
-
-    def probe(index: int) -> tuple[bool, float]:
-        w, h = sizes[index]
-        count = len(plan_stages(w, h, loaded.native_side)) - 1
-        schedule = None if options.strengths is None else default_strengths(
-            count, options.strengths[0], options.strengths[-1])
-        job = estimate_memory(loaded.pipe, plan_stages(w, h, loaded.native_side, schedule), guidance=guidance > 1.0,
-                              upscale=options.upscale, tile=options.vae_tile, model=loaded.memory_model(),
-                              limit=options.memory_limit)
-        return job.fits, headroom(job)
-
-    if not probe(0)[0]:
-        return None
-    high = len(sizes) - 1
-    fits, room = probe(high) if sizes[high] != (width, height) or result.fits else (False, headroom(result))
-    if fits:
-        return sizes[high]
-    return sizes[last_fitting(probe, sizes, high, room)]
+def largest_that_fits(loaded: LoadedModel, width: int, height: int, guidance: float,
+                      options: HighResOptions) -> tuple[int, int] | None:
+    """:func:`linfuse.pipelines.largest_fitting_size` for this model and these options."""
+    return largest_fitting_size(loaded.pipe, width, height, native_side=loaded.native_side,
+                                strengths=options.strengths, guidance=guidance > 1.0, upscale=options.upscale,
+                                tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit)
 
 
 def softmax_refusal(loaded: LoadedModel, params: GenerationParams, options: HighResOptions) -> str | None:
@@ -153,7 +87,7 @@ def describe(loaded: LoadedModel, params: GenerationParams, *, progressive: bool
              f"peak **{peak_text(result)}** of {free_text(result)} → {verdict} (jobs may use {SAFETY:.0%} of what "
              "is free)."]
     if not result.fits:
-        best = largest_that_fits(loaded, width, height, params.guidance, options, result)
+        best = largest_that_fits(loaded, width, height, params.guidance, options)
         lines.append(f"The largest {width}:{height} size that fits is **{best[0]}×{best[1]}**." if best else
                      "Nothing of this aspect ratio fits; free memory or use a smaller model.")
     refusal = softmax_refusal(loaded, params, options) if progressive else None

@@ -13,12 +13,10 @@ from ..errors import InvalidArgumentError, LinfuseError
 from ..fileio import looks_like_hub_id
 from ..linearize import method_names
 from ..pipelines import GenerationParams, HighResOptions
-from ..pipelines.highres import UPSCALE_MODES
-from ..pipelines.parameters import MAX_SIZE
+from ..pipelines.parameters import check_side
 
 BUNDLED = ("student", "teacher")
 SPECIAL_METHODS = ("auto", "none")
-MAX_SKIP_RESIDUAL = 10.0
 
 
 def method_choices() -> list[str]:
@@ -82,11 +80,7 @@ def check_image(image, name: str = "image"):
 
 def check_size(width, height) -> tuple[int, int]:
     """(width, height) as integers, each a multiple of 8 from 8 to 16384."""
-    size = as_int("width", width), as_int("height", height)
-    for name, value in zip(("width", "height"), size, strict=True):
-        if not 8 <= value <= MAX_SIZE or value % 8:
-            raise InvalidArgumentError(f"{name} must be a multiple of 8 between 8 and {MAX_SIZE}; got {value}")
-    return size
+    return check_side("width", as_int("width", width)), check_side("height", as_int("height", height))
 
 
 def check_params(prompt, negative, width, height, steps, guidance, seed) -> GenerationParams:
@@ -121,10 +115,7 @@ def check_model(model) -> str:
 
 
 def check_method(method) -> str:
-    choices = method_choices()
-    if method not in choices:
-        raise InvalidArgumentError(f"method must be one of {', '.join(choices)}; got {method!r}")
-    return method
+    return check_choice("method", method, method_choices())
 
 
 def parse_strengths(text) -> tuple[float, ...] | None:
@@ -137,18 +128,13 @@ def parse_strengths(text) -> tuple[float, ...] | None:
     except ValueError:
         raise InvalidArgumentError(f"strengths must be numbers between 0 and 1 separated by commas, e.g. "
                                    f"'0.4, 0.1'; got {text!r}") from None
-    if any(not 0 < value < 1 for value in values):
-        raise InvalidArgumentError(f"strengths must each lie strictly between 0 and 1; got {text!r}")
-    return values
+    return values  # their range and count are checked where the stages are planned (plan_stages)
 
 
 def check_highres(upscale, strengths, skip_residual) -> HighResOptions:
-    if upscale not in UPSCALE_MODES:
-        raise InvalidArgumentError(f"upscale must be one of {', '.join(UPSCALE_MODES)}; got {upscale!r}")
-    alpha = as_float("skip_residual", skip_residual)
-    if not 0 <= alpha <= MAX_SKIP_RESIDUAL:
-        raise InvalidArgumentError(f"skip_residual must be from 0 (off) to {MAX_SKIP_RESIDUAL:g}; got {alpha:g}")
-    return HighResOptions(upscale=upscale, strengths=parse_strengths(strengths), skip_residual=alpha).validate()
+    """The options, checked by :meth:`HighResOptions.validate` (strengths by the stage plan)."""
+    return HighResOptions(upscale=upscale, strengths=parse_strengths(strengths),
+                          skip_residual=as_float("skip_residual", skip_residual)).validate()
 
 
 def people_message(exc: BaseException) -> str:
