@@ -42,3 +42,13 @@ def atomic_folder(target: str | os.PathLike, write) -> Path:
 def looks_like_hub_id(text: str) -> bool:
     """True for 'owner/name' strings that are not filesystem-looking paths."""
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and all(text.split("/"))
+
+
+def write_safetensors(target: str | os.PathLike, tensors: dict, metadata: dict) -> Path:
+    """Write ``tensors`` as safetensors atomically; metadata values that are not text are stored as JSON."""
+    import json
+
+    from safetensors.torch import save_file
+
+    text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    return atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata=text))

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ...errors import InvalidArgumentError, LinfuseError
-from ...fileio import atomic_write
+from ...fileio import write_safetensors
 from .cnn_svm import CNNSVM
 from .mobilenet_v2 import MobileNetV2
 from .vae_features import FeatureSVM, VAEFeatures
@@ -53,10 +52,7 @@ def _saved_state(model: torch.nn.Module) -> dict:
 
 
 def save_classifier(model: torch.nn.Module, path, class_names: list[str], metadata: dict) -> Path:
-    text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
-    text["class_names"] = json.dumps(class_names)
-    tensors = _saved_state(model)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=text))
+    return write_safetensors(path, _saved_state(model), {**metadata, "class_names": class_names})
 
 
 def load_classifier(name: str, path=None, device="cpu") -> tuple[torch.nn.Module, list[str]]:

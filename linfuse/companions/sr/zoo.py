@@ -5,15 +5,13 @@ Names: ``espcn``, ``sesr-m3``, ``sesr-m5``, ``sesr-m11``, ``sesr-xl``; scales 2 
 collapsed (one convolution per linear block), which is all inference needs.
 """
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ...errors import InvalidArgumentError, LinfuseError
-from ...fileio import atomic_write
+from ...fileio import write_safetensors
 from .espcn import ESPCN
 from .sesr import DEFAULT_EXPANSION, SESR, SESR_SIZES
 
@@ -49,8 +47,7 @@ def save_sr(model: torch.nn.Module, path, metadata: dict) -> Path:
     """Write the inference form (collapsed for SESR) as safetensors, with ``metadata`` (str → str-able) attached."""
     model = inference_form(model)
     tensors = {key: value.detach().float().contiguous() for key, value in model.state_dict().items()}
-    text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=text))
+    return write_safetensors(path, tensors, metadata)
 
 
 def load_sr(name: str = "sesr-m5", scale: int = 2, path=None, device="cpu") -> torch.nn.Module:
