@@ -29,7 +29,7 @@ def triton_available() -> bool:
     return True
 
 
-def use_triton(backend: str, q: torch.Tensor, head_dim: int) -> bool:
+def use_triton(backend: str, q: torch.Tensor, head_dim: int, max_head_dim: int = MAX_TRITON_HEAD_DIM) -> bool:
     """"auto" picks Triton for CUDA tensors it supports; a forced "triton" that cannot run raises and says why."""
     if backend == "reference":
         return False
@@ -38,10 +38,19 @@ def use_triton(backend: str, q: torch.Tensor, head_dim: int) -> bool:
         problems.append("the triton package is not installed (pip install triton)")
     if q.dtype not in TRITON_DTYPES:
         problems.append(f"dtype {q.dtype} is not one of fp16, bf16, fp32")
-    if head_dim > MAX_TRITON_HEAD_DIM:
-        problems.append(f"head dims above {MAX_TRITON_HEAD_DIM} are not supported")
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if head_dim > max_head_dim:
+        problems.append(f"head dim {head_dim} is above the kernels' maximum of {max_head_dim}")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and not _compiling_for_a_stand_in(q):
         problems.append("tensors are on the CPU; use CUDA tensors, or set TRITON_INTERPRET=1 before importing linfuse")
     if backend == "triton" and problems:
         raise InvalidArgumentError("backend 'triton' cannot run here: " + "; ".join(problems))
-    return backend == "triton" or (q.is_cuda and not problems)
+    return backend == "triton" or ((q.is_cuda or _compiling_for_a_stand_in(q)) and not problems)
+
+
+def _compiling_for_a_stand_in(q: torch.Tensor) -> bool:
+    """Meta tensors under the stand-in driver stand for device tensors (see linfuse.kernels.standin)."""
+    if not q.is_meta:
+        return False
+    from .standin import standin_active
+
+    return standin_active()

@@ -1,5 +1,7 @@
 """Host-side helpers shared by the Triton launchers (no kernels here)."""
 
+from dataclasses import dataclass, field
+
 import torch
 import triton
 
@@ -24,3 +26,52 @@ def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get IEEE fp32 dots (the user asked for fp32); half inputs TF32, ample for outputs rounded to
     8-11 bits."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def dot_dtype(dtype: torch.dtype):
+    """Operand dtype of the tensor-core dots: the input's own half type on a GPU (fp32 accumulate), fp32 for fp32
+    inputs. Triton's interpreter cannot multiply bf16 (it multiplies the raw bits), so there bf16 dots run in fp32."""
+    import triton.language as tl
+
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting()):
+        return tl.float32
+    return tl.float16 if dtype == torch.float16 else tl.bfloat16
+
+
+def interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass
+class Launch:
+    """One kernel launch, built before it runs, so a config can be compiled and checked before anything launches.
+
+    ``meta`` holds the constexpr arguments and the compiler options (num_warps, num_stages). Under the stand-in
+    driver (:mod:`linfuse.kernels.standin`) running a launch compiles it for the stand-in's target and records it.
+    """
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    meta: dict
+    config: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else str(self.kernel)
+
+    def compile(self):
+        """The compiled kernel for the active target (Triton's cache makes a repeat free)."""
+        return self.kernel.warmup(*self.args, grid=self.grid, **self.meta)
+
+    def run(self):
+        from .standin import CompiledRecord, active_standin
+
+        active = active_standin()
+        if active is not None:
+            active.log.kernels.append(CompiledRecord(self.name, self.grid, self.config, self.compile(),
+                                                     active.limits.arch))
+            return
+        self.kernel[self.grid](*self.args, **self.meta)

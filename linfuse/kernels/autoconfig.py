@@ -1,0 +1,95 @@
+"""Choosing each kernel's config by what the active target can hold.
+
+A launcher lists candidate configs in its order of preference (the tile shapes that should run fastest first) and
+builds a :class:`~linfuse.kernels.triton_utils.Launch` for any of them. :func:`choose` compiles candidates for the
+active target, reads the shared memory each needs (``metadata.shared``) and the registers and spills ptxas reports,
+and keeps the first that fits the target's opt-in shared memory per block without spilling; failing that, the first
+that fits at all. The choice is cached per (target, kernel, problem class), so each class compiles once.
+
+On CUDA with ``LINFUSE_TRITON_AUTOTUNE=1``, kernels that only write their outputs are also timed over the first
+few candidates that fit (``triton.testing.do_bench``), and the fastest is kept for that problem class and size
+bucket. Under the stand-in driver the same code runs, compile only, so CI sees the choice a GPU would make.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+
+from ..errors import LinfuseError
+from .hardware import active_limits
+
+AUTOTUNE_ENV = "LINFUSE_TRITON_AUTOTUNE"
+AUTOTUNE_CANDIDATES = 4
+_CHOICES: dict[tuple, dict] = {}
+
+
+class NoConfigFitsError(LinfuseError):
+    """No kernel config of a problem fits the target's shared memory; the reference path can still run it."""
+
+
+def choose(family: str, problem: tuple, candidates: Sequence[dict], build: Callable[[dict], object], *,
+           pure: bool = True, size_bucket: int = 0) -> dict:
+    """The config to launch ``family`` with for ``problem`` on the active target (see the module docstring).
+
+    ``build(config)`` returns the Launch for that config; nothing is launched unless autotuning times it.
+    """
+    limits = active_limits()
+    tune = pure and _autotune_enabled()
+    key = (limits.key, family, problem, size_bucket if tune else 0)
+    if key not in _CHOICES:
+        _CHOICES[key] = _first_fitting(family, problem, candidates, build, limits, tune)
+    return _CHOICES[key]
+
+
+def _first_fitting(family, problem, candidates, build, limits, tune) -> dict:
+    fitting, spilling, refused = [], [], []
+    for config in candidates:
+        launch = build(config)
+        compiled = launch.compile()
+        shared = int(compiled.metadata.shared)
+        if shared > limits.shared_memory:
+            refused.append(f"{_describe(config)} needs {shared:,} B")
+            continue
+        (spilling if _spills(compiled, limits.arch) else fitting).append((config, launch))
+        if fitting and not tune:
+            break
+        if tune and len(fitting) >= AUTOTUNE_CANDIDATES:
+            break
+    if tune and len(fitting) > 1:
+        return _fastest(fitting)
+    if fitting or spilling:
+        return (fitting or spilling)[0][0]
+    raise NoConfigFitsError(
+        f"no {family} kernel config fits {limits.backend} sm_{limits.arch} ({limits.shared_memory:,} B of shared "
+        f"memory per block) for {problem}: " + "; ".join(refused)
+    )
+
+
+def _spills(compiled, arch: int) -> bool:
+    from .standin import ptxas_resources, standin_active
+
+    if standin_active():
+        return ptxas_resources(compiled.asm["ptx"], arch).spills > 0
+    compiled._init_handles()  # loads the module; n_spills comes from the driver
+    return getattr(compiled, "n_spills", 0) > 0
+
+
+def _fastest(fitting) -> dict:
+    from triton.testing import do_bench
+
+    timings = [(do_bench(launch.run, warmup=5, rep=20), index) for index, (_, launch) in enumerate(fitting)]
+    return fitting[min(timings)[1]][0]
+
+
+def _autotune_enabled() -> bool:
+    from .standin import standin_active
+
+    return os.environ.get(AUTOTUNE_ENV) == "1" and not standin_active()
+
+
+def _describe(config: dict) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in config.items()) + ")"
+
+
+def clear_choices() -> None:
+    """Forget every cached choice (tests, or after changing LINFUSE_TRITON_AUTOTUNE)."""
+    _CHOICES.clear()
