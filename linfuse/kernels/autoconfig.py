@@ -14,16 +14,18 @@ bucket. Under the stand-in driver the same code runs, compile only, so CI sees t
 import os
 from collections.abc import Callable, Sequence
 
-from ..errors import LinfuseError
+from ..errors import InvalidArgumentError
 from .hardware import active_limits
 
 AUTOTUNE_ENV = "LINFUSE_TRITON_AUTOTUNE"
 AUTOTUNE_CANDIDATES = 4
 _CHOICES: dict[tuple, dict] = {}
+_ALTERNATIVE = [0]  # readiness checks: take the n-th fitting config instead of the first (what autotuning may pick)
 
 
-class NoConfigFitsError(LinfuseError):
-    """No kernel config of a problem fits the target's shared memory; the reference path can still run it."""
+class NoConfigFitsError(InvalidArgumentError):
+    """No kernel config of a problem fits the target's shared memory. Raised before anything launches: under
+    backend "auto" the caller runs the PyTorch reference instead (with a warning), under "triton" it is the error."""
 
 
 def choose(family: str, problem: tuple, candidates: Sequence[dict], build: Callable[[dict], object], *,
@@ -34,13 +36,14 @@ def choose(family: str, problem: tuple, candidates: Sequence[dict], build: Calla
     """
     limits = active_limits()
     tune = pure and _autotune_enabled()
-    key = (limits.key, family, problem, size_bucket if tune else 0)
+    key = (limits.key, family, problem, size_bucket if tune else 0, _ALTERNATIVE[0])
     if key not in _CHOICES:
         _CHOICES[key] = _first_fitting(family, problem, candidates, build, limits, tune)
     return _CHOICES[key]
 
 
 def _first_fitting(family, problem, candidates, build, limits, tune) -> dict:
+    skip = _ALTERNATIVE[0]
     fitting, spilling, refused = [], [], []
     for config in candidates:
         launch = build(config)
@@ -50,14 +53,16 @@ def _first_fitting(family, problem, candidates, build, limits, tune) -> dict:
             refused.append(f"{_describe(config)} needs {shared:,} B")
             continue
         (spilling if _spills(compiled, limits.arch) else fitting).append((config, launch))
-        if fitting and not tune:
+        if len(fitting) > skip and not tune:
             break
         if tune and len(fitting) >= AUTOTUNE_CANDIDATES:
             break
     if tune and len(fitting) > 1:
         return _fastest(fitting)
-    if fitting or spilling:
-        return (fitting or spilling)[0][0]
+    if fitting:
+        return fitting[min(skip, len(fitting) - 1)][0]
+    if spilling:
+        return spilling[0][0]
     raise NoConfigFitsError(
         f"no {family} kernel config fits {limits.backend} sm_{limits.arch} ({limits.shared_memory:,} B of shared "
         f"memory per block) for {problem}: " + "; ".join(refused)
@@ -65,10 +70,11 @@ def _first_fitting(family, problem, candidates, build, limits, tune) -> dict:
 
 
 def _spills(compiled, arch: int) -> bool:
-    from .standin import ptxas_resources, standin_active
+    """Whether the kernel spills registers (under the stand-in: a stack frame in its cubin)."""
+    from .standin import stack_bytes, standin_active
 
     if standin_active():
-        return ptxas_resources(compiled.asm["ptx"], arch).spills > 0
+        return stack_bytes(compiled.asm["cubin"]) > 0
     compiled._init_handles()  # loads the module; n_spills comes from the driver
     return getattr(compiled, "n_spills", 0) > 0
 
@@ -88,6 +94,12 @@ def _autotune_enabled() -> bool:
 
 def _describe(config: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in config.items()) + ")"
+
+
+def use_alternative(rank: int) -> None:
+    """Choose the ``rank``-th fitting config (0: the first, as always) — a readiness check of the configs that
+    autotuning may pick instead of the first."""
+    _ALTERNATIVE[0] = rank
 
 
 def clear_choices() -> None:

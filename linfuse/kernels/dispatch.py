@@ -1,6 +1,8 @@
 """Backend choice shared by the kernels: the PyTorch reference or Triton (CUDA, or the interpreter on CPU)."""
 
 import os
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -8,7 +10,6 @@ from ..errors import InvalidArgumentError
 
 BACKENDS = ("auto", "reference", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_TRITON_HEAD_DIM = 256
 
 
 def resolve_backend(backend: str | None, env_name: str) -> str:
@@ -29,7 +30,7 @@ def triton_available() -> bool:
     return True
 
 
-def use_triton(backend: str, q: torch.Tensor, head_dim: int, max_head_dim: int = MAX_TRITON_HEAD_DIM) -> bool:
+def use_triton(backend: str, q: torch.Tensor, head_dim: int, max_head_dim: int) -> bool:
     """"auto" picks Triton for CUDA tensors it supports; a forced "triton" that cannot run raises and says why."""
     if backend == "reference":
         return False
@@ -44,6 +45,9 @@ def use_triton(backend: str, q: torch.Tensor, head_dim: int, max_head_dim: int =
         problems.append("tensors are on the CPU; use CUDA tensors, or set TRITON_INTERPRET=1 before importing linfuse")
     if backend == "triton" and problems:
         raise InvalidArgumentError("backend 'triton' cannot run here: " + "; ".join(problems))
+    if q.is_cuda and problems:
+        warn_once("the Triton kernels cannot run this call (" + "; ".join(problems) + "); running the PyTorch "
+                  "reference instead")
     return backend == "triton" or ((q.is_cuda or _compiling_for_a_stand_in(q)) and not problems)
 
 
@@ -54,3 +58,27 @@ def _compiling_for_a_stand_in(q: torch.Tensor) -> bool:
     from .standin import standin_active
 
     return standin_active()
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """One warning per distinct reason, however many layers or steps hit it."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def triton_or_reference(backend: str, run_triton: Callable, run_reference: Callable):
+    """Run the Triton path; when no kernel config fits the target (found before anything launches), "auto" runs the
+    reference with one warning naming why, and a forced "triton" raises that error."""
+    from .autoconfig import NoConfigFitsError
+
+    try:
+        return run_triton()
+    except NoConfigFitsError as error:
+        if backend == "triton":
+            raise
+        warn_once(f"{error}; running the PyTorch reference instead")
+        return run_reference()

@@ -3,13 +3,14 @@
 import torch
 
 from ..errors import InvalidArgumentError
-from .dispatch import resolve_backend, use_triton
+from .dispatch import resolve_backend, triton_or_reference, use_triton
 from .feature_maps import FEATURE_MAPS
 from .linear_attention_reference import default_chunk_size, linear_attention_reference
 
 LAYOUTS = {"bnhd": 1, "bhnd": 2}
 BACKEND_ENV = "LINFUSE_LINEAR_ATTENTION_BACKEND"
 DEFAULT_EPS = 1e-4
+MAX_TRITON_HEAD_DIM = 256  # the kernels tile d_k and d_v; above this the reference runs
 
 
 def linear_attention(
@@ -57,15 +58,20 @@ def linear_attention(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     head_dim = max(q.shape[-1], v.shape[-1])
-    if use_triton(resolve_backend(backend, BACKEND_ENV), q, head_dim):
-        from .linear_attention_triton import linear_attention_triton
+    backend = resolve_backend(backend, BACKEND_ENV)
 
-        return linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout)
-    if chunk_size is None:  # the reference's chunking; the Triton kernels tile on their own
-        chunk_size = default_chunk_size(q.shape[0], q.shape[3 - seq_dim], head_dim, max(q.shape[seq_dim], 1))
-    return linear_attention_reference(
-        q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim, chunk_size=chunk_size
-    )
+    def reference():
+        size = chunk_size or default_chunk_size(q.shape[0], q.shape[3 - seq_dim], head_dim, max(q.shape[seq_dim], 1))
+        return linear_attention_reference(q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim,
+                                          chunk_size=size)
+
+    if use_triton(backend, q, head_dim, MAX_TRITON_HEAD_DIM):
+        from .linear_attention_triton import linear_attention_triton  # the Triton kernels tile on their own
+
+        return triton_or_reference(
+            backend, lambda: linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout),
+            reference)
+    return reference()
 
 
 def _check_inputs(q, k, v, *, feature_map: str, eps: float, layout: str) -> int:

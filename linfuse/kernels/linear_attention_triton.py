@@ -34,7 +34,6 @@ from .triton_utils import Launch, block_dim, bnhd, dot_dtype, dot_precision, int
 from .triton_utils import empty as _empty  # a module name of its own, so tests can poison it
 
 FEATURE_CODES = {"elu1": 0, "relu": 1, "identity": 2}
-MAX_HEAD_DIM = 256
 # Configs the interpreter tests run one by one (each forces all four kernels); on a GPU the launchers choose from
 # `candidates` by the target's limits instead.
 CONFIGS = ({"BLOCK_N": 16, "BLOCK_K": 16, "BLOCK_V": 16, "num_warps": 2, "num_stages": 1},
@@ -253,7 +252,7 @@ def candidates(kernel: str, dk: int, dv: int) -> list[dict]:
         for block_k, block_v in dict.fromkeys(feature_blocks):
             elements = block_n * max(block_k, block_v if kernel != "query_grad" else bdv)
             warps, other = (8, 4) if elements >= 8192 or (kernel == "query_grad" and bdv >= 128) else (4, 8)
-            for num_warps, num_stages in ((warps, 2), (other, 2), (warps, 1)):
+            for num_warps, num_stages in ((warps, 2), (other, 2)):
                 out.append({"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_V": block_v, "num_warps": num_warps,
                             "num_stages": num_stages})
     return out

@@ -5,12 +5,13 @@ import math
 import torch
 
 from ..errors import InvalidArgumentError
-from .dispatch import resolve_backend, use_triton
+from .dispatch import resolve_backend, triton_or_reference, use_triton
 from .linear_attention import LAYOUTS
 from .local_attention_reference import local_attention_chunked, local_attention_dense
 
 WINDOWS = ("circle", "square")
 BACKEND_ENV = "LINFUSE_LOCAL_ATTENTION_BACKEND"
+MAX_TRITON_HEAD_DIM = 128  # one padded 128-wide feature block per tile
 DENSE_REFERENCE_MAX_TOKENS = 4096  # above this the CPU reference works in row bands instead of an N×N mask
 
 
@@ -51,16 +52,22 @@ def local_attention(
     if not math.isfinite(scale) or scale <= 0:
         raise InvalidArgumentError(f"scale must be a positive finite number; got {scale!r}")
     options = dict(grid=tuple(grid), radius=int(radius), window=window, num_global=int(num_global), scale=scale)
-    if use_triton(resolve_backend(backend, BACKEND_ENV), q, q.shape[-1]):
+    backend = resolve_backend(backend, BACKEND_ENV)
+
+    def reference():
+        qt, kt, vt = (t.transpose(1, 2) if seq_dim == 1 else t for t in (q, k, v))
+        if qt.shape[-2] <= DENSE_REFERENCE_MAX_TOKENS:
+            out = local_attention_dense(qt, kt, vt, **options)
+        else:
+            out = local_attention_chunked(qt, kt, vt, **options)
+        return out.transpose(1, 2) if seq_dim == 1 else out
+
+    if use_triton(backend, q, q.shape[-1], MAX_TRITON_HEAD_DIM):
         from .local_attention_triton import local_attention_triton
 
-        return local_attention_triton(q, k, v, layout=layout, **options)
-    q, k, v = (t.transpose(1, 2) if seq_dim == 1 else t for t in (q, k, v))
-    if q.shape[-2] <= DENSE_REFERENCE_MAX_TOKENS:
-        out = local_attention_dense(q, k, v, **options)
-    else:
-        out = local_attention_chunked(q, k, v, **options)
-    return out.transpose(1, 2) if seq_dim == 1 else out
+        return triton_or_reference(backend, lambda: local_attention_triton(q, k, v, layout=layout, **options),
+                                   reference)
+    return reference()
 
 
 def _check(q, k, v, *, grid, radius, window, num_global, layout) -> int:

@@ -15,14 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_utils import block_dim, bnhd, dot_precision
+from .autoconfig import choose
+from .triton_utils import Launch, block_dim, bnhd, dot_precision, interpreting
 from .triton_utils import empty as _empty  # a module name of its own, so tests can poison it
 
 WINDOW_CODES = {"circle": 0, "square": 1}
-# Query patch and key sub-tile shapes the launcher may pick; the tests run each one.
-CONFIGS = ({"TILE": (4, 4), "KEY": (4, 4), "num_warps": 2}, {"TILE": (4, 8), "KEY": (2, 16), "num_warps": 2},
-           {"TILE": (8, 8), "KEY": (4, 16), "num_warps": 4}, {"TILE": (8, 16), "KEY": (8, 16), "num_warps": 4},
-           {"TILE": (16, 16), "KEY": (8, 16), "num_warps": 8})
 LOG2E = 1.4426950408889634
 
 
@@ -226,42 +223,84 @@ def _kernel(Q, K, V, OUT, LSE, DO, DELTA, DQ, DK_BUF, DV_BUF,
 # Launchers.
 
 
-def default_config(grid: tuple[int, int], radius: int) -> dict:
-    """Larger patches for larger windows: the halo is then a smaller share of the keys walked."""
-    if radius >= 16 and min(grid) >= 16:
-        return CONFIGS[4]
-    return CONFIGS[3] if radius >= 6 and min(grid) >= 8 else CONFIGS[2]
+# Every (query patch, key sub-tile) shape the launchers may choose from, largest patch first: the halo is then
+# the smallest share of the keys walked. The chooser takes the first config the target holds without spilling,
+# starting where the window size and head dim say.
+SHAPES = (((16, 16), (8, 16)), ((8, 16), (8, 16)), ((8, 16), (4, 16)), ((8, 8), (4, 16)), ((4, 16), (4, 16)),
+          ((8, 8), (2, 16)), ((4, 8), (2, 16)), ((4, 8), (1, 16)), ((4, 4), (2, 16)), ((4, 4), (4, 4)))
+# The interpreter tests run each shape.
+CONFIGS = tuple({"TILE": tile, "KEY": key, "num_warps": 4, "num_stages": 2} for tile, key in SHAPES)
+
+
+def candidates(grid: tuple[int, int], radius: int, head_dim: int, backward: bool) -> list[dict]:
+    """Configs in order of preference for one problem. Larger windows start at larger patches; head dims above 64
+    (a 128-wide padded feature block) start smaller and take 8 warps, the backward (a d-wide fp32 dQ accumulator,
+    fp32 atomics into dK and dV) smaller still."""
+    start = 0 if radius >= 16 and min(grid) >= 16 else 1 if radius >= 6 and min(grid) >= 8 else 3
+    wide = block_dim(head_dim) > 64
+    start = max(start, (5 if backward else 3) if wide else (2 if backward else 0))
+    out = []
+    for tile, key in SHAPES[start:]:
+        warps = 8 if wide or tile[0] * tile[1] >= 256 else 4
+        out.append({"TILE": tile, "KEY": key, "num_warps": warps, "num_stages": 2})
+    return out
 
 
 def _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *, layout, grid, radius, window, num_global,
-            scale, config, backward):
+            scale, config, backward) -> Launch:
     (batch, n, heads, d), q_strides = bnhd(q, layout)
     (tile_h, tile_w), (key_h, key_w) = config["TILE"], config["KEY"]
     n_tiles_x = triton.cdiv(grid[1], tile_w)
     n_image_tiles = triton.cdiv(grid[0], tile_h) * n_tiles_x
     programs = n_image_tiles + triton.cdiv(num_global, tile_h * tile_w)
     block_d = block_dim(d)
-    _kernel[(programs, batch * heads)](
-        q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *q_strides, *bnhd(k, layout)[1],
-        *bnhd(v, layout)[1], *bnhd(out, layout)[1], *bnhd(dk_buf, "bnhd")[1], num_global, grid[0], grid[1],
-        heads, d, v.shape[-1], radius, scale, scale * LOG2E, n_tiles_x, n_image_tiles,
-        WINDOW=WINDOW_CODES[window], BACKWARD=backward, TILE_H=tile_h, TILE_W=tile_w, KEY_H=key_h, KEY_W=key_w,
-        BLOCK_D=block_d, BLOCK_DV=block_d, PRECISION=dot_precision(q.dtype),
-        num_warps=config["num_warps"])
+    return Launch(
+        _kernel, (programs, batch * heads),
+        (q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *q_strides, *bnhd(k, layout)[1], *bnhd(v, layout)[1],
+         *bnhd(out, layout)[1], *bnhd(dk_buf, "bnhd")[1], num_global, grid[0], grid[1], heads, d, v.shape[-1],
+         radius, scale, scale * LOG2E, n_tiles_x, n_image_tiles),
+        {"WINDOW": WINDOW_CODES[window], "BACKWARD": backward, "TILE_H": tile_h, "TILE_W": tile_w, "KEY_H": key_h,
+         "KEY_W": key_w, "BLOCK_D": block_d, "BLOCK_DV": block_d, "PRECISION": dot_precision(q.dtype),
+         "num_warps": config["num_warps"], "num_stages": config.get("num_stages", 2)},
+        config)
+
+
+def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
+    if forced is not None:
+        return forced
+    d = q.shape[-1]
+    grid, radius = options["grid"], options["radius"]
+    configs = candidates(grid, radius, d, backward)
+    if interpreting():
+        return configs[0]
+    (batch, n, heads, _), _ = bnhd(q, layout)
+    lse = _empty((batch * heads, n), q, torch.float32)
+    buf = _empty((batch, n, heads, d), q, torch.float32)
+
+    def build(config):
+        return _launch(q, q, q, q, lse, q, lse, q, buf, buf, backward=backward, config=config, **options)
+
+    problem = (str(q.dtype), d, options["window"], candidates(grid, radius, d, backward)[0]["TILE"])
+    return choose("local_attention." + ("backward" if backward else "forward"), problem, configs, build,
+                  pure=not backward)
 
 
 class LocalAttentionTriton(torch.autograd.Function):
+    """The backward's config is chosen in the forward when a gradient is needed: a problem that cannot run is
+    refused before any work."""
+
     @staticmethod
     def forward(ctx, q, k, v, layout, grid, radius, window, num_global, scale, config):
-        config = config or default_config(grid, radius)
         (batch, n, heads, _), _ = bnhd(q, layout)
+        options = dict(layout=layout, grid=grid, radius=radius, window=window, num_global=num_global, scale=scale)
+        forward_config = _choose(q, layout, options, False, config)
+        backward_config = _choose(q, layout, options, True, config) if any(ctx.needs_input_grad[:3]) else None
         out = _empty(q.shape, q)
         lse = _empty((batch * heads, n), q, torch.float32)
-        options = dict(layout=layout, grid=grid, radius=radius, window=window, num_global=num_global, scale=scale,
-                       config=config)
-        _launch(q, k, v, out, lse, out, lse, out, out, out, backward=False, **options)  # unused slots: any tensor
+        # unused slots take any tensor
+        _launch(q, k, v, out, lse, out, lse, out, out, out, backward=False, config=forward_config, **options).run()
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.options = options
+        ctx.options, ctx.backward_config = options, backward_config
         return out
 
     @staticmethod
@@ -276,7 +315,8 @@ class LocalAttentionTriton(torch.autograd.Function):
         dq = _empty(out.shape, out)
         dk_buf = torch.zeros((batch, n, heads, d), device=q.device, dtype=torch.float32)
         dv_buf = torch.zeros_like(dk_buf)
-        _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, backward=True, **ctx.options)
+        _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, backward=True, config=ctx.backward_config,
+                **ctx.options).run()
         dk, dv = (buf if seq_dim == 1 else buf.transpose(1, 2) for buf in (dk_buf, dv_buf))
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
 

@@ -159,6 +159,20 @@ def ptxas_resources(ptx: str, arch: int) -> Resources:
     return Resources(int(registers.group(1)), int(spills.group(1)), int(spills.group(2)))
 
 
+def stack_bytes(cubin: bytes) -> int:
+    """Stack frame of a cubin's kernel (cuobjdump's resource usage; nonzero when registers spilled). Reads the
+    compiled binary, so it costs no recompilation: the config chooser's spill check."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(path)], capture_output=True,
+                               text=True, check=True).stdout
+    match = re.search(r"STACK:(\d+)", usage)
+    if match is None:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{usage}")
+    return int(match.group(1))
+
+
 def disassemble(cubin: bytes, arch: int) -> str:
     """SASS of a cubin (cuobjdump from the Triton wheel)."""
     with tempfile.TemporaryDirectory() as tmp:
