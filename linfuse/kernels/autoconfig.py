@@ -28,7 +28,7 @@ class NoConfigFitsError(InvalidArgumentError):
     backend "auto" the caller runs the PyTorch reference instead (with a warning), under "triton" it is the error."""
 
 
-def choose(family: str, problem: tuple, candidates: Sequence[dict], build: Callable[[dict], object], *,
+def choose(family: str, problem: str, candidates: Sequence[dict], build: Callable[[dict], object], *,
            pure: bool = True, size_bucket: int = 0) -> dict:
     """The config to launch ``family`` with for ``problem`` on the active target (see the module docstring).
 
@@ -50,7 +50,7 @@ def _first_fitting(family, problem, candidates, build, limits, tune) -> dict:
         compiled = launch.compile()
         shared = int(compiled.metadata.shared)
         if shared > limits.shared_memory:
-            refused.append(f"{_describe(config)} needs {shared:,} B")
+            refused.append(shared)
             continue
         (spilling if _spills(compiled, limits.arch) else fitting).append((config, launch))
         if len(fitting) > skip and not tune:
@@ -65,7 +65,7 @@ def _first_fitting(family, problem, candidates, build, limits, tune) -> dict:
         return spilling[0][0]
     raise NoConfigFitsError(
         f"no {family} kernel config fits {limits.backend} sm_{limits.arch} ({limits.shared_memory:,} B of shared "
-        f"memory per block) for {problem}: " + "; ".join(refused)
+        f"memory per block) for {problem}: the smallest of {len(refused)} candidates needs {min(refused):,} B"
     )
 
 
@@ -90,10 +90,6 @@ def _autotune_enabled() -> bool:
     from .standin import standin_active
 
     return os.environ.get(AUTOTUNE_ENV) == "1" and not standin_active()
-
-
-def _describe(config: dict) -> str:
-    return "(" + ", ".join(f"{k}={v}" for k, v in config.items()) + ")"
 
 
 def use_alternative(rank: int) -> None:

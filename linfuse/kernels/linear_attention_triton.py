@@ -263,7 +263,7 @@ def _meta(t: torch.Tensor, config: dict, feature: int, **blocks) -> dict:
             "num_warps": config["num_warps"], "num_stages": config["num_stages"], **blocks}
 
 
-def _pick(kernel: str, problem: tuple, dk: int, dv: int, build, forced: dict | None) -> dict:
+def _pick(kernel: str, problem: str, dk: int, dv: int, build, forced: dict | None) -> dict:
     if forced is not None:
         return forced
     options = candidates(kernel, dk, dv)
@@ -291,7 +291,7 @@ class _Problem:
         self.q, self.k, self.v, self.feature, self.eps, self.layout = q, k, v, feature, eps, layout
         (self.batch, self.nq, self.heads, self.dk), _ = bnhd(q, layout)
         self.n, self.dv = bnhd(k, layout)[0][1], v.shape[-1]
-        self.key = (str(q.dtype), self.dk, self.dv, feature)
+        self.key = f"{str(q.dtype).removeprefix('torch.')} d_k={self.dk} d_v={self.dv} feature map {feature}"
 
     def strides(self, t):
         return bnhd(t, self.layout)[1]

@@ -280,7 +280,8 @@ def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
     def build(config):
         return _launch(q, q, q, q, lse, q, lse, q, buf, buf, backward=backward, config=config, **options)
 
-    problem = (str(q.dtype), d, options["window"], candidates(grid, radius, d, backward)[0]["TILE"])
+    dtype = str(q.dtype).removeprefix("torch.")
+    problem = f"{dtype} d={d} {options['window']} window, patches from {configs[0]['TILE']}"
     return choose("local_attention." + ("backward" if backward else "forward"), problem, configs, build,
                   pure=not backward)
 
