@@ -21,8 +21,9 @@ import linfuse
 CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "configs"
 
 
-def build(name: str) -> UNet2DConditionModel:
-    config = json.loads((CONFIGS / f"{name}_unet.json").read_text())
+def build(name: str, **overrides) -> UNet2DConditionModel:
+    """The published config of ``name`` (entries in ``overrides`` replaced), with small random weights."""
+    config = json.loads((CONFIGS / f"{name}_unet.json").read_text()) | overrides
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
     unet = unet.to_empty(device="cpu")

@@ -98,6 +98,11 @@ def use_alternative(rank: int) -> None:
     _ALTERNATIVE[0] = rank
 
 
+def chosen() -> dict[str, dict]:
+    """The configs chosen so far, by kernel family and problem (for reports)."""
+    return {f"{family} [{problem}]": config for (_, family, problem, _, _), config in _CHOICES.items()}
+
+
 def clear_choices() -> None:
     """Forget every cached choice (tests, or after changing LINFUSE_TRITON_AUTOTUNE)."""
     _CHOICES.clear()
