@@ -123,7 +123,8 @@ def _program_bh(H):
 def _state_kernel(K, V, S_PART, Z_PART, skb, skn, skh, skd, svb, svn, svh, svd, N, H, DK, DV, DKP, DVP,
                   TOKENS_PER_SPLIT, FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   BLOCK_V: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
-    split, (bh, b, h) = tl.program_id(0), _program_bh(H)
+    split = tl.program_id(0)
+    bh, b, h = _program_bh(H)
     n_vb = DVP // BLOCK_V
     kb, vb = tl.program_id(2) // n_vb, tl.program_id(2) % n_vb
     offs_k, offs_v = kb * BLOCK_K + tl.arange(0, BLOCK_K), vb * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -177,7 +178,8 @@ def _query_grad_kernel(Q, DO, OUT, S, Z, DQ, R_PART, RZ_PART, sqb, sqn, sqh, sqd
                        sob, son, soh, sod, sdqb, sdqn, sdqh, sdqd, NQ, H, DK, DV, DKP, DVP, s_bh, s_k, z_bh, inv_n,
                        eps, TOKENS_PER_SPLIT, FEATURE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_DV: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
-    split, (bh, b, h) = tl.program_id(0), _program_bh(H)
+    split = tl.program_id(0)
+    bh, b, h = _program_bh(H)
     offs_k, offs_v = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DV)
     s = _state_block(S, bh, offs_k, offs_v, s_bh, s_k, DK, DV, inv_n).to(DOT)  # S[kb, :] / N
     z = _vector_block(Z, bh, offs_k, z_bh, DK) * inv_n
