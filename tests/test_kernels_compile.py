@@ -21,7 +21,7 @@ import torch
 from linfuse.errors import InvalidArgumentError
 from linfuse.kernels import linear_attention, local_attention
 from linfuse.kernels.hardware import SHARED_MEMORY_PER_BLOCK
-from linfuse.kernels.model_shapes import MODEL_PROBLEMS
+from linfuse.kernels.model_shapes import HEAD_DIM_PROBLEMS, MODEL_PROBLEMS
 
 ARCHS = (80, 89, 90)
 DTYPES = ("fp16", "bf16")
@@ -47,15 +47,21 @@ def finish(process):
 
 @pytest.fixture(scope="module")
 def reports():
-    """Every selected kernel (both dtypes in parallel, one process each), plus each kernel's second-fitting config
-    (what autotuning may pick) for a linear and a local problem, plus the fallback script."""
-    readiness = ["-m", "linfuse.kernels.readiness", "--arch", ",".join(map(str, ARCHS)), "--sass", "--json"]
-    selected = [start(*readiness, "--dtype", dtype) for dtype in DTYPES]
+    """Every selected kernel (both dtypes in parallel, one process each); then, two at a time: each kernel's
+    second-fitting config (what autotuning may pick) for a linear and a local problem, the head dims beyond the
+    models on the tightest target (sm_89), fp32 there, and the fallback script."""
+    readiness = ["-m", "linfuse.kernels.readiness", "--json"]
+    every_arch = ["--arch", ",".join(map(str, ARCHS))]
+    selected = [start(*readiness, *every_arch, "--sass", "--dtype", dtype) for dtype in DTYPES]
     results = {"selected": [row for process in selected for row in finish(process)]}
-    alternatives = start(*readiness, "--dtype", "bf16", "--problems", "SDXL,FLUX 1K r=8",
+    alternatives = start(*readiness, *every_arch, "--dtype", "bf16", "--problems", "SDXL,FLUX 1K r=8",
                          "--alternative", "1")
+    coverage = start(*readiness, "--arch", "89", "--dtype", "bf16", "--problems",
+                     ",".join(p.name for p in HEAD_DIM_PROBLEMS))
+    results["alternatives"], results["coverage"] = finish(alternatives), finish(coverage)
+    fp32 = start(*readiness, "--arch", "89", "--dtype", "fp32", "--problems", "SDXL,FLUX 1K r=8")
     fallback = start(str(FALLBACK_SCRIPT))
-    results["alternatives"], results["fallback"] = finish(alternatives), finish(fallback)
+    results["fp32"], results["fallback"] = finish(fp32), finish(fallback)
     return results
 
 
@@ -112,6 +118,18 @@ def test_configs_autotuning_may_pick_instead_also_fit(reports):
              if r["dtype"] == "bf16"}
     differing = [r for r in rows if r["config"] != first[(r["arch"], r["problem"], r["direction"], r["kernel"])]]
     assert len(differing) >= len(rows) // 2  # most kernels have a second config that fits, and it was compiled
+
+
+@pytest.mark.parametrize("run", ["coverage", "fp32"])
+def test_other_head_dims_and_fp32_fit_the_tightest_target(reports, run):
+    """Linear attention at d = 48…256 and local attention at d = 32, 80, 96 (bf16), and fp32 inputs (IEEE dots,
+    4-byte operands), on sm_89's 101,376 B."""
+    rows = reports[run]
+    expected = {p.name for p in HEAD_DIM_PROBLEMS} if run == "coverage" else {"SDXL", "FLUX 1K r=8"}
+    assert {r["problem"] for r in rows} == expected
+    assert {r["direction"] for r in rows} == {"forward", "backward"}
+    not_ready = [r for r in rows if not r["ready"]]
+    assert not not_ready, describe(not_ready)
 
 
 def test_a_target_no_config_fits_falls_back_under_auto_and_refuses_under_triton(reports):

@@ -239,8 +239,9 @@ def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, 
 # inputs), then smaller ones; the first that the target holds without spilling is taken (autoconfig.choose).
 
 
-def candidates(kernel: str, dk: int, dv: int) -> list[dict]:
-    """Candidate configs of one kernel ("state", "output", "query_grad", "key_grad") for head dims dk, dv."""
+def candidates(kernel: str, dk: int, dv: int, element_size: int = 2) -> list[dict]:
+    """Candidate configs of one kernel ("state", "output", "query_grad", "key_grad") for head dims dk, dv; fp32
+    operands (element_size 4) start one token block smaller."""
     bdk, bdv = block_dim(dk), block_dim(dv)
     feature_blocks = {
         "state": [(min(bdk, 128), min(bdv, 64)), (min(bdk, 64), min(bdv, 64)), (min(bdk, 32), min(bdv, 32))],
@@ -248,7 +249,13 @@ def candidates(kernel: str, dk: int, dv: int) -> list[dict]:
         "query_grad": [(min(bdk, 64), bdv), (min(bdk, 32), bdv), (16, bdv)],
         "key_grad": [(min(bdk, 64), min(bdv, 64)), (min(bdk, 32), min(bdv, 32)), (16, 16)],
     }[kernel]
-    token_blocks = (128, 64, 32) if kernel in ("output", "key_grad") else (64, 32, 16)
+    if kernel in ("output", "key_grad"):
+        token_blocks = (128, 64, 32, 16)
+    else:  # the query-gradient kernel holds full-width dO and O tiles: wide d_v takes fewer tokens
+        token_blocks = (64, 32, 16) if bdv <= 64 else (32, 16, 64) if bdv == 128 else (16, 32)
+    if element_size > 2 and len(token_blocks) > 2:
+        token_blocks = token_blocks[1:]
+    token_blocks = token_blocks[:3]
     out = []
     for block_n in token_blocks:
         for block_k, block_v in dict.fromkeys(feature_blocks):
@@ -265,10 +272,10 @@ def _meta(t: torch.Tensor, config: dict, feature: int, **blocks) -> dict:
             "num_warps": config["num_warps"], "num_stages": config["num_stages"], **blocks}
 
 
-def _pick(kernel: str, problem: str, dk: int, dv: int, build, forced: dict | None) -> dict:
+def _pick(kernel: str, problem: str, dk: int, dv: int, element_size: int, build, forced: dict | None) -> dict:
     if forced is not None:
         return forced
-    options = candidates(kernel, dk, dv)
+    options = candidates(kernel, dk, dv, element_size)
     if interpreting():
         return options[0]
     return choose(f"linear_attention.{kernel}", problem, options, build)
@@ -351,19 +358,19 @@ class _Problem:
         return _empty((bh, dkp, dvp), self.k, torch.float32), _empty((bh, dkp), self.k, torch.float32)
 
     def choose_forward(self, forced):
-        state = _pick("state", self.key, self.dk, self.dv, lambda c: self.state(c)[0], forced)
+        state = _pick("state", self.key, self.dk, self.dv, self.q.element_size(), lambda c: self.state(c)[0], forced)
         probe = self._probe_state(_padded(self.dk, state["BLOCK_K"]), _padded(self.dv, state["BLOCK_V"]))
-        output = _pick("output", self.key, self.dk, self.dv,
+        output = _pick("output", self.key, self.dk, self.dv, self.q.element_size(),
                        lambda c: self.output(c, *probe, _empty(self.q.shape[:-1] + (self.dv,), self.q)), forced)
         return state, output
 
     def choose_backward(self, forced, state: dict):
         probe = self._probe_state(_padded(self.dk, state["BLOCK_K"]), _padded(self.dv, state["BLOCK_V"]))
         out = _empty(self.q.shape[:-1] + (self.dv,), self.q)
-        query = _pick("query_grad", self.key, self.dk, self.dv,
+        query = _pick("query_grad", self.key, self.dk, self.dv, self.q.element_size(),
                       lambda c: self.query_grads(c, out, out, *probe, self.q)[0], forced)
         r_probe = self._probe_state(_padded(self.dk, query["BLOCK_K"]), block_dim(self.dv))
-        key = _pick("key_grad", self.key, self.dk, self.dv,
+        key = _pick("key_grad", self.key, self.dk, self.dv, self.q.element_size(),
                     lambda c: self.key_grads(c, *r_probe, self.k, self.v), forced)
         return query, key
 

@@ -232,13 +232,13 @@ SHAPES = (((16, 16), (8, 16)), ((8, 16), (8, 16)), ((8, 16), (4, 16)), ((8, 8), 
 CONFIGS = tuple({"TILE": tile, "KEY": key, "num_warps": 4, "num_stages": 2} for tile, key in SHAPES)
 
 
-def candidates(grid: tuple[int, int], radius: int, head_dim: int, backward: bool) -> list[dict]:
+def candidates(grid: tuple[int, int], radius: int, head_dim: int, backward: bool, element_size: int = 2) -> list[dict]:
     """Configs in order of preference for one problem. Larger windows start at larger patches; head dims above 64
     (a 128-wide padded feature block) start smaller and take 8 warps, the backward (a d-wide fp32 dQ accumulator,
-    fp32 atomics into dK and dV) smaller still."""
+    fp32 atomics into dK and dV) smaller still, fp32 operands one shape smaller again."""
     start = 0 if radius >= 16 and min(grid) >= 16 else 1 if radius >= 6 and min(grid) >= 8 else 3
     wide = block_dim(head_dim) > 64
-    start = max(start, (5 if backward else 3) if wide else (2 if backward else 0))
+    start = max(start, (5 if backward else 3) if wide else (2 if backward else 0)) + (element_size > 2)
     out = []
     for tile, key in SHAPES[start:]:
         warps = 8 if wide or tile[0] * tile[1] >= 256 else 4
@@ -270,7 +270,7 @@ def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
         return forced
     d = q.shape[-1]
     grid, radius = options["grid"], options["radius"]
-    configs = candidates(grid, radius, d, backward)
+    configs = candidates(grid, radius, d, backward, q.element_size())
     if interpreting():
         return configs[0]
     (batch, n, heads, _), _ = bnhd(q, layout)

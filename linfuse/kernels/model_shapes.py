@@ -60,8 +60,20 @@ MODEL_PROBLEMS = (
 )
 
 
+# Head dims the kernels support beyond the models above (linear 32…256, local 32…128), for coverage checks.
+HEAD_DIM_PROBLEMS = (
+    AttentionProblem("linear d=48", "linear", 1, 8, 48, tokens=4096),
+    AttentionProblem("linear d=96", "linear", 1, 8, 96, tokens=4096),
+    AttentionProblem("linear d=128", "linear", 1, 8, 128, tokens=4096),
+    AttentionProblem("linear d=256", "linear", 1, 4, 256, tokens=4096),
+    AttentionProblem("local d=32 r=8", "local", 1, 8, 32, grid=(64, 64), radius=8, num_global=77),
+    AttentionProblem("local d=80 r=8", "local", 1, 8, 80, grid=(64, 64), radius=8, num_global=77),
+    AttentionProblem("local d=96 r=16", "local", 1, 8, 96, grid=(64, 64), radius=16, num_global=77),
+)
+
+
 def problem(name: str) -> AttentionProblem:
-    for candidate in MODEL_PROBLEMS:
+    for candidate in MODEL_PROBLEMS + HEAD_DIM_PROBLEMS:
         if candidate.name == name:
             return candidate
     raise KeyError(name)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .model_shapes import MODEL_PROBLEMS, AttentionProblem
+from .model_shapes import HEAD_DIM_PROBLEMS, MODEL_PROBLEMS, AttentionProblem
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TENSOR_CORE_OPS = re.compile(r"\b(HMMA|HGMMA)\b")
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m linfuse.kernels.readiness", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="80,89,90", help="compute capabilities, comma-separated")
     parser.add_argument("--dtype", default="fp16,bf16", help=f"comma-separated: {', '.join(DTYPES)}")
-    parser.add_argument("--problems", default="", help="problem names (model_shapes.MODEL_PROBLEMS), default all")
+    parser.add_argument("--problems", default="", help="problem names (model_shapes.MODEL_PROBLEMS and "
+                        "HEAD_DIM_PROBLEMS); default: every model problem")
     parser.add_argument("--sass", action="store_true", help="count tensor-core instructions in the SASS")
     parser.add_argument("--json", action="store_true", help="print one JSON list of kernel reports")
     parser.add_argument("--alternative", type=int, default=0,
@@ -96,10 +97,11 @@ def main(argv=None) -> int:
 
     use_alternative(args.alternative)
     names = [n for n in args.problems.split(",") if n]
-    problems = [p for p in MODEL_PROBLEMS if not names or p.name in names]
+    known = MODEL_PROBLEMS + HEAD_DIM_PROBLEMS
+    problems = [p for p in known if p.name in names] if names else list(MODEL_PROBLEMS)
     unknown = set(names) - {p.name for p in problems}
     if unknown:
-        parser.error(f"--problems: unknown {sorted(unknown)}; known: {[p.name for p in MODEL_PROBLEMS]}")
+        parser.error(f"--problems: unknown {sorted(unknown)}; known: {[p.name for p in known]}")
     reports, start = [], time.perf_counter()
     for arch in (int(a) for a in args.arch.split(",")):
         for dtype in args.dtype.split(","):
