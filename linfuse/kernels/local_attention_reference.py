@@ -9,6 +9,8 @@ every key; an image query at (y, x) sees every global key and the image keys (y'
   (likewise for x). A window at least as large as the grid covers the whole axis.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -94,10 +96,18 @@ def local_attention_chunked(q, k, v, *, grid, radius, window, num_global, scale,
 
 
 def count_visible_pairs(grid: tuple[int, int], radius: int, window: str, num_global: int = 0) -> int:
-    """Number of (query, key) pairs the window admits: the FLOP count of local attention is 4·d·pairs per head."""
+    """Number of (query, key) pairs the window admits: the FLOP count of local attention is 4·d·pairs per head.
+
+    Counted per axis, in O(radius·W): a square window sees min(2r+1, size) keys along each axis; a circle, for each
+    row offset dy with |dy| < r, the H − |dy| query rows times Σ_x |[x − w, x + w] ∩ [0, W)| with
+    w = ⌈√(r² − dy²)⌉ − 1 the half-width of the disc at that offset."""
     height, width = grid
-    pairs = num_global * (num_global + height * width)  # global queries see every key
-    for y0 in range(0, height, 8):
-        image, _, _ = _band(y0, min(y0 + 8, height) - 1, grid=grid, radius=radius, window=window)
-        pairs += int(image.sum()) + len(image) * num_global
-    return pairs
+    pairs = num_global * (num_global + 2 * height * width)  # global queries see every key; every query sees them
+    if window == "square":
+        return pairs + height * min(2 * radius + 1, height) * width * min(2 * radius + 1, width)
+    xs = torch.arange(width, dtype=torch.int64)
+    for dy in range(-min(radius - 1, height - 1), min(radius - 1, height - 1) + 1):
+        half = math.isqrt(radius * radius - dy * dy - 1)  # largest w with dy² + w² < r²
+        per_row = ((xs + half).clamp(max=width - 1) - (xs - half).clamp(min=0) + 1).sum().item()
+        pairs += (height - abs(dy)) * per_row
+    return int(pairs)
