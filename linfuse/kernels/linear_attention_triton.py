@@ -278,7 +278,9 @@ def _pick(kernel: str, problem: str, dk: int, dv: int, element_size: int, build,
     options = candidates(kernel, dk, dv, element_size)
     if interpreting():
         return options[0]
-    return choose(f"linear_attention.{kernel}", problem, options, build)
+    # Only the forward kernels may be timed by autotuning: the backward probes write into stand-in buffers that
+    # alias the inputs (fine for compiling, not for launching).
+    return choose(f"linear_attention.{kernel}", problem, options, build, pure=kernel in ("state", "output"))
 
 
 def _split(n: int, programs_per_split: int, block_n: int) -> tuple[int, int]:
@@ -353,25 +355,31 @@ class _Problem:
                             BLOCK_DV=block_dim(self.dv)), config)
 
     def _probe_state(self, dkp: int, dvp: int):
-        """Stand-ins of a state (B·H, dkp, dvp) and its vector, for compiling a config before the real one exists."""
+        """Stand-ins of a state (B·H, dkp, dvp) and its vector, for compiling a config before the real one exists
+        (built only when a choice is not cached yet)."""
         bh = self.batch * self.heads
         return _empty((bh, dkp, dvp), self.k, torch.float32), _empty((bh, dkp), self.k, torch.float32)
 
+    def _state_like(self, state_config: dict):
+        """Stand-ins of the state the state kernel with ``state_config`` makes."""
+        return self._probe_state(_padded(self.dk, state_config["BLOCK_K"]), _padded(self.dv, state_config["BLOCK_V"]))
+
+    def _like_out(self):
+        return _empty(self.q.shape[:-1] + (self.dv,), self.q)
+
     def choose_forward(self, forced):
         state = _pick("state", self.key, self.dk, self.dv, self.q.element_size(), lambda c: self.state(c)[0], forced)
-        probe = self._probe_state(_padded(self.dk, state["BLOCK_K"]), _padded(self.dv, state["BLOCK_V"]))
         output = _pick("output", self.key, self.dk, self.dv, self.q.element_size(),
-                       lambda c: self.output(c, *probe, _empty(self.q.shape[:-1] + (self.dv,), self.q)), forced)
+                       lambda c: self.output(c, *self._state_like(state), self._like_out()), forced)
         return state, output
 
     def choose_backward(self, forced, state: dict):
-        probe = self._probe_state(_padded(self.dk, state["BLOCK_K"]), _padded(self.dv, state["BLOCK_V"]))
-        out = _empty(self.q.shape[:-1] + (self.dv,), self.q)
         query = _pick("query_grad", self.key, self.dk, self.dv, self.q.element_size(),
-                      lambda c: self.query_grads(c, out, out, *probe, self.q)[0], forced)
-        r_probe = self._probe_state(_padded(self.dk, query["BLOCK_K"]), block_dim(self.dv))
+                      lambda c: self.query_grads(c, self._like_out(), self._like_out(), *self._state_like(state),
+                                                 self.q)[0], forced)
         key = _pick("key_grad", self.key, self.dk, self.dv, self.q.element_size(),
-                    lambda c: self.key_grads(c, *r_probe, self.k, self.v), forced)
+                    lambda c: self.key_grads(c, *self._probe_state(_padded(self.dk, query["BLOCK_K"]),
+                                                                   block_dim(self.dv)), self.k, self.v), forced)
         return query, key
 
 

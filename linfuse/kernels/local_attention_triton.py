@@ -273,12 +273,13 @@ def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
     configs = candidates(grid, radius, d, backward, q.element_size())
     if interpreting():
         return configs[0]
-    (batch, n, heads, _), _ = bnhd(q, layout)
-    lse = _empty((batch * heads, n), q, torch.float32)
-    buf = _empty((batch, n, heads, d), q, torch.float32)
 
-    def build(config):
-        return _launch(q, q, q, q, lse, q, lse, q, buf, buf, backward=backward, config=config, **options)
+    def build(config):  # called only when the choice is not cached yet; the buffers are stand-ins for compiling
+        (batch, n, heads, _), _ = bnhd(q, layout)
+        lse = _empty((batch * heads, n), q, torch.float32)
+        out = _empty(q.shape, q)  # never q itself: autotuning launches forward probes
+        buf = _empty((batch, n, heads, d), q, torch.float32)
+        return _launch(q, q, q, out, lse, out, lse, out, buf, buf, backward=backward, config=config, **options)
 
     dtype = str(q.dtype).removeprefix("torch.")
     problem = f"{dtype} d={d} {options['window']} window, patches from {configs[0]['TILE']}"
