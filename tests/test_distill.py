@@ -72,9 +72,13 @@ def test_checkpoint_round_trip_is_exact_and_old_ones_are_pruned(tmp_path):
     assert fresh_optimizer.param_groups[0]["lr"] == 0.1
 
 
-def test_distill_trains_only_the_linear_attention(teacher_dir, tmp_path):
+@pytest.mark.parametrize("train_projections", [None, False])
+def test_distill_trains_the_linear_attention_layers(teacher_dir, tmp_path, train_projections):
+    """By default (LinFusion's recipe) the mixers and the converted layers' q/k/v/out train; with
+    train_projections: false only the mixers do."""
+    extra = {} if train_projections is None else {"train_projections": train_projections}
     config = load_distill_config(write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", warmup_steps=2,
-                                              train={"steps": 4, "checkpoint_every": 4}))
+                                              train={"steps": 4, "checkpoint_every": 4}, **extra))
     out = distill(config)
     log = read_log(tmp_path / "run" / "loss_log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
@@ -86,8 +90,14 @@ def test_distill_trains_only_the_linear_attention(teacher_dir, tmp_path):
     teacher = load_file(teacher_dir / "unet" / "diffusion_pytorch_model.safetensors")
     mixers = [v for k, v in weights.tensors.items() if ".processor." in k and k.endswith("3.weight")]
     assert any(m.abs().max() > 0 for m in mixers)  # zero-initialised output layers of the mixers moved
-    moved = [k for k, v in weights.tensors.items() if ".processor." not in k and not torch.equal(v, teacher[k])]
-    assert moved == []  # q/k/v/out are the teacher's: only processor parameters train
+    projections = [k for k in weights.tensors if ".processor." not in k]
+    assert {k.split(".attn1.")[1] for k in projections} == {
+        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"}
+    moved = [k for k in projections if not torch.equal(weights.tensors[k], teacher[k])]
+    if train_projections is False:
+        assert moved == []  # q/k/v/out are the teacher's: only processor parameters train
+    else:
+        assert sorted(moved) == sorted(projections)  # every converted layer's q/k/v/out trained
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(teacher_dir, tmp_path):

@@ -2,9 +2,10 @@
 
 The teacher is the pipeline's UNet, frozen. The student is a copy of it with its ``attn1`` layers converted by
 ``method`` (teacher projections and new parts initialised from them, or ``init_weights``; ``method: hybrid`` keeps
-some layers softmax). What trains: the processors, plus the converted layers' q/k/v/out for every method but
-linfusion (whose mixers carry the change). Timesteps are uniform over the training schedule, noise is added with
-``DDPMScheduler.add_noise``; see ``losses`` for the loss.
+some layers softmax). What trains: the processors and the converted layers' q/k/v/out, as LinFusion's own recipe
+does (AdamW over every parameter of its layers); ``train_projections: false`` trains the processors only.
+Timesteps are uniform over the training schedule, noise is added with ``DDPMScheduler.add_noise``; see ``losses``
+for the loss.
 """
 
 import copy
@@ -35,6 +36,7 @@ class DistillConfig:
     method: str = "linfusion"
     init_weights: str | None = None
     mid_dim: int | None = None
+    train_projections: bool | None = None  # None: the method's default (true: q/k/v/out train with the processors)
     options: dict = field(default_factory=dict)  # the method's options, e.g. {softmax_layers: 2, base: sana}
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -99,7 +101,7 @@ class Distillation:
         self.report = linearize(self.student, method=config.method, weights=config.init_weights,
                                 mid_dim=config.mid_dim, **config.options)
         self.student.requires_grad_(False)
-        self.params = trainable_parameters(self.student)
+        self.params = trainable_parameters(self.student, config.train_projections)
         for param in self.params:
             param.requires_grad_(True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)

@@ -133,13 +133,14 @@ def linearized_layers(model) -> list[tuple[str, object]]:
             if isinstance(getattr(module, "processor", None), processor_classes())]
 
 
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    """What distillation trains: every processor's parameters, plus the layer's q/k/v/out projections for methods
-    that train them (all but linfusion)."""
+def trainable_parameters(model, train_projections: bool | None = None) -> list[torch.nn.Parameter]:
+    """What distillation trains: every processor's parameters, plus the converted layers' q/k/v/out projections
+    when ``train_projections`` is true (None: the method's default, true for every method, LinFusion included as its
+    own recipe does)."""
     params = []
     for _, attn in linearized_layers(model):
         params += list(attn.processor.parameters())
-        if attn.processor.trains_projections:
+        if attn.processor.trains_projections if train_projections is None else train_projections:
             params += list(_projection_state(attn).values())
     return params
 

@@ -35,7 +35,6 @@ class LinFusionAttnProcessor(SelfAttentionProcessor):
     """Normalised linear attention with residual query/key mixers (LinFusion)."""
 
     method = "linfusion"
-    trains_projections = False  # LinFusion trains the mixers only
 
     def __init__(
         self, dim: int, heads: int, mid_dim: int | None = None, feature_map: str = "elu1", eps: float = DEFAULT_EPS
