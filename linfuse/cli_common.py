@@ -49,8 +49,9 @@ def default_params(args, prompt: str = ""):
 def resolve_method(args):
     """(method or None, weights) from --method / --weights; an unknown method fails before any loading."""
     from .linearize import get_method
-    from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
+    from .pipelines.loading import check_model_source, is_bundled_teacher, resolve_model, resolve_weights
 
+    check_model_source(resolve_model(args.model))  # a missing model is named before anything about weights
     if args.method == "auto":
         args.method = "none" if is_bundled_teacher(args.model) else "linfusion"
     if args.method != "none":

@@ -32,7 +32,10 @@ def test_generate_writes_a_png_whose_parameters_round_trip(pipeline_dir, tmp_pat
     assert params.prompt == 'a red apple, on: a "blue" table'
     assert params.negative_prompt == "blurry, dog"
     assert (params.width, params.height, params.steps, params.guidance, params.seed) == (80, 64, 3, 5.5, 1234)
-    assert params.sampler == "DDIMScheduler" and params.method == "linfusion" and params.model == str(pipeline_dir)
+    assert params.sampler == "DDIMScheduler" and params.method == "linfusion"
+    assert params.model == "tiny-sd"  # the folder's name: no absolute path leaks into shared images
+    with Image.open(out) as image:
+        assert str(pipeline_dir.parent) not in image.text["parameters"]
     assert params.version.startswith("linfuse ")
     assert not list(out.parent.glob("*.tmp"))
 
@@ -58,6 +61,28 @@ def test_bad_arguments_exit_2_with_a_message(pipeline_dir, tmp_path, capsys, ext
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("weights", [[], ["--weights", "auto"]])
+def test_a_missing_model_path_is_named_as_such(tmp_path, capsys, weights):
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["generate", "a cat", "--model", str(missing), *weights, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"model '{missing}' does not exist" in err and "weights" not in err
+
+
+def test_local_paths_are_recorded_by_name_and_hub_ids_as_they_are(tmp_path):
+    from linfuse.pipelines.parameters import public_name
+
+    student = tmp_path / "my-student"
+    (student / "linear_attention").mkdir(parents=True)
+    assert public_name(str(student)) == "my-student"
+    assert public_name(str(student / "linear_attention")) == "my-student/linear_attention"
+    assert public_name("Yuanshi/LinFusion-1-5") == "Yuanshi/LinFusion-1-5"
+    assert public_name("Huage001/CLEAR/clear_local_16_down_4.safetensors") == (
+        "Huage001/CLEAR/clear_local_16_down_4.safetensors")
+    assert public_name("student") == "student" and public_name("") == ""
+    assert public_name("/gone/elsewhere/model-x") == "model-x"  # absolute, even when missing
 
 
 def test_a_missing_bundled_model_says_what_to_do(capsys, monkeypatch, tmp_path):

@@ -116,6 +116,8 @@ def load_pipeline(model=None, *, method: str | None = "linfusion", weights="defa
     model = resolve_model(model)
     is_path = isinstance(model, (str, os.PathLike))
     model_id = str(model) if is_path else model.config.get("_name_or_path", "") or type(model).__name__
+    if is_path:
+        check_model_source(model_id)  # before the weights: a missing model is the first thing to say
     weights = resolve_weights(weights, model_id) if method else None
     if weights is not None:  # a missing directory or an unreachable Hub id fails here, before the model loads
         weights = resolve_weights_dir(weights)
@@ -124,12 +126,23 @@ def load_pipeline(model=None, *, method: str | None = "linfusion", weights="defa
     return pipe.to(device)
 
 
+def check_model_source(model_id: str) -> None:
+    """A model must be an existing pipeline directory or look like a Hub id (owner/name)."""
+    path = Path(model_id).expanduser()
+    if path.is_dir() or looks_like_hub_id(model_id):
+        return
+    if path.exists():
+        raise InvalidArgumentError(f"model {model_id!r} is a file; pass a diffusers pipeline directory (the folder "
+                                   "holding model_index.json) or a Hub id like owner/name")
+    raise InvalidArgumentError(f"model {model_id!r} does not exist; pass a diffusers pipeline directory (the folder "
+                               "holding model_index.json) or a Hub id like owner/name")
+
+
 def _from_pretrained(model_id: str, dtype: torch.dtype):
     from diffusers import AutoPipelineForText2Image
 
     path = Path(model_id).expanduser()
-    if not path.is_dir() and not looks_like_hub_id(model_id):
-        raise InvalidArgumentError(f"model {model_id!r} is neither a pipeline directory nor a Hub id like owner/name")
+    check_model_source(model_id)
     source = str(path) if path.is_dir() else model_id
     try:
         try:

@@ -37,6 +37,25 @@ def check_side(name: str, value, multiple_of: int = 8) -> int:
     return value
 
 
+GENERIC_NAMES = {"linear_attention", "unet", "transformer", "weights", "checkpoint", "model"}
+
+
+def public_name(value: str) -> str:
+    """How a model or weights location is recorded in PNG parameters: a Hub id as it is, a local path by its folder
+    or file name (with the parent's name when the name alone says nothing, e.g. ``student/linear_attention``), never
+    an absolute path, which would leak the user's directories when images are shared."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    if not (path.is_absolute() or path.exists() or value.startswith((".", "~"))):
+        return value  # a Hub id (owner/name[/file]) or a label such as "student"
+    path = path.resolve()
+    name = path.name
+    if path.stem in GENERIC_NAMES and path.parent.name:
+        name = f"{path.parent.name}/{name}"
+    return name
+
+
 @dataclass
 class GenerationParams:
     prompt: str

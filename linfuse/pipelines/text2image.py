@@ -3,7 +3,7 @@
 import torch
 
 from .. import __version__
-from .parameters import GenerationParams
+from .parameters import GenerationParams, public_name
 
 
 def native_size(pipe) -> tuple[int, int]:
@@ -13,12 +13,13 @@ def native_size(pipe) -> tuple[int, int]:
 
 
 def describe_run(pipe, params: GenerationParams, *, model: str = "", weights: str = "") -> GenerationParams:
-    """Fill the bookkeeping fields (sampler, model, method, version) recorded with the image."""
+    """Fill the bookkeeping fields (sampler, model, method, version) recorded with the image; local paths are
+    recorded by name (:func:`~.parameters.public_name`)."""
     report = getattr(pipe, "linfuse_report", None)
     params.sampler = type(pipe.scheduler).__name__
-    params.model = params.model or model
+    params.model = public_name(params.model or model)
     params.method = params.method or (report.method if report else "none")
-    params.weights = params.weights or weights
+    params.weights = public_name(params.weights or weights)
     params.version = f"linfuse {__version__}"
     return params
 
