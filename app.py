@@ -1,5 +1,7 @@
 """linfuse web UI: ``python app.py [--port 7860] [--host 127.0.0.1] [--share]``, then open http://127.0.0.1:7860.
 
+Without --port / --host, Gradio's GRADIO_SERVER_PORT / GRADIO_SERVER_NAME are honoured (a flag wins over them).
+
 Tabs: Generate (text to image; progressive above twice the model's native size), High-res (progressive
 generation with explicit options), Img2Img (SDEdit of an uploaded picture at any size), Upscale (the SR companions,
 or bicubic to compare) and Inspect (Grad-CAM of the classifiers; LinearScope rows of the SR companions and
@@ -49,6 +51,7 @@ loaded pipelines are cached (``--max-models``), companions while their weight fi
 """
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,8 +96,9 @@ def build_app(settings: AppSettings | None = None, tabs=None) -> gr.Blocks:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="linfuse web UI (Gradio)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default=None, help="address to listen on (0.0.0.0: every interface; default "
+                        "GRADIO_SERVER_NAME, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
@@ -108,7 +112,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16)")
     parser.add_argument("--memory-limit-mib", type=int, default=None,
                         help="memory a job may use, for the preflight (default: what is free)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Gradio's own convention, as every Gradio app honours it; an explicit flag wins.
+    args.host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    if args.port is None:
+        port = os.environ.get("GRADIO_SERVER_PORT", "7860")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            parser.error(f"GRADIO_SERVER_PORT must be a port number from 1 to 65535; got {port!r}")
+        args.port = int(port)
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> AppSettings:

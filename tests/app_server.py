@@ -61,12 +61,15 @@ def answers(url: str) -> bool:
 
 
 def start(workdir: Path) -> AppServer:
-    """Start ``python app.py --port P`` and wait until its page answers; raise with the server's log otherwise."""
+    """Start ``python app.py`` on a free port and wait until its page answers; raise with the server's log otherwise.
+
+    The port and address are given as Gradio's GRADIO_SERVER_PORT / GRADIO_SERVER_NAME, not as flags, so every UI
+    test also checks that app.py honours them."""
     port = free_port()
     log = workdir / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-               "--outdir", str(workdir / "outputs")]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    command = [sys.executable, str(ROOT / "app.py"), "--outdir", str(workdir / "outputs")]
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                    start_new_session=True)

@@ -210,3 +210,23 @@ def test_the_preflight_view_names_the_librarys_largest_fitting_size(student):
     text = preflight.describe(loaded, GenerationParams("x", width=384, height=192, guidance=5.0), progressive=True,
                               options=options)
     assert f"The largest 384:192 size that fits is **{theirs[0]}×{theirs[1]}**" in text
+
+
+def test_gradio_server_variables_are_honoured_and_a_flag_wins(monkeypatch):
+    """(The shared server of these tests is itself started with GRADIO_SERVER_PORT / _NAME only.)"""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("linfuse_app", app_server.ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    assert (app.parse_args([]).port, app.parse_args([]).host) == (7860, "127.0.0.1")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    assert (app.parse_args([]).port, app.parse_args([]).host) == (7999, "0.0.0.0")
+    assert (app.parse_args(["--port", "8001", "--host", "::1"]).port,
+            app.parse_args(["--host", "::1"]).host) == (8001, "::1")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "http")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
