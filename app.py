@@ -132,6 +132,9 @@ def settings_from(args: argparse.Namespace) -> AppSettings:
 
 
 def main(argv=None) -> None:
+    from linfuse.notices import quiet_third_party_notices
+
+    quiet_third_party_notices()
     args = parse_args(argv)
     try:
         settings = settings_from(args)

@@ -89,7 +89,10 @@ def _print_offline_models() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .notices import quiet_third_party_notices
+
     args = build_parser().parse_args(argv)
+    quiet_third_party_notices()
     try:
         return args.run(args)
     except LinfuseError as exc:
