@@ -177,3 +177,46 @@ def test_bf16_mixed_precision_runs_on_cpu(teacher_dir, tmp_path):
     distill(load_distill_config(cfg))
     record = read_log(tmp_path / "run" / "loss_log.jsonl")[0]
     assert math.isfinite(record["loss"]) and record["kd"] > 0
+
+
+def test_lora_distillation_trains_adapters_and_exports_a_diffusers_lora(teacher_dir, tmp_path):
+    """lora_rank: the projections stay the teacher's, rank-4 adapters train with the mixers, and the exported
+    LoRA loads with pipe.load_lora_weights into the linearized teacher: the student = linear weights + LoRA."""
+    import linfuse
+    from linfuse.pipelines.loading import _from_pretrained
+
+    config = load_distill_config(write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", lora_rank=4,
+                                              export=str(tmp_path / "student"),
+                                              train={"steps": 4, "checkpoint_every": 4, "learning_rate": 1e-2}))
+    out = distill(config)
+    weights = read_linear_weights(out)
+    teacher = load_file(teacher_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    projections = [k for k in weights.tensors if ".processor." not in k]
+    assert projections and all(torch.equal(weights.tensors[k], teacher[k]) for k in projections)
+    lora = load_file(tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors")
+    assert len(lora) == 16 * 4 * 2  # 16 layers × (q, k, v, out) × (down, up)
+    assert all(k.startswith("unet.") and ".attn1." in k for k in lora)
+    assert any(v.abs().max() > 0 for k, v in lora.items() if "lora.up" in k or "lora_B" in k)  # B left zero: moved
+    assert (tmp_path / "student" / "lora" / "pytorch_lora_weights.safetensors").exists()
+
+    pipe = _from_pretrained(str(teacher_dir), torch.float32)
+    linfuse.linearize(pipe, weights=out)
+    from tiny_models import unet_inputs
+
+    inputs = unet_inputs(pipe.unet, batch=1)
+    with torch.no_grad():
+        without = pipe.unet(**inputs).sample
+        pipe.load_lora_weights(tmp_path / "run" / "lora")
+        with_lora = pipe.unet(**inputs).sample
+    assert (with_lora - without).abs().max() > 0
+
+
+def test_lora_rank_with_train_projections_is_refused(teacher_dir, tmp_path):
+    from linfuse.errors import InvalidArgumentError
+
+    path = write_config(tmp_path / "c.yaml", teacher_dir, tmp_path / "run", lora_rank=4, train_projections=True)
+    with pytest.raises(InvalidArgumentError, match="lora_rank > 0 trains LoRA adapters instead of the projections"):
+        load_distill_config(path)
+    path = write_config(tmp_path / "d.yaml", teacher_dir, tmp_path / "run", lora_rank=-1)
+    with pytest.raises(InvalidArgumentError, match="lora_rank must be an integer >= 0"):
+        load_distill_config(path)

@@ -3,7 +3,8 @@
 The teacher is the pipeline's UNet, frozen. The student is a copy of it with its ``attn1`` layers converted by
 ``method`` (teacher projections and new parts initialised from them, or ``init_weights``; ``method: hybrid`` keeps
 some layers softmax). What trains: the processors and the converted layers' q/k/v/out, as LinFusion's own recipe
-does (AdamW over every parameter of its layers); ``train_projections: false`` trains the processors only.
+does (AdamW over every parameter of its layers); ``train_projections: false`` trains the processors only;
+``lora_rank: r`` trains rank-r LoRA adapters on q/k/v/out instead (:mod:`.lora`).
 Timesteps are uniform over the training schedule, noise is added with ``DDPMScheduler.add_noise``; see ``losses``
 for the loss.
 """
@@ -22,6 +23,7 @@ from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import get_method
 from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source
+from .lora import LORA_DIR, add_projection_lora, save_lora, take_lora
 from .losses import AttentionOutputs, linfusion_loss, task_target
 from .trainer import Trainer, TrainSettings, make_accelerator
 
@@ -37,6 +39,7 @@ class DistillConfig:
     init_weights: str | None = None
     mid_dim: int | None = None
     train_projections: bool | None = None  # None: the method's default (true: q/k/v/out train with the processors)
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank on q/k/v/out train instead (exported as a diffusers LoRA)
     options: dict = field(default_factory=dict)  # the method's options, e.g. {softmax_layers: 2, base: sana}
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -51,6 +54,13 @@ class DistillConfig:
         get_method(split_hybrid(self.method, self.options)[0])
         self.data.validate()
         self.train.validate()
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise InvalidArgumentError(f"lora_rank must be an integer >= 0 (0: no LoRA); got {self.lora_rank!r}")
+        if self.lora_rank and self.train_projections:
+            raise InvalidArgumentError("lora_rank > 0 trains LoRA adapters instead of the projections; leave "
+                                       "train_projections unset (or false) with it")
+        if self.lora_rank and self.method == "lit":
+            raise InvalidArgumentError("lora_rank applies to the UNet methods; LiT re-initialises its projections")
         for name in ("kd_weight", "feat_weight", "variance_weight"):
             if getattr(self, name) < 0:
                 raise InvalidArgumentError(f"{name} must be >= 0; got {getattr(self, name)}")
@@ -101,7 +111,10 @@ class Distillation:
         self.report = linearize(self.student, method=config.method, weights=config.init_weights,
                                 mid_dim=config.mid_dim, **config.options)
         self.student.requires_grad_(False)
-        self.params = trainable_parameters(self.student, config.train_projections)
+        if config.lora_rank:
+            self.params = add_projection_lora(self.student, config.lora_rank)
+        else:
+            self.params = trainable_parameters(self.student, config.train_projections)
         for param in self.params:
             param.requires_grad_(True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
@@ -158,9 +171,12 @@ def distill(config: DistillConfig) -> Path:
             lambda step, generator: job.step(model, step, generator), description="distill").run()
     out = Path(config.output_dir) / LINEAR_WEIGHTS_DIR
     if accelerator.is_main_process:
+        lora = take_lora(job.student) if config.lora_rank else None  # the student's projections: the teacher's
+        if lora is not None:
+            save_lora(type(job.pipe), lora, Path(config.output_dir) / LORA_DIR)
         save_linear_weights(job.student, out)
         if config.export:
-            export_student(job, Path(config.export))
+            export_student(job, Path(config.export), lora)
     return out
 
 
@@ -173,13 +189,16 @@ def job_class(config: DistillConfig) -> type:
     return Distillation
 
 
-def export_student(job: Distillation, out: Path) -> Path:
-    """The teacher pipeline's files (fp16) plus ``linear_attention/`` (fp16): loadable by ``load_pipeline``."""
+def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Path:
+    """The teacher pipeline's files (fp16) plus ``linear_attention/`` (fp16), and with LoRA distillation ``lora/``
+    (diffusers' format, for ``pipe.load_lora_weights``): loadable by ``load_pipeline``."""
 
     def write(folder: Path) -> None:
         job.pipe.save_pretrained(folder, safe_serialization=True)
         save_linear_weights(job.student, folder / LINEAR_WEIGHTS_DIR, dtype=torch.float16)
         _to_half_on_disk(folder)
+        if lora is not None:
+            type(job.pipe).save_lora_weights(folder / LORA_DIR, unet_lora_layers=lora)
 
     return atomic_folder(out, write)
 
