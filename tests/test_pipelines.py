@@ -54,7 +54,7 @@ def test_load_pipeline_from_a_saved_directory_linearizes_and_generates(tmp_path)
 def test_load_pipeline_refuses_bad_arguments_before_loading(tmp_path):
     with pytest.raises(InvalidArgumentError, match="dtype must be one of"):
         linfuse.load_pipeline(tmp_path, device="cpu", dtype="int8")
-    with pytest.raises(InvalidArgumentError, match="neither a pipeline directory nor a Hub id"):
+    with pytest.raises(InvalidArgumentError, match="model .*missing/dir. does not exist; pass a diffusers pipeline"):
         linfuse.load_pipeline(tmp_path / "missing" / "dir", device="cpu")
     with pytest.raises(InvalidArgumentError, match="weights='auto' knows published weights only for"):
         linfuse.load_pipeline(str(tmp_path), weights="auto", device="cpu")
