@@ -212,17 +212,3 @@ def test_progressive_generation_gives_the_requested_size_and_is_reproducible(stu
     assert len(set(image.getdata())) > 100  # a picture, not a flat fill
     estimate = preflight_job(student, params((256, 128)), options, plan_job(student, params((256, 128)), options))
     assert [s.label for s in estimate.stages][:2] == ["base", "refine s=0.4"]
-
-
-def test_the_diffusers_pipeline_class_gives_the_function_result(student):
-    from linfuse.pipelines.highres_pipeline import LinfuseHighResPipeline
-
-    pipe = LinfuseHighResPipeline.from_pipe(student)
-    assert pipe.unet is student.unet  # same components, nothing copied
-    image = pipe("red apple on a blue background", width=128, height=128, num_inference_steps=10,
-                 guidance_scale=5.0, progress=False, vae_tile=16, vae_overlap=4).images[0]
-    expected = generate_highres(student, params((128, 128)), HighResOptions(vae_tile=16, vae_overlap=4),
-                                progress=False)
-    assert image.tobytes() == expected.tobytes()
-    with pytest.raises(InvalidArgumentError, match="unknown options tile_size"):
-        pipe("x", width=128, height=128, tile_size=3)

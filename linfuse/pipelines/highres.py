@@ -176,32 +176,61 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 def generate_highres(pipe, params: GenerationParams, options: HighResOptions | None = None, *,
                      progress: bool = True) -> Image.Image:
     """One image of params.width × params.height by progressive refinement (see the module docstring)."""
+    options = options or HighResOptions()
+    latents = highres_latents(pipe, params, options, progress=progress)
+    return to_pil(decode(pipe, latents, options))[0]
+
+
+def decode(pipe, latents: torch.Tensor, options: HighResOptions) -> torch.Tensor:
+    """The final latents decoded in tiles: (B, 3, H, W) in [-1, 1], on the CPU."""
+    return tiled_decode(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap)
+
+
+def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, generator=None,
+                    callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
+                    progress: bool = True) -> torch.Tensor:
+    """The final stage's latents of one progressive job (checked, memory-preflighted, then run stage by stage).
+
+    ``generator`` is the random stream (default: a CPU generator seeded with ``params.seed``);
+    ``callback_on_step_end`` is diffusers' per-step callback, called in every stage (after the skip residual)."""
     from diffusers import AutoPipelineForImage2Image
 
-    options = options or HighResOptions()
     stages = plan_job(pipe, params, options)
     check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
     preflight_job(pipe, params, options, stages)
     refine = AutoPipelineForImage2Image.from_pipe(pipe)
     for part in (pipe, refine):
         part.set_progress_bar_config(disable=True)
-    generator = torch.Generator("cpu").manual_seed(params.seed)
+    generator = generator or torch.Generator("cpu").manual_seed(params.seed)
     common = {"prompt": params.prompt, "negative_prompt": params.negative_prompt or None,
               "num_inference_steps": params.steps, "guidance_scale": params.guidance, "generator": generator,
               "output_type": "latent"}
-    bar = tqdm(total=len(stages) + 1, desc="high-res stages", disable=not progress)
+    inputs = list(dict.fromkeys(["latents", *callback_on_step_end_tensor_inputs]))
+    bar = tqdm(total=len(stages), desc="high-res stages", disable=not progress)
     base = stages[0]
-    latents = pipe(width=base.width, height=base.height, **common).images
+    latents = pipe(width=base.width, height=base.height, **common,
+                   **_callbacks(None, callback_on_step_end, inputs)).images
     bar.update(1)
     for stage in stages[1:]:
         bar.set_postfix_str(f"{stage.width}x{stage.height} s={stage.strength:g}")
         upscaled = upscale_latents(pipe, latents, stage, options)
-        extra = {}
-        if options.skip_residual > 0:
-            extra["callback_on_step_end"] = skip_residual_callback(upscaled, options.skip_residual, generator)
-        latents = refine(image=upscaled, strength=stage.strength, **common, **extra).images
+        skip = skip_residual_callback(upscaled, options.skip_residual, generator) if options.skip_residual > 0 \
+            else None
+        latents = refine(image=upscaled, strength=stage.strength, **common,
+                         **_callbacks(skip, callback_on_step_end, inputs)).images
         bar.update(1)
-    image = tiled_decode(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap)
-    bar.update(1)
     bar.close()
-    return to_pil(image)[0]
+    return latents
+
+
+def _callbacks(skip, user, inputs: list[str]) -> dict:
+    """The stage's ``callback_on_step_end`` arguments: the skip residual, then the user's callback."""
+    if skip is None and user is None:
+        return {}
+    if skip is None or user is None:
+        return {"callback_on_step_end": skip or user, "callback_on_step_end_tensor_inputs": inputs}
+
+    def both(pipe, index, timestep, tensors):
+        return user(pipe, index, timestep, skip(pipe, index, timestep, tensors))
+
+    return {"callback_on_step_end": both, "callback_on_step_end_tensor_inputs": inputs}
