@@ -198,7 +198,7 @@ def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Pa
         save_linear_weights(job.student, folder / LINEAR_WEIGHTS_DIR, dtype=torch.float16)
         _to_half_on_disk(folder)
         if lora is not None:
-            type(job.pipe).save_lora_weights(folder / LORA_DIR, unet_lora_layers=lora)
+            save_lora(type(job.pipe), lora, folder / LORA_DIR)
 
     return atomic_folder(out, write)
 

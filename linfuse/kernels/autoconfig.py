@@ -2,19 +2,22 @@
 
 A launcher lists candidate configs in its order of preference (the tile shapes that should run fastest first) and
 builds a :class:`~linfuse.kernels.triton_utils.Launch` for any of them. :func:`choose` compiles candidates for the
-active target, reads the shared memory each needs (``metadata.shared``) and the registers and spills ptxas reports,
-and keeps the first that fits the target's opt-in shared memory per block without spilling; failing that, the first
-that fits at all. The choice is cached per (target, kernel, problem class), so each class compiles once.
+active target, reads the shared memory each needs (``metadata.shared``) and whether it spills (on CUDA the loaded
+kernel's ``n_spills``, under the stand-in a stack frame in its cubin), and keeps the first that fits the target's
+opt-in shared memory per block without spilling; failing that, the first that fits at all. The choice is cached per
+(target, kernel, problem class), so each class compiles once. A config forced by the caller is used as it is, and
+Triton's interpreter (which compiles nothing) takes the first candidate.
 
 On CUDA with ``LINFUSE_TRITON_AUTOTUNE=1``, kernels that only write their outputs are also timed over the first
-few candidates that fit (``triton.testing.do_bench``), and the fastest is kept for that problem class and size
-bucket. Under the stand-in driver the same code runs, compile only, so CI sees the choice a GPU would make.
+few candidates that fit (``triton.testing.do_bench``), and the fastest is kept for that problem class. Under the
+stand-in driver the same code runs, compile only, so CI sees the choice a GPU would make.
 """
 
 import os
 from collections.abc import Callable, Sequence
 
 from ..errors import InvalidArgumentError
+from .dispatch import interpreting
 from .hardware import active_limits
 
 AUTOTUNE_ENV = "LINFUSE_TRITON_AUTOTUNE"
@@ -29,14 +32,18 @@ class NoConfigFitsError(InvalidArgumentError):
 
 
 def choose(family: str, problem: str, candidates: Sequence[dict], build: Callable[[dict], object], *,
-           pure: bool = True, size_bucket: int = 0) -> dict:
+           pure: bool = True, forced: dict | None = None) -> dict:
     """The config to launch ``family`` with for ``problem`` on the active target (see the module docstring).
 
     ``build(config)`` returns the Launch for that config; nothing is launched unless autotuning times it.
     """
+    if forced is not None:
+        return forced
+    if interpreting():
+        return candidates[0]
     limits = active_limits()
     tune = pure and _autotune_enabled()
-    key = (limits.key, family, problem, size_bucket if tune else 0, _ALTERNATIVE[0])
+    key = (limits.key, family, problem, tune, _ALTERNATIVE[0])
     if key not in _CHOICES:
         _CHOICES[key] = _first_fitting(family, problem, candidates, build, limits, tune)
     return _CHOICES[key]

@@ -22,6 +22,11 @@ def resolve_backend(backend: str | None, env_name: str) -> str:
     return backend
 
 
+def interpreting() -> bool:
+    """Whether Triton's interpreter replaces the kernels (TRITON_INTERPRET=1, read when kernels are decorated)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -41,14 +46,15 @@ def use_triton(backend: str, q: torch.Tensor, head_dim: int, max_head_dim: int) 
         problems.append(f"dtype {q.dtype} is not one of fp16, bf16, fp32")
     if head_dim > max_head_dim:
         problems.append(f"head dim {head_dim} is above the kernels' maximum of {max_head_dim}")
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and not _compiling_for_a_stand_in(q):
+    stand_in = _compiling_for_a_stand_in(q)
+    if not q.is_cuda and not interpreting() and not stand_in:
         problems.append("tensors are on the CPU; use CUDA tensors, or set TRITON_INTERPRET=1 before importing linfuse")
     if backend == "triton" and problems:
         raise InvalidArgumentError("backend 'triton' cannot run here: " + "; ".join(problems))
     if q.is_cuda and problems:
         warn_once("the Triton kernels cannot run this call (" + "; ".join(problems) + "); running the PyTorch "
                   "reference instead")
-    return backend == "triton" or ((q.is_cuda or _compiling_for_a_stand_in(q)) and not problems)
+    return backend == "triton" or ((q.is_cuda or stand_in) and not problems)
 
 
 def _compiling_for_a_stand_in(q: torch.Tensor) -> bool:

@@ -17,8 +17,7 @@ SHARED_MEMORY_PER_BLOCK = {70: 98_304, 75: 65_536, 80: 166_912, 86: 101_376, 87:
                            90: 232_448, 100: 232_448, 120: 101_376}
 # Multiprocessors of a representative part (stand-in only; a real device reports its own).
 MULTIPROCESSORS = {70: 80, 75: 40, 80: 108, 86: 84, 87: 16, 89: 128, 90: 132, 100: 148, 120: 170}
-MAX_REGISTERS_PER_THREAD = 255
-NAMES = {80: "A100", 86: "RTX 3090 / A6000", 89: "RTX 4090 / L40S", 90: "H100 / H200"}
+MAX_REGISTERS_PER_THREAD = 255  # ptxas never allocates more; above it a kernel spills
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,6 @@ class TargetLimits:
     arch: int
     shared_memory: int
     multiprocessors: int
-    max_registers: int = MAX_REGISTERS_PER_THREAD
 
     @property
     def key(self) -> str:
@@ -44,8 +42,9 @@ def table_limits(arch: int, backend: str = "cuda") -> TargetLimits:
     return TargetLimits(backend, arch, SHARED_MEMORY_PER_BLOCK[nearest], MULTIPROCESSORS[nearest])
 
 
-def active_limits(device: torch.device | None = None) -> TargetLimits:
-    """Limits of the active Triton driver's target; on a real CUDA driver, the device's own figures."""
+def active_limits() -> TargetLimits:
+    """Limits of the active Triton driver's target; on a real CUDA driver, those of the current device (the one
+    Triton launches on)."""
     from triton.runtime import driver
 
     from .standin import active_standin
@@ -55,8 +54,7 @@ def active_limits(device: torch.device | None = None) -> TargetLimits:
         return standin.limits
     target = driver.active.get_current_target()
     arch = target.arch if isinstance(target.arch, int) else 0
-    index = torch.cuda.current_device() if device is None or device.index is None else device.index
-    return _cuda_limits(target.backend, arch, index)
+    return _cuda_limits(target.backend, arch, torch.cuda.current_device())
 
 
 @cache

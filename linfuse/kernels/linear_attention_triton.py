@@ -24,13 +24,16 @@ Each kernel's config (tile sizes, warps, pipeline stages) is chosen by the activ
 (:mod:`linfuse.kernels.autoconfig`); ``config=`` forces one config for all four kernels (tests).
 """
 
+from functools import cache
+
 import torch
 import triton
 import triton.language as tl
 
 from .autoconfig import choose
+from .dispatch import interpreting
 from .hardware import active_limits
-from .triton_utils import Launch, block_dim, bnhd, dot_dtype, dot_precision, interpreting
+from .triton_utils import Launch, block_dim, bnhd, dot_dtype, dot_precision
 from .triton_utils import empty as _empty  # a module name of its own, so tests can poison it
 
 FEATURE_CODES = {"elu1": 0, "relu": 1, "identity": 2}
@@ -239,7 +242,8 @@ def _key_grad_kernel(K, V, R, RZ, DK_OUT, DV_OUT, skb, skn, skh, skd, svb, svn, 
 # inputs), then smaller ones; the first that the target holds without spilling is taken (autoconfig.choose).
 
 
-def candidates(kernel: str, dk: int, dv: int, element_size: int = 2) -> list[dict]:
+@cache
+def candidates(kernel: str, dk: int, dv: int, element_size: int = 2) -> tuple[dict, ...]:
     """Candidate configs of one kernel ("state", "output", "query_grad", "key_grad") for head dims dk, dv; fp32
     operands (element_size 4) start one token block smaller."""
     bdk, bdv = block_dim(dk), block_dim(dv)
@@ -264,7 +268,7 @@ def candidates(kernel: str, dk: int, dv: int, element_size: int = 2) -> list[dic
             for num_warps, num_stages in ((warps, 2), (other, 2)):
                 out.append({"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_V": block_v, "num_warps": num_warps,
                             "num_stages": num_stages})
-    return out
+    return tuple(out)
 
 
 def _meta(t: torch.Tensor, config: dict, feature: int, **blocks) -> dict:
@@ -273,14 +277,10 @@ def _meta(t: torch.Tensor, config: dict, feature: int, **blocks) -> dict:
 
 
 def _pick(kernel: str, problem: str, dk: int, dv: int, element_size: int, build, forced: dict | None) -> dict:
-    if forced is not None:
-        return forced
-    options = candidates(kernel, dk, dv, element_size)
-    if interpreting():
-        return options[0]
     # Only the forward kernels may be timed by autotuning: the backward probes write into stand-in buffers that
     # alias the inputs (fine for compiling, not for launching).
-    return choose(f"linear_attention.{kernel}", problem, options, build, pure=kernel in ("state", "output"))
+    return choose(f"linear_attention.{kernel}", problem, candidates(kernel, dk, dv, element_size), build,
+                  pure=kernel in ("state", "output"), forced=forced)
 
 
 def _split(n: int, programs_per_split: int, block_n: int) -> tuple[int, int]:
@@ -408,8 +408,8 @@ class LinearAttentionTriton(torch.autograd.Function):
         q, k, v, out, s, z = ctx.saved_tensors
         feature, eps, layout, (query_config, key_config) = ctx.options
         problem = _Problem(q, k, v, feature, eps, layout)
-        if d_out.stride() != out.stride():  # e.g. the stride-0 gradient of a sum: the layout the config was chosen for
-            d_out = d_out.contiguous() if out.is_contiguous() else torch.empty_like(out).copy_(d_out)
+        if d_out.stride() != out.stride():  # e.g. the stride-0 gradient of a sum; out is contiguous, as chosen for
+            d_out = d_out.contiguous()
         dq = _empty(q.shape, q)
         launch, r_part, rz_part = problem.query_grads(query_config, d_out, out, s, z, dq)
         launch.run()

@@ -11,12 +11,14 @@ atomics (a key is seen by several query tiles), dQ = dS K · scale written once,
 Δ = rowsum(dO ⊙ O).
 """
 
+from functools import cache
+
 import torch
 import triton
 import triton.language as tl
 
 from .autoconfig import choose
-from .triton_utils import Launch, block_dim, bnhd, dot_precision, interpreting
+from .triton_utils import Launch, block_dim, bnhd, dot_precision
 from .triton_utils import empty as _empty  # a module name of its own, so tests can poison it
 
 WINDOW_CODES = {"circle": 0, "square": 1}
@@ -232,7 +234,9 @@ SHAPES = (((16, 16), (8, 16)), ((8, 16), (8, 16)), ((8, 16), (4, 16)), ((8, 8), 
 CONFIGS = tuple({"TILE": tile, "KEY": key, "num_warps": 4, "num_stages": 2} for tile, key in SHAPES)
 
 
-def candidates(grid: tuple[int, int], radius: int, head_dim: int, backward: bool, element_size: int = 2) -> list[dict]:
+@cache
+def candidates(grid: tuple[int, int], radius: int, head_dim: int, backward: bool,
+               element_size: int = 2) -> tuple[dict, ...]:
     """Configs in order of preference for one problem. Larger windows start at larger patches; head dims above 64
     (a 128-wide padded feature block) start smaller and take 8 warps, the backward (a d-wide fp32 dQ accumulator,
     fp32 atomics into dK and dV) smaller still, fp32 operands one shape smaller again."""
@@ -243,7 +247,7 @@ def candidates(grid: tuple[int, int], radius: int, head_dim: int, backward: bool
     for tile, key in SHAPES[start:]:
         warps = 8 if wide or tile[0] * tile[1] >= 256 else 4
         out.append({"TILE": tile, "KEY": key, "num_warps": warps, "num_stages": 2})
-    return out
+    return tuple(out)
 
 
 def _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *, layout, grid, radius, window, num_global,
@@ -261,18 +265,13 @@ def _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, *, layout, grid
          radius, scale, scale * LOG2E, n_tiles_x, n_image_tiles),
         {"WINDOW": WINDOW_CODES[window], "BACKWARD": backward, "TILE_H": tile_h, "TILE_W": tile_w, "KEY_H": key_h,
          "KEY_W": key_w, "BLOCK_D": block_d, "BLOCK_DV": block_d, "PRECISION": dot_precision(q.dtype),
-         "num_warps": config["num_warps"], "num_stages": config.get("num_stages", 2)},
+         "num_warps": config["num_warps"], "num_stages": config["num_stages"]},
         config)
 
 
 def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
-    if forced is not None:
-        return forced
     d = q.shape[-1]
-    grid, radius = options["grid"], options["radius"]
-    configs = candidates(grid, radius, d, backward, q.element_size())
-    if interpreting():
-        return configs[0]
+    configs = candidates(options["grid"], options["radius"], d, backward, q.element_size())
 
     def build(config):  # called only when the choice is not cached yet; the buffers are stand-ins for compiling
         (batch, n, heads, _), _ = bnhd(q, layout)
@@ -284,7 +283,7 @@ def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
     dtype = str(q.dtype).removeprefix("torch.")
     problem = f"{dtype} d={d} {options['window']} window, patches from {configs[0]['TILE']}"
     return choose("local_attention." + ("backward" if backward else "forward"), problem, configs, build,
-                  pure=not backward)
+                  pure=not backward, forced=forced)
 
 
 class LocalAttentionTriton(torch.autograd.Function):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .hardware import MAX_REGISTERS_PER_THREAD, active_limits
 from .model_shapes import HEAD_DIM_PROBLEMS, MODEL_PROBLEMS, AttentionProblem
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -43,7 +44,8 @@ class KernelReport:
 
     @property
     def ready(self) -> bool:
-        return self.error is None and self.shared <= self.shared_limit and self.registers <= 255 and not self.spills
+        return (self.error is None and self.shared <= self.shared_limit and not self.spills
+                and self.registers <= MAX_REGISTERS_PER_THREAD)
 
 
 def check(problem: AttentionProblem, arch: int, dtype: str, *, sass: bool = False) -> list[KernelReport]:
@@ -53,7 +55,7 @@ def check(problem: AttentionProblem, arch: int, dtype: str, *, sass: bool = Fals
 
     reports = []
     with compiling_for(arch) as log:
-        limit = _limit()
+        limit = active_limits().shared_memory
         q, k, v = problem.tensors(DTYPES[dtype], requires_grad=True)
         try:
             out = problem.run(q, k, v, backend="triton")
@@ -68,12 +70,6 @@ def check(problem: AttentionProblem, arch: int, dtype: str, *, sass: bool = Fals
                                         record.name, _plain(record.config), record.shared, limit,
                                         resources.registers, resources.spills, ops))
     return reports
-
-
-def _limit() -> int:
-    from .hardware import active_limits
-
-    return active_limits().shared_memory
 
 
 def _plain(config: dict) -> dict:

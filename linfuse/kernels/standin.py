@@ -9,7 +9,7 @@ resources they need, which is how a machine without a GPU proves the kernels GPU
     with compiling_for(90) as log:
         out = linear_attention(q_meta, k_meta, v_meta)     # nothing runs; two kernels compile for sm_90
     for kernel in log.kernels:
-        print(kernel.name, kernel.shared, kernel.resources().spills)
+        print(kernel.name, kernel.shared, kernel.resources.spills)
 """
 
 import contextlib
@@ -60,7 +60,7 @@ class CompiledRecord:
         return ptxas_resources(self.compiled.asm["ptx"], self.arch)
 
     def sass(self) -> str:
-        return disassemble(self.compiled.asm["cubin"], self.arch)
+        return cuobjdump(self.compiled.asm["cubin"], "--dump-sass")
 
 
 @dataclass
@@ -69,7 +69,8 @@ class CompileLog:
 
 
 class StandInDriver(DriverBase):
-    """Reports a CUDA target without a GPU. Launches through :func:`linfuse.kernels.triton_utils.launch` compile."""
+    """Reports a CUDA target without a GPU. ``Launch.run`` (:mod:`linfuse.kernels.triton_utils`) compiles under it
+    instead of launching."""
 
     def __init__(self, limits: TargetLimits):
         super().__init__()
@@ -162,21 +163,17 @@ def ptxas_resources(ptx: str, arch: int) -> Resources:
 def stack_bytes(cubin: bytes) -> int:
     """Stack frame of a cubin's kernel (cuobjdump's resource usage; nonzero when registers spilled). Reads the
     compiled binary, so it costs no recompilation: the config chooser's spill check."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(path)], capture_output=True,
-                               text=True, check=True).stdout
+    usage = cuobjdump(cubin, "--dump-resource-usage")
     match = re.search(r"STACK:(\d+)", usage)
     if match is None:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{usage}")
     return int(match.group(1))
 
 
-def disassemble(cubin: bytes, arch: int) -> str:
-    """SASS of a cubin (cuobjdump from the Triton wheel)."""
+def cuobjdump(cubin: bytes, option: str) -> str:
+    """What the Triton wheel's cuobjdump prints for a cubin with ``option`` (--dump-sass, --dump-resource-usage)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        return subprocess.run([_tool("cuobjdump"), "--dump-sass", str(path)], capture_output=True, text=True,
+        return subprocess.run([_tool("cuobjdump"), option, str(path)], capture_output=True, text=True,
                               check=True).stdout

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
+from .dispatch import interpreting
+
 
 def empty(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     """Every buffer a kernel writes comes from here (tests fill it with NaN to catch unwritten elements)."""
@@ -23,8 +25,9 @@ def block_dim(d: int) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get IEEE fp32 dots (the user asked for fp32); half inputs TF32, ample for outputs rounded to
-    8-11 bits."""
+    """fp32 inputs get IEEE fp32 dots (the user asked for fp32). Half inputs dot in their own type on a GPU, where
+    the setting has no effect; where they are computed in fp32 instead (bf16 under the interpreter) TF32 is ample for
+    outputs rounded to 8-11 bits."""
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -37,11 +40,6 @@ def dot_dtype(dtype: torch.dtype):
         return tl.float32
     return tl.float16 if dtype == torch.float16 else tl.bfloat16
 
-
-def interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @dataclass

@@ -186,18 +186,26 @@ def decode(pipe, latents: torch.Tensor, options: HighResOptions) -> torch.Tensor
     return tiled_decode(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap)
 
 
-def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, generator=None,
-                    callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
-                    progress: bool = True) -> torch.Tensor:
-    """The final stage's latents of one progressive job (checked, memory-preflighted, then run stage by stage).
-
-    ``generator`` is the random stream (default: a CPU generator seeded with ``params.seed``);
-    ``callback_on_step_end`` is diffusers' per-step callback, called in every stage (after the skip residual)."""
-    from diffusers import AutoPipelineForImage2Image
-
+def checked_stages(pipe, params: GenerationParams, options: HighResOptions) -> list[Stage]:
+    """The job's stages, after every check that comes before work: parameters, options, refinement steps, softmax
+    size and the memory preflight. Jobs of the same size and options share them."""
     stages = plan_job(pipe, params, options)
     check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
     preflight_job(pipe, params, options, stages)
+    return stages
+
+
+def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, stages: list[Stage] | None = None,
+                    generator=None, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
+                    progress: bool = True) -> torch.Tensor:
+    """The final stage's latents of one progressive job, run stage by stage.
+
+    ``stages`` come from :func:`checked_stages` (computed here when not given); ``generator`` is the random stream
+    (default: a CPU generator seeded with ``params.seed``); ``callback_on_step_end`` is diffusers' per-step callback,
+    called in every stage (after the skip residual)."""
+    from diffusers import AutoPipelineForImage2Image
+
+    stages = stages or checked_stages(pipe, params, options)
     refine = AutoPipelineForImage2Image.from_pipe(pipe)
     for part in (pipe, refine):
         part.set_progress_bar_config(disable=True)

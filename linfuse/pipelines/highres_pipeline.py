@@ -27,7 +27,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InvalidArgumentError
-from .highres import HighResOptions, decode, highres_latents, to_pil
+from .highres import HighResOptions, checked_stages, decode, highres_latents, to_pil
 from .parameters import GenerationParams
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -70,12 +70,13 @@ class LinfuseHighResPipeline(DiffusionPipeline):
         generators = self.per_image_generators(generator, len(prompts) * num_images_per_prompt)
         side = self.unet.config.sample_size * self.vae_scale_factor
         settings = HighResOptions(**options)
-        pipe, results = self.text_to_image(), []
+        pipe, results, stages = self.text_to_image(), [], None
         for index in range(len(prompts) * num_images_per_prompt):
             which = index // num_images_per_prompt
             params = GenerationParams(prompt=prompts[which], negative_prompt=negatives[which], width=width or side,
                                       height=height or side, steps=num_inference_steps, guidance=guidance_scale)
-            latents = highres_latents(pipe, params, settings, generator=generators[index],
+            stages = stages or checked_stages(pipe, params, settings)  # one size for all: checked once, first
+            latents = highres_latents(pipe, params, settings, stages=stages, generator=generators[index],
                                       callback_on_step_end=callback_on_step_end,
                                       callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or
                                       ["latents"], progress=progress)
