@@ -30,6 +30,45 @@ def _chunks(seq_len: int, chunk_size: int, meta: bool = False):
         yield start, min(chunk_size, seq_len - start)
 
 
+def linear_attention_state(k: torch.Tensor, v: torch.Tensor, *, feature_map: str, seq_dim: int = 1,
+                           chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums S = Σ_j φ(k_j) v_jᵀ (B, H, d_k, d_v) and z = Σ_j φ(k_j) (B, H, d_k) over these keys, in fp32 (fp64
+    for fp64). Sums over disjoint sets of keys add up: this is how the keys of a long sequence are taken in parts."""
+    phi = FEATURE_MAPS[feature_map]
+    acc = torch.promote_types(k.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
+    spec = "bnhk,bnhv->bhkv" if seq_dim == 1 else "bhnk,bhnv->bhkv"
+    count = k.shape[seq_dim]
+    chunk_size = chunk_size or max(count, 1)
+    state = key_sum = None
+    for start, length in _chunks(count, chunk_size, k.is_meta):
+        phi_k = phi(k.narrow(seq_dim, start, length).to(acc))
+        partial_state = torch.einsum(spec, phi_k, v.narrow(seq_dim, start, length).to(acc))
+        partial_sum = phi_k.sum(dim=seq_dim)
+        state = partial_state if state is None else state + partial_state
+        key_sum = partial_sum if key_sum is None else key_sum + partial_sum
+    return state, key_sum
+
+
+def linear_attention_readout(q: torch.Tensor, state: torch.Tensor, key_sum: torch.Tensor, *, feature_map: str,
+                             eps: float, seq_dim: int = 1, chunk_size: int | None = None,
+                             out: torch.Tensor | None = None) -> torch.Tensor:
+    """O_i = φ(q_i)ᵀ S / (φ(q_i)ᵀ z + eps) for mean-form S and z (the sums divided by the key count); q's dtype."""
+    phi = FEATURE_MAPS[feature_map]
+    acc = state.dtype
+    if out is None:
+        out_shape = list(q.shape)
+        out_shape[-1] = state.shape[-1]
+        out = q.new_empty(out_shape)
+    num_spec = "bnhk,bhkv->bnhv" if seq_dim == 1 else "bhnk,bhkv->bhnv"
+    den_spec = "bnhk,bhk->bnh" if seq_dim == 1 else "bhnk,bhk->bhn"
+    for start, length in _chunks(q.shape[seq_dim], chunk_size or max(q.shape[seq_dim], 1), q.is_meta):
+        phi_q = phi(q.narrow(seq_dim, start, length).to(acc))
+        numerator = torch.einsum(num_spec, phi_q, state)
+        denominator = torch.einsum(den_spec, phi_q, key_sum) + eps
+        out.narrow(seq_dim, start, length).copy_(numerator.div_(denominator.unsqueeze(-1)))
+    return out
+
+
 def linear_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -44,31 +83,7 @@ def linear_attention_reference(
 
     ``seq_dim`` is 1 for (B, N, H, d) and 2 for (B, H, N, d). Inputs are validated by the caller.
     """
-    phi = FEATURE_MAPS[feature_map]
-    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
-    spec = "bnhk,bnhv->bhkv" if seq_dim == 1 else "bhnk,bhnv->bhkv"
     n_keys = k.shape[seq_dim]
-
-    state = None  # S = Σ_j φ(k_j) v_jᵀ, (B, H, d_k, d_v)
-    key_sum = None  # z = Σ_j φ(k_j), (B, H, d_k)
-    for start, length in _chunks(n_keys, chunk_size, q.is_meta):
-        phi_k = phi(k.narrow(seq_dim, start, length).to(acc))
-        v_chunk = v.narrow(seq_dim, start, length).to(acc)
-        partial_state = torch.einsum(spec, phi_k, v_chunk)
-        partial_sum = phi_k.sum(dim=seq_dim)
-        state = partial_state if state is None else state + partial_state
-        key_sum = partial_sum if key_sum is None else key_sum + partial_sum
-    state = state / n_keys
-    key_sum = key_sum / n_keys
-
-    out_shape = list(q.shape)
-    out_shape[-1] = v.shape[-1]
-    out = q.new_empty(out_shape)
-    num_spec = "bnhk,bhkv->bnhv" if seq_dim == 1 else "bhnk,bhkv->bhnv"
-    den_spec = "bnhk,bhk->bnh" if seq_dim == 1 else "bhnk,bhk->bhn"
-    for start, length in _chunks(q.shape[seq_dim], chunk_size, q.is_meta):
-        phi_q = phi(q.narrow(seq_dim, start, length).to(acc))
-        numerator = torch.einsum(num_spec, phi_q, state)
-        denominator = torch.einsum(den_spec, phi_q, key_sum) + eps
-        out.narrow(seq_dim, start, length).copy_(numerator.div_(denominator.unsqueeze(-1)))
-    return out
+    state, key_sum = linear_attention_state(k, v, feature_map=feature_map, seq_dim=seq_dim, chunk_size=chunk_size)
+    return linear_attention_readout(q, state / n_keys, key_sum / n_keys, feature_map=feature_map, eps=eps,
+                                    seq_dim=seq_dim, chunk_size=chunk_size)

@@ -56,10 +56,15 @@ class LinFusionAttnProcessor(SelfAttentionProcessor):
         self.to_q_.zero_output()
         self.to_k_.zero_output()
 
-    def project(self, attn, x: torch.Tensor, context: torch.Tensor):
-        query = attn.to_q(self.to_q_(x).add_(x))  # W_q (x + M_q(x)), one temporary less
+    def project_queries(self, attn, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(attn.to_q(self.to_q_(x).add_(x)))  # W_q (x + M_q(x)), one temporary less
+
+    def project_keys(self, attn, context: torch.Tensor):
         key = attn.to_k(self.to_k_(context).add_(context))
-        return self.split_heads(attn, query, key, attn.to_v(context))
+        return self._heads(key), self._heads(attn.to_v(context))
+
+    def chunk_form(self):
+        return self.feature_map, self.eps
 
     def attend(self, q, k, v, x):
         return linear_attention(q, k, v, feature_map=self.feature_map, eps=self.eps, layout="bnhd")

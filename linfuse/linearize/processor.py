@@ -48,18 +48,33 @@ class SelfAttentionProcessor(LinearizedProcessor):
     normalised layer input x (B, N, C); they may override :meth:`project`.
     """
 
-    def project(self, attn, x: torch.Tensor, context: torch.Tensor):
-        q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-        return self.split_heads(attn, q, k, v)
+    # A processor whose attention is a normalised linear attention over token-wise projections may also be run in
+    # parts of the token sequence (the lean memory mode of linfuse.pipelines.lean): the keys of every part are
+    # summed into one state (linfuse.kernels.linear_attention_state), then each part of the queries reads it out.
+    # ``chunk_form`` names that attention, (feature map, eps), or None when the method cannot be split so;
+    # ``local_rows`` is how many token-grid rows above and below a part its local term (``local_term``) reads.
+    local_rows = 0
 
-    def split_heads(self, attn, q, k, v):
-        batch = q.shape[0]
-        q, k, v = (t.view(batch, -1, self.heads, t.shape[-1] // self.heads) for t in (q, k, v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        return q, k, v
+    def chunk_form(self) -> tuple[str, float] | None:
+        return None
+
+    def local_term(self, v: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The method's per-token addition computed from the values (B, N, heads, d) on ``grid``; None if none."""
+        return None
+
+    def project(self, attn, x: torch.Tensor, context: torch.Tensor):
+        return (self.project_queries(attn, x), *self.project_keys(attn, context))
+
+    def project_queries(self, attn, x: torch.Tensor) -> torch.Tensor:
+        q = self._heads(attn.to_q(x))
+        return q if attn.norm_q is None else attn.norm_q(q)
+
+    def project_keys(self, attn, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self._heads(attn.to_k(context))
+        return (k if attn.norm_k is None else attn.norm_k(k)), self._heads(attn.to_v(context))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], -1, self.heads, t.shape[-1] // self.heads)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -4,9 +4,14 @@ A ``TorchDispatchMode`` sees each aten operator's outputs. A storage is counted 
 returns it until the last tensor viewing it is garbage-collected (``weakref.finalize``); storages that existed before
 the trace (weights, inputs) are not counted. Run on meta tensors this costs no memory and little time, and it counts
 what eager PyTorch would hold at once; workspace inside a single kernel (cuDNN, oneDNN scratch) is not seen.
+
+Code that moves tensors to host memory while it runs (the lean mode's parked skips) calls :func:`note_host` on its
+host copies: the trace counts them apart (``host_peak``), not as device memory. ``max_elements`` is the element
+count of the largest tensor the computation allocated (32-bit indexing fails at 2^31 in some kernels).
 """
 
 import weakref
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +25,26 @@ def storage_key(tensor: torch.Tensor) -> int:
 
 
 class LiveBytes(TorchDispatchMode):
-    """``with LiveBytes(existing) as trace: …`` then ``trace.peak`` (bytes) and ``trace.current``."""
+    """``with LiveBytes(existing) as trace: …`` then ``trace.peak`` (device bytes), ``trace.host_peak`` and
+    ``trace.max_elements``."""
+
+    active: list["LiveBytes"] = []
 
     def __init__(self, existing=()):
         super().__init__()
         self.known = {storage_key(t) for t in existing}
-        self.live: dict[int, list[int]] = {}  # storage -> [bytes, tensors alive]
+        self.live: dict[int, list] = {}  # storage -> [bytes, tensors alive, on host]
         self.current = self.peak = 0
+        self.host_current = self.host_peak = 0
+        self.max_elements = 0
+
+    def __enter__(self):
+        LiveBytes.active.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        LiveBytes.active.remove(self)
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -41,11 +59,22 @@ class LiveBytes(TorchDispatchMode):
             return
         entry = self.live.get(key)
         if entry is None:
-            entry = self.live[key] = [tensor.untyped_storage().nbytes(), 0]
-            self.current += entry[0]
+            size = tensor.untyped_storage().nbytes()
+            entry = self.live[key] = [size, 0, False]
+            self.current += size
             self.peak = max(self.peak, self.current)
+            self.max_elements = max(self.max_elements, size // max(tensor.element_size(), 1))
         entry[1] += 1
         weakref.finalize(tensor, self._release, key)
+
+    def move_to_host(self, tensor: torch.Tensor) -> None:
+        entry = self.live.get(storage_key(tensor))
+        if entry is None or entry[2]:
+            return
+        entry[2] = True
+        self.current -= entry[0]
+        self.host_current += entry[0]
+        self.host_peak = max(self.host_peak, self.host_current)
 
     def _release(self, key: int) -> None:
         entry = self.live.get(key)
@@ -53,8 +82,17 @@ class LiveBytes(TorchDispatchMode):
             return
         entry[1] -= 1
         if entry[1] == 0:
-            self.current -= entry[0]
+            if entry[2]:
+                self.host_current -= entry[0]
+            else:
+                self.current -= entry[0]
             del self.live[key]
+
+
+def note_host(tensor: torch.Tensor) -> None:
+    """Count ``tensor`` (already allocated) as host memory in the traces that are running."""
+    for trace in LiveBytes.active:
+        trace.move_to_host(tensor)
 
 
 class FusedAttention(TorchFunctionMode):
@@ -72,10 +110,19 @@ class FusedAttention(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def traced_peak(function, *inputs, existing=()) -> int:
-    """Bytes ``function(*inputs)`` holds at its peak, beyond ``existing`` tensors and the inputs; result freed."""
+def trace(function, *inputs, existing=()) -> LiveBytes:
+    """Run ``function(*inputs)`` under no_grad and :class:`LiveBytes` (beyond ``existing`` tensors and the inputs;
+    the result freed) and return the finished trace."""
     known = [*existing, *(t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor))]
-    with torch.no_grad(), FusedAttention(), LiveBytes(known) as trace:
+    with ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(FusedAttention())
+        recorder = stack.enter_context(LiveBytes(known))
         result = function(*inputs)
         del result
-    return trace.peak
+    return recorder
+
+
+def traced_peak(function, *inputs, existing=()) -> int:
+    """Device bytes ``function(*inputs)`` holds at its peak, beyond ``existing`` tensors and the inputs."""
+    return trace(function, *inputs, existing=existing).peak

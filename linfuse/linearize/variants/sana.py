@@ -35,5 +35,8 @@ class SanaAttnProcessor(SelfAttentionProcessor):
     def layer_config(self) -> dict:
         return {"eps": self.eps}
 
+    def chunk_form(self):
+        return "relu", self.eps
+
     def attend(self, q, k, v, x):
         return linear_attention(q, k, v, feature_map="relu", eps=self.eps, layout="bnhd")

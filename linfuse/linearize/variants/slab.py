@@ -35,11 +35,21 @@ class SlabAttnProcessor(SelfAttentionProcessor):
     def initialize(self, attn) -> None:
         self.value_conv.zero_init()
 
+    @property
+    def local_rows(self) -> int:
+        return self.kernel_size // 2
+
+    def chunk_form(self):
+        return "relu", self.eps
+
+    def local_term(self, v, grid):
+        """DWConv_{k×k}(V_h) per head, in fp32 (fp64 for fp64 values): (B, N, heads, d)."""
+        batch, count, heads, head_dim = v.shape
+        per_head = v.to(torch.promote_types(v.dtype, torch.float32)).transpose(1, 2)
+        local = self.value_conv(per_head.reshape(batch * heads, count, head_dim), grid)  # (B·heads, N, d)
+        return local.view(batch, heads, count, head_dim).transpose(1, 2)
+
     def attend(self, q, k, v, x):
         acc = torch.promote_types(q.dtype, torch.float32)
-        q, k, v, dtype = q.to(acc), k.to(acc), v.to(acc), q.dtype
-        out = linear_attention(q, k, v, feature_map="relu", eps=self.eps, layout="bnhd")
-        batch, count, heads, head_dim = v.shape
-        per_head = v.transpose(1, 2).reshape(batch * heads, count, head_dim)  # (B·heads, N, d)
-        local = self.value_conv(per_head, self.grid_for(count))
-        return (out + local.view(batch, heads, count, head_dim).transpose(1, 2)).to(dtype)
+        out = linear_attention(q.to(acc), k.to(acc), v.to(acc), feature_map="relu", eps=self.eps, layout="bnhd")
+        return (out + self.local_term(v, self.grid_for(v.shape[1]))).to(q.dtype)

@@ -1,0 +1,100 @@
+"""The lean memory mode: a UNet run so that what is live at once approaches the floor of its activations.
+
+``enable_lean(unet, LeanSettings(...))`` installs the lean forward on a ``UNet2DConditionModel`` (the instance's
+``forward``; nothing else of the model changes) and ``disable_lean(unet)`` removes it, leaving the model exactly as
+it was; ``with lean_mode(unet, settings): …`` does both. While installed, with autograd off:
+
+* the batch runs one sample at a time (the classifier-free-guidance halves one after the other);
+* convolutions, up-sampling and skip concatenations run in bands of rows with halos (:mod:`.conv`), on activations
+  kept in channel parts under 2^30 elements each (:mod:`.parts`), so no tensor reaches 2^31 elements;
+* GroupNorm statistics are accumulated over bands and applied per band, activations and residual adds in place
+  (:mod:`.norm`, :mod:`.resnet`);
+* transformer blocks run in chunks of token rows: feed-forward, cross-attention, projections, and self-attention in
+  two passes (:mod:`.transformer`);
+* with ``park_skips`` on CUDA the skip activations wait in pinned host memory (:mod:`.skips`).
+
+With autograd on (training) the UNet's own forward runs.
+"""
+
+import functools
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from ...errors import InvalidArgumentError
+from .unet import lean_forward
+
+MIN_BUDGET, MAX_BUDGET = 2**20, 2**26  # elements of one band or chunk tensor
+
+
+@dataclass(frozen=True)
+class LeanSettings:
+    """``park_skips``: skips in pinned host memory (CUDA only); ``band_elements`` / ``chunk_elements``: the most
+    elements of one band (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of
+    the finest activation, within [2^20, 2^26]."""
+
+    park_skips: bool = False
+    band_elements: int | None = None
+    chunk_elements: int | None = None
+
+    def __post_init__(self):
+        for name in ("band_elements", "chunk_elements"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidArgumentError(f"{name} must be a positive integer or None; got {value!r}")
+
+    def resolved(self, unet, sample) -> "LeanSettings":
+        finest = unet.config.block_out_channels[0] * sample.shape[-2] * sample.shape[-1]
+        auto = min(MAX_BUDGET, max(MIN_BUDGET, finest // 8))
+        return replace(self, band_elements=self.band_elements or auto, chunk_elements=self.chunk_elements or auto)
+
+    def describe(self) -> str:
+        return "lean, skips parked in host memory" if self.park_skips else "lean"
+
+
+def _check_unet(unet) -> None:
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(unet, UNet2DConditionModel):
+        raise InvalidArgumentError(f"the lean memory mode runs a UNet2DConditionModel; got {type(unet).__name__}")
+
+
+def enable_lean(unet, settings: LeanSettings | None = None) -> None:
+    """Install the lean forward on ``unet`` (replacing an earlier lean installation's settings)."""
+    _check_unet(unet)
+    settings = settings or LeanSettings()
+    forward = functools.partial(lean_forward, unet, settings)
+    forward.__signature__ = inspect.signature(type(unet).forward.__get__(unet))
+    unet.forward = forward
+    unet._linfuse_lean = settings
+
+
+def disable_lean(unet) -> None:
+    """Remove the lean forward; the UNet runs its own again (a no-op when none is installed)."""
+    if "_linfuse_lean" in unet.__dict__:
+        del unet.forward
+        del unet._linfuse_lean
+
+
+def lean_settings_of(unet) -> LeanSettings | None:
+    return unet.__dict__.get("_linfuse_lean")
+
+
+@contextmanager
+def lean_mode(unet, settings: LeanSettings | None):
+    """Run the block with the lean forward (``settings`` None: the plain forward), then restore what was before."""
+    before = lean_settings_of(unet)
+    if settings is None:
+        disable_lean(unet)
+    else:
+        enable_lean(unet, settings)
+    try:
+        yield unet
+    finally:
+        if before is None:
+            disable_lean(unet)
+        else:
+            enable_lean(unet, before)
+
+
+__all__ = ["LeanSettings", "disable_lean", "enable_lean", "lean_mode", "lean_settings_of"]

@@ -1,0 +1,80 @@
+"""Convolutions computed in bands of output rows, each band from its input rows plus a halo.
+
+A k×k convolution with stride s and padding p maps output rows [o₀, o₁) to input rows [o₀·s − p, (o₁−1)·s − p + k):
+the band's own rows and a halo of the neighbouring ones (the same arithmetic as ``patch_parallel``'s bands, run one
+after another on one device). Rows outside the image are zero, as the convolution's padding; the band is then
+convolved with no vertical padding and stored. What runs before the convolution (GroupNorm + activation, or
+nearest ×2 up-sampling) is applied to the band only, so neither the normalised nor the up-sampled activation exists
+whole; what follows it (a shortcut added) is applied to the output band.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import InvalidArgumentError
+from .parts import Parts, pad_rows, rows_per_band, spans
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def nearest_rows(top: int, bottom: int, source: int, target: int) -> torch.Tensor:
+    """Source row of each target row [top, bottom) in nearest up-sampling from ``source`` to ``target`` rows, as
+    PyTorch computes it (exactly half for ×2, else ⌊i · source/target⌋ in float32)."""
+    index = torch.arange(top, bottom)
+    if target == 2 * source:
+        return index // 2
+    scale = torch.tensor(source / target, dtype=torch.float32)
+    return torch.floor(index.float() * scale).long().clamp_max(source - 1)
+
+
+def gather(x: Parts, top: int, bottom: int, *, pre=None, upsample: tuple[int, int] | None = None) -> torch.Tensor:
+    """Input rows [top, bottom) of pre(x) or of x up-sampled to ``upsample`` (H, W), zero outside."""
+    height = upsample[0] if upsample else x.height
+    first, last = max(top, 0), min(bottom, height)
+    if upsample:
+        index = nearest_rows(first, last, x.height, upsample[0])
+        start = int(index[0])
+        source = x.rows(start, int(index[-1]) + 1)
+        band = source.index_select(2, (index - start).to(source.device))
+        band = F.interpolate(band, size=(last - first, upsample[1]), mode="nearest")
+    else:
+        band = x.rows(first, last)
+    if pre is not None:
+        band = pre(band)
+    return pad_rows(band, first - top, bottom - last)
+
+
+def bandable(conv) -> bool:
+    """Whether ``conv`` is a plain zero-padded, undilated ``nn.Conv2d`` (not a LoRA or other wrapper, whose
+    forward does more than its weight shows)."""
+    return (isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros"
+            and conv.dilation == (1, 1) and not isinstance(conv.padding, str))
+
+
+def check_conv(conv) -> None:
+    if not bandable(conv):
+        raise InvalidArgumentError(f"the lean mode runs plain zero-padded, undilated convolutions; {conv} is not one")
+
+
+def banded_conv(x: Parts, conv: nn.Conv2d, band_elements: int, *, pre=None, upsample: tuple[int, int] | None = None,
+                post=None) -> Parts:
+    """conv(pre(x)) or conv(nearest-upsample(x)), as :class:`Parts`, in bands of output rows.
+
+    ``post(y, top, bottom)`` transforms each output band (rows [top, bottom)) before it is stored."""
+    check_conv(conv)
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = conv.kernel_size, conv.stride, conv.padding
+    in_h, in_w = upsample if upsample else (x.height, x.width)
+    out_h = conv_output_size(in_h, kernel_h, stride_h, pad_h)
+    out_w = conv_output_size(in_w, kernel_w, stride_w, pad_w)
+    step = rows_per_band(max(x.channels * in_w * stride_h, conv.out_channels * out_w), band_elements)
+    out = Parts.empty(conv.out_channels, out_h, out_w, like=x.first)
+    for top, bottom in spans(out_h, step, x.first.is_meta):
+        band = gather(x, top * stride_h - pad_h, (bottom - 1) * stride_h - pad_h + kernel_h, pre=pre,
+                      upsample=upsample)
+        y = F.conv2d(band, conv.weight, conv.bias, conv.stride, (0, pad_w), conv.dilation, conv.groups)
+        del band
+        out.write_rows(top, post(y, top, bottom) if post else y)
+    return out
