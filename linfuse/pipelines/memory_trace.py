@@ -67,12 +67,13 @@ class LiveBytes(TorchDispatchMode):
         entry[1] += 1
         weakref.finalize(tensor, self._release, key)
 
-    def move_to_host(self, tensor: torch.Tensor) -> None:
+    def move_to_host(self, tensor: torch.Tensor, nbytes: int | None = None) -> None:
         entry = self.live.get(storage_key(tensor))
         if entry is None or entry[2]:
             return
         entry[2] = True
         self.current -= entry[0]
+        entry[0] = nbytes or entry[0]
         self.host_current += entry[0]
         self.host_peak = max(self.host_peak, self.host_current)
 
@@ -89,10 +90,11 @@ class LiveBytes(TorchDispatchMode):
             del self.live[key]
 
 
-def note_host(tensor: torch.Tensor) -> None:
-    """Count ``tensor`` (already allocated) as host memory in the traces that are running."""
+def note_host(tensor: torch.Tensor, nbytes: int | None = None) -> None:
+    """Count ``tensor`` (already allocated) as ``nbytes`` (default: its size) of host memory in the traces that
+    are running."""
     for trace in LiveBytes.active:
-        trace.move_to_host(tensor)
+        trace.move_to_host(tensor, nbytes)
 
 
 class FusedAttention(TorchFunctionMode):

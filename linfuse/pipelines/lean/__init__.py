@@ -6,7 +6,7 @@ it was; ``with lean_mode(unet, settings): …`` does both. While installed, with
 
 * the batch runs one sample at a time (the classifier-free-guidance halves one after the other);
 * convolutions, up-sampling and skip concatenations run in bands of rows with halos (:mod:`.conv`), on activations
-  kept in channel parts under 2^30 elements each (:mod:`.parts`), so no tensor reaches 2^31 elements;
+  kept in channel parts of at most 2^29 elements each (:mod:`.parts`), so no tensor reaches 2^31 elements;
 * GroupNorm statistics are accumulated over bands and applied per band, activations and residual adds in place
   (:mod:`.norm`, :mod:`.resnet`);
 * transformer blocks run in chunks of token rows: feed-forward, cross-attention, projections, and self-attention in

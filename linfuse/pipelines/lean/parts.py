@@ -2,7 +2,7 @@
 
 At 16384² an SD UNet's finest level holds tensors of 2048×2048 latent pixels with up to 960 channels: 4.0e9
 elements, past the 2^31 at which some convolution and upsampling kernels fail. :class:`Parts` keeps such an
-activation (1, C, H, W) as a list of tensors split along the channels, each below ``MAX_PART_ELEMENTS``; a skip
+activation (1, C, H, W) as a list of tensors split along the channels, each at most ``MAX_PART_ELEMENTS``; a skip
 concatenation is two lists joined, never a copy. Work is done in bands of rows: :meth:`Parts.rows` gathers rows
 [top, bottom) of every channel into one band (zeros outside the image, as a convolution's padding), small enough to
 compute on, and :meth:`Parts.write_rows` stores a band of results.
@@ -10,7 +10,9 @@ compute on, and :meth:`Parts.write_rows` stores a band of results.
 
 import torch
 
-MAX_PART_ELEMENTS = 2**30  # half of 2^31: a margin for kernels that index a few elements past a tensor
+# A quarter of 2^31: far from the limit, and (parked in pinned host memory, whose blocks round up to a power of two)
+# parts of a few hundred MiB waste less than parts near 2 GiB.
+MAX_PART_ELEMENTS = 2**29
 
 
 def spans(length: int, step: int, meta: bool = False) -> list[tuple[int, int]]:
@@ -72,6 +74,12 @@ class Parts:
     def __add__(self, other: "Parts") -> "Parts":
         """The channel concatenation [self ‖ other], sharing the tensors."""
         return Parts(self.tensors + other.tensors)
+
+    def take(self) -> "Parts":
+        """A new holder of these tensors, this one emptied: a callee that takes its input so frees it when done,
+        while the caller's variable still names the (now empty) object."""
+        taken, self.tensors = Parts(self.tensors), []
+        return taken
 
     def release(self) -> None:
         """Drop this object's references (the tensors are freed unless held elsewhere, e.g. as skips)."""

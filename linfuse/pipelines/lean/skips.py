@@ -2,8 +2,8 @@
 
 At 16384² an SD-1.5 sample's skips take 12.7 GiB, most of it at the finest level, and the up path needs them last
 in, first out. Parked (``park=True``, CUDA), each is copied to pinned host memory on a side stream as it is made and
-copied back one ahead of its use, so the copies overlap the UNet's compute; the device keeps at most the skip in
-use and the next one. In a meta-device trace the host copies are counted as host memory
+copied back while the layer before its use runs (:meth:`SkipStore.prefetch`), so the copies overlap the UNet's
+compute; the device holds at most the skip in use or the next one. In a meta-device trace the host copies are counted as host memory
 (:func:`~linfuse.pipelines.memory_trace.note_host`); on the CPU there is nothing to park to.
 """
 
@@ -13,13 +13,28 @@ from ..memory_trace import note_host
 from .parts import Parts
 
 
+MIN_PIECE = 1 << 20
+
+
+def pinned_pieces(nbytes: int) -> list[int]:
+    """Sizes of the pinned host blocks that hold ``nbytes``: the powers of two of its binary expansion (down to 1 MiB,
+    the rest rounded up to it). PyTorch's caching host allocator rounds each block up to a power of two, so one
+    block for a 1.25 GiB skip would take 2 GiB; these take what the skip holds, to within 1 MiB."""
+    pieces, remaining = [], nbytes
+    while remaining > 0:
+        piece = max(MIN_PIECE, 1 << (remaining.bit_length() - 1))
+        pieces.append(piece)
+        remaining -= piece
+    return pieces
+
+
 class SkipStore:
     def __init__(self, park: bool, device: torch.device):
         self.park = park and device.type in ("cuda", "meta")
         self.device = device
-        self.stack: list[list[torch.Tensor]] = []
+        self.stack: list[list] = []  # per skip: its tensors, or (pinned pieces, shape, dtype) of each when parked
         self.shapes: list[tuple[int, ...]] = []  # (1, C, H, W) of every skip held, the last pushed last
-        self.ready: Parts | None = None  # the top of the stack, already back on the device
+        self.ready = None  # (parts, arrival event) of the top of the stack, already coming back
         self.stream = torch.cuda.Stream(device) if self.park and device.type == "cuda" else None
 
     def push(self, parts: Parts) -> None:
@@ -27,35 +42,58 @@ class SkipStore:
         self.stack.append([self._to_host(t) for t in parts.tensors] if self.park else list(parts.tensors))
 
     def pop(self, residual: torch.Tensor | None = None) -> Parts:
-        """The last skip pushed (plus a ControlNet ``residual``), on the device; the next one starts coming back."""
+        """The last skip pushed (plus a ControlNet ``residual``), on the device."""
         parts, arrived = self.ready if self.ready is not None else self._fetch()
         self.shapes.pop()
         if arrived is not None:
             torch.cuda.current_stream(self.device).wait_event(arrived)
             for tensor in parts.tensors:
                 tensor.record_stream(torch.cuda.current_stream(self.device))
-        self.ready = self._fetch() if self.park and self.stack else None
+        self.ready = None
         return parts.add_(residual) if residual is not None else parts
 
+    def prefetch(self) -> None:
+        """Start copying the next skip back (parked skips only), to overlap what runs until it is popped."""
+        if self.park and self.stack and self.ready is None:
+            self.ready = self._fetch()
+
     def _fetch(self) -> tuple[Parts, torch.cuda.Event | None]:
-        tensors = self.stack.pop()
+        held = self.stack.pop()
         if not self.park:
-            return Parts(tensors), None
-        if tensors[0].is_meta:
-            return Parts([torch.empty_like(t) for t in tensors]), None
+            return Parts(held), None
+        if held[0][0][0].is_meta:
+            return Parts([torch.empty(shape, dtype=dtype, device="meta") for _, shape, dtype in held]), None
         with torch.cuda.stream(self.stream):
-            back = [t.to(self.device, non_blocking=True) for t in tensors]
+            back = []
+            for pieces, shape, dtype in held:
+                tensor = torch.empty(shape, dtype=dtype, device=self.device)
+                flat, start = _bytes(tensor), 0
+                for piece in pieces:
+                    count = min(piece.numel(), flat.numel() - start)
+                    flat[start:start + count].copy_(piece[:count], non_blocking=True)
+                    start += count
+                back.append(tensor)
             arrived = self.stream.record_event()
         return Parts(back), arrived
 
-    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _to_host(self, tensor: torch.Tensor) -> tuple[list[torch.Tensor], torch.Size, torch.dtype]:
+        """The tensor's bytes in pinned pieces (:func:`pinned_pieces`), its shape and dtype."""
+        nbytes = tensor.untyped_storage().nbytes() if tensor.is_meta else tensor.numel() * tensor.element_size()
         if tensor.is_meta:
             host = torch.empty_like(tensor)
-            note_host(host)
-            return host
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            note_host(host, sum(pinned_pieces(nbytes)))
+            return [host], tensor.shape, tensor.dtype
+        pieces = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for size in pinned_pieces(nbytes)]
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
-            host.copy_(tensor, non_blocking=True)
+            flat, start = _bytes(tensor.contiguous()), 0
+            for piece in pieces:
+                count = min(piece.numel(), flat.numel() - start)
+                piece[:count].copy_(flat[start:start + count], non_blocking=True)
+                start += count
         tensor.record_stream(self.stream)  # its memory is not reused before the copy has read it
-        return host
+        return pieces, tensor.shape, tensor.dtype
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view(-1).view(torch.uint8)

@@ -123,6 +123,7 @@ class _Runner:
         return out
 
     def down(self, block, h: Parts) -> Parts:
+        h = h.take()
         if type(block).__name__ not in BLOCKS_DOWN:
             h, skips = block(hidden_states=h.tensor(), temb=self.emb, **self._cross(block))
             for skip in skips:
@@ -143,6 +144,7 @@ class _Runner:
         return h
 
     def mid(self, block, h: Parts) -> Parts:
+        h = h.take()
         if type(block).__name__ not in BLOCKS_MID:
             return Parts.of(block(h.tensor(), self.emb, **self._cross(block)))
         h = self.resnet(block.resnets[0], h)
@@ -151,6 +153,7 @@ class _Runner:
         return h
 
     def up(self, block, h: Parts, upsample_size) -> Parts:
+        h = h.take()
         count = len(block.resnets)
         if type(block).__name__ not in BLOCKS_UP or _freeu(block):
             skips = [self._pop().tensor() for _ in range(count)][::-1]
@@ -161,6 +164,7 @@ class _Runner:
             joined = h + self._pop()
             h = self.resnet(resnet, joined)
             joined.release()
+            self.skips.prefetch()
             if attention is not None:
                 h = self.attention(attention, h)
         for sampler in block.upsamplers or []:
