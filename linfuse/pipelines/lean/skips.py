@@ -3,15 +3,14 @@
 At 16384² an SD-1.5 sample's skips take 12.7 GiB, most of it at the finest level, and the up path needs them last
 in, first out. Parked (``park=True``, CUDA), each is copied to pinned host memory on a side stream as it is made and
 copied back while the layer before its use runs (:meth:`SkipStore.prefetch`), so the copies overlap the UNet's
-compute; the device holds at most the skip in use or the next one. In a meta-device trace the host copies are counted as host memory
-(:func:`~linfuse.pipelines.memory_trace.note_host`); on the CPU there is nothing to park to.
+compute; the device holds at most the skip in use or the next one. In a meta-device trace the host copies are
+counted as host memory (:func:`~linfuse.pipelines.memory_trace.note_host`); on the CPU there is nothing to park to.
 """
 
 import torch
 
 from ..memory_trace import note_host
 from .parts import Parts
-
 
 MIN_PIECE = 1 << 20
 
