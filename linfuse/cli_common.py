@@ -30,6 +30,10 @@ def add_model_arguments(parser) -> None:
                              "model's native size)")
     parser.add_argument("--upscale", choices=("latent", "pixel"), default="latent",
                         help="how the progressive mode upscales between stages")
+    parser.add_argument("--memory-mode", choices=("auto", "plain", "lean"), default="auto",
+                        help="how the UNet runs: plain, lean (one sample at a time, in bands and chunks, skips parked "
+                             "in host memory on CUDA: for 8K-16K), or auto: plain when the memory preflight says it "
+                             "fits, else the cheapest lean setting that does")
 
 
 def default_params(args, prompt: str = ""):
@@ -81,7 +85,7 @@ def renderer(args, pipe):
     def render(pipe, params):
         progressive = args.highres == "on" or (args.highres == "auto" and max(params.width, params.height) > 2 * native)
         if progressive:
-            return generate_highres(pipe, params, HighResOptions(upscale=args.upscale))
-        return generate(pipe, params)
+            return generate_highres(pipe, params, HighResOptions(upscale=args.upscale, memory=args.memory_mode))
+        return generate(pipe, params, memory=args.memory_mode)
 
     return render

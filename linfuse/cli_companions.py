@@ -68,6 +68,7 @@ def run_upscale(args) -> int:
 def run_img2img(args) -> int:
     from .cli_common import default_params, load_model, resolve_method
     from .pipelines import describe_run, save_png
+    from .pipelines.highres import HighResOptions
     from .pipelines.img2img import check_steps, check_strength, img2img
 
     check_strength(args.strength)
@@ -78,7 +79,8 @@ def run_img2img(args) -> int:
     pipe = load_model(args, method, weights)
     describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
     size = (params.width, params.height) if args.size else None
-    result = img2img(pipe, image, params, strength=args.strength, size=size)
+    result = img2img(pipe, image, params, strength=args.strength, size=size,
+                     options=HighResOptions(memory=args.memory_mode))
     path = save_png(result, args.out, params)
     print(f"wrote {path} ({result.width}x{result.height}, strength {args.strength:g})")
     return 0

@@ -7,13 +7,16 @@ them with the pipeline's own components: text-to-image at the base size, and for
 ×2 (``upscale="latent"``: bicubic on the latent; ``"pixel"``: tiled VAE decode, bicubic on the image, tiled VAE
 encode) and re-denoised from strength s. The image is decoded in tiles at the end.
 
+``memory`` ("auto", "plain", "lean"; :mod:`.lean`) says how the UNet runs: "auto" takes, per stage, plain when the
+preflight says it fits, else the cheapest lean setting that does; the progress output says which.
+
 ``skip_residual=α > 0`` adds DemoFusion's skip residual: after each denoising step at timestep t the latent is
 pulled towards the upscaled latent noised to t, z ← c·noised(z_up, t) + (1 − c)·z with c = ((1 + cos(π(T−t)/T))/2)^α,
 T the training steps: strong at high noise (keeps the layout of the smaller image), vanishing at the end.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,9 +26,18 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError
 from ..linearize.registry import processor_classes
+from .lean import lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
-from .preflight import InsufficientMemoryError, MemoryModel, estimate_memory, gib, largest_fitting_size
+from .preflight import (
+    InsufficientMemoryError,
+    MemoryModel,
+    check_memory_mode,
+    estimate_memory,
+    gib,
+    largest_fitting_size,
+    mode_name,
+)
 from .text2image import native_size
 from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
 
@@ -33,6 +45,7 @@ UPSCALE_MODES = ("latent", "pixel")
 MAX_SKIP_RESIDUAL = 10
 DEFAULT_MAX_SOFTMAX_PIXELS = 2048 * 2048
 BAND_ROWS = 512  # rows converted to 8-bit at a time
+LEAN_HINT = ", the lean memory mode (memory='lean', --memory-mode lean)"
 
 
 @dataclass
@@ -45,8 +58,10 @@ class HighResOptions:
     max_softmax_pixels: int = DEFAULT_MAX_SOFTMAX_PIXELS
     check_memory: bool = True
     memory_limit: int | None = None  # bytes the job may use; default what is free now
+    memory: str = "auto"  # how the UNet runs: auto, plain or lean (see the module docstring)
 
     def validate(self) -> "HighResOptions":
+        check_memory_mode(self.memory)
         if self.upscale not in UPSCALE_MODES:
             raise InvalidArgumentError(f"upscale must be one of {', '.join(UPSCALE_MODES)}; got {self.upscale!r}")
         if not isinstance(self.skip_residual, (int, float)) or not 0 <= self.skip_residual <= MAX_SKIP_RESIDUAL:
@@ -118,16 +133,17 @@ def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stage
     guidance = params.guidance > 1.0
     model = model or MemoryModel(pipe)
     estimate = estimate_memory(pipe, stages, guidance=guidance, upscale=options.upscale, tile=options.vae_tile,
-                               model=model, limit=options.memory_limit)
+                               model=model, limit=options.memory_limit, memory=options.memory)
     if options.check_memory and not estimate.fits:
         best = largest_fitting_size(pipe, params.width, params.height, native_side=max(native_size(pipe)),
                                     strengths=options.strengths, guidance=guidance, upscale=options.upscale,
-                                    tile=options.vae_tile, model=model, limit=options.memory_limit)
+                                    tile=options.vae_tile, model=model, limit=options.memory_limit,
+                                    memory=options.memory)
         hint = f"the largest {params.width}:{params.height} size that fits is {best[0]}x{best[1]}" if best else \
             "nothing of this aspect ratio fits"
         raise InsufficientMemoryError(
             f"{params.width}x{params.height} would need {estimate.describe()}; {hint}. Free memory, use a smaller "
-            "size or a linearized model, or lower vae_tile."
+            f"size or a linearized model{LEAN_HINT if options.memory == 'plain' else ''}, or lower vae_tile."
         )
     return estimate
 
@@ -188,11 +204,13 @@ def decode(pipe, latents: torch.Tensor, options: HighResOptions) -> torch.Tensor
 
 def checked_stages(pipe, params: GenerationParams, options: HighResOptions) -> list[Stage]:
     """The job's stages, after every check that comes before work: parameters, options, refinement steps, softmax
-    size and the memory preflight. Jobs of the same size and options share them."""
+    size and the memory preflight, each with the UNet mode it runs (``Stage.lean``). Jobs of the same size and
+    options share them."""
     stages = plan_job(pipe, params, options)
     check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
-    preflight_job(pipe, params, options, stages)
-    return stages
+    estimate = preflight_job(pipe, params, options, stages)
+    modes = [s.lean for s in estimate.stages if s.denoising]
+    return [replace(stage, lean=lean) for stage, lean in zip(stages, modes, strict=True)]
 
 
 def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, stages: list[Stage] | None = None,
@@ -215,17 +233,21 @@ def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, 
               "output_type": "latent"}
     inputs = list(dict.fromkeys(["latents", *callback_on_step_end_tensor_inputs]))
     bar = tqdm(total=len(stages), desc="high-res stages", disable=not progress)
+    if progress:
+        tqdm.write("memory: " + "; ".join(f"{s.width}x{s.height} {mode_name(s.lean)}" for s in stages))
     base = stages[0]
-    latents = pipe(width=base.width, height=base.height, **common,
-                   **_callbacks(None, callback_on_step_end, inputs)).images
+    with lean_mode(pipe.unet, base.lean):
+        latents = pipe(width=base.width, height=base.height, **common,
+                       **_callbacks(None, callback_on_step_end, inputs)).images
     bar.update(1)
     for stage in stages[1:]:
-        bar.set_postfix_str(f"{stage.width}x{stage.height} s={stage.strength:g}")
+        bar.set_postfix_str(f"{stage.width}x{stage.height} s={stage.strength:g} {mode_name(stage.lean)}")
         upscaled = upscale_latents(pipe, latents, stage, options)
         skip = skip_residual_callback(upscaled, options.skip_residual, generator) if options.skip_residual > 0 \
             else None
-        latents = refine(image=upscaled, strength=stage.strength, **common,
-                         **_callbacks(skip, callback_on_step_end, inputs)).images
+        with lean_mode(pipe.unet, stage.lean):
+            latents = refine(image=upscaled, strength=stage.strength, **common,
+                             **_callbacks(skip, callback_on_step_end, inputs)).images
         bar.update(1)
     bar.close()
     return latents

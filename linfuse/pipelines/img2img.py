@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..errors import InvalidArgumentError
 from .highres import HighResOptions, check_softmax, to_pil
+from .lean import lean_mode
 from .parameters import GenerationParams
 from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
 from .preflight import InsufficientMemoryError, estimate_memory
@@ -55,7 +56,8 @@ def to_pixels(image: Image.Image, width: int, height: int) -> torch.Tensor:
 def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float = 0.5, *,
             size: tuple[int, int] | None = None, options: HighResOptions | None = None) -> Image.Image:
     """SDEdit of ``image`` towards ``params.prompt`` at ``size`` (default: the picture's own, rounded down to
-    multiples of 8; see the module docstring). ``params.width/height`` are set to the size used."""
+    multiples of 8; see the module docstring). ``params.width/height`` are set to the size used; the UNet runs as
+    ``options.memory`` says (auto: plain if it fits, else lean)."""
     from diffusers import AutoPipelineForImage2Image
 
     options = (options or HighResOptions()).validate()
@@ -66,7 +68,7 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     batch = 2 if params.guidance > 1.0 else 1
     check_softmax(pipe, params, options, batch=batch)
     estimate = estimate_memory(pipe, [Stage(params.width, params.height, strength)], guidance=batch == 2,
-                               tile=options.vae_tile, limit=options.memory_limit)
+                               tile=options.vae_tile, limit=options.memory_limit, memory=options.memory)
     if options.check_memory and not estimate.fits:
         raise InsufficientMemoryError(f"{params.width}x{params.height} image-to-image would need "
                                       f"{estimate.describe()}; use a smaller size or free memory")
@@ -76,7 +78,8 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     refine = AutoPipelineForImage2Image.from_pipe(pipe)
     refine.set_progress_bar_config(desc="img2img")
     generator = torch.Generator("cpu").manual_seed(params.seed)
-    latents = refine(prompt=params.prompt, negative_prompt=params.negative_prompt or None, image=latents,
-                     strength=strength, num_inference_steps=params.steps, guidance_scale=params.guidance,
-                     generator=generator, output_type="latent").images
+    with lean_mode(pipe.unet, estimate.stages[0].lean):
+        latents = refine(prompt=params.prompt, negative_prompt=params.negative_prompt or None, image=latents,
+                         strength=strength, num_inference_steps=params.steps, guidance_scale=params.guidance,
+                         generator=generator, output_type="latent").images
     return to_pil(tiled_decode(pipe.vae, latents, **tiling))[0]

@@ -22,6 +22,7 @@ class Stage:
     width: int
     height: int
     strength: float  # 1.0 for the base stage (generated from text)
+    lean: object = None  # the UNet's LeanSettings at this stage (None: plain), as the memory preflight chose
 
     @property
     def is_base(self) -> bool:

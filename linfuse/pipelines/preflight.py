@@ -12,17 +12,25 @@ excluded from the free memory it is compared with):
 
 On the CPU the device and host are the same memory and the two parts add up; on a GPU the device part is compared
 with ``torch.cuda.mem_get_info`` and the host part with the system's available memory. A job fits when every stage
-needs at most ``SAFETY`` of what is free.
+needs at most ``SAFETY`` of what is free and no tensor reaches 2^31 elements (``INDEX_LIMIT``: some convolution and
+up-sampling kernels index with 32 bits).
+
+``memory`` picks how the UNet runs (:mod:`.lean`): "plain" (its own forward), "lean" (the most frugal lean setting:
+skips parked in host memory on CUDA), or "auto": per denoising stage the first of plain, lean, lean with parked
+skips (CUDA) that fits. The trace runs that very code path, so the host memory of parked skips and the largest
+tensor are counted, not assumed.
 """
 
+import weakref
 from dataclasses import dataclass, field
 from math import gcd
 
 import torch
 
-from ..errors import LinfuseError
+from ..errors import InvalidArgumentError, LinfuseError
 from ..linearize.twin import meta_twin
-from .memory_trace import traced_peak
+from .lean import LeanSettings, lean_mode
+from .memory_trace import trace
 from .plan import Stage, default_strengths, plan_stages
 
 SAFETY = 0.9
@@ -33,6 +41,29 @@ LATENT_BUFFERS = 10
 # MALLOC_MMAP_THRESHOLD_=65536 (every large block returned to the system) the two agree within 1 %.
 ALLOCATOR_OVERHEAD = {"cpu": 1.25, "cuda": 1.1}
 CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
+INDEX_LIMIT = 2**31
+MEMORY_MODES = ("auto", "plain", "lean")
+
+
+def check_memory_mode(memory) -> str:
+    if memory not in MEMORY_MODES:
+        raise InvalidArgumentError(f"memory must be one of {', '.join(MEMORY_MODES)}; got {memory!r}")
+    return memory
+
+
+def lean_ladder(memory: str, device_type: str) -> list[LeanSettings | None]:
+    """The UNet settings ``memory`` may run, cheapest first (None = the plain forward)."""
+    check_memory_mode(memory)
+    parked = [LeanSettings(park_skips=True)] if device_type == "cuda" else []
+    if memory == "plain":
+        return [None]
+    if memory == "lean":
+        return parked or [LeanSettings()]
+    return [None, LeanSettings(), *parked]
+
+
+def mode_name(settings: LeanSettings | None) -> str:
+    return "plain" if settings is None else settings.describe()
 
 
 class InsufficientMemoryError(LinfuseError):
@@ -46,6 +77,13 @@ class StageMemory:
     height: int
     device_bytes: int
     host_bytes: int
+    max_elements: int = 0
+    lean: LeanSettings | None = None  # the UNet's settings at a denoising stage
+    denoising: bool = False
+
+    @property
+    def mode(self) -> str:
+        return mode_name(self.lean) if self.denoising else ""
 
 
 @dataclass
@@ -74,16 +112,32 @@ class MemoryEstimate:
         return max(self.stage_need(s)[1] for s in self.stages)
 
     @property
+    def max_elements(self) -> int:
+        return max(s.max_elements for s in self.stages)
+
+    def stage_fits(self, stage: StageMemory) -> bool:
+        device, host = self.stage_need(stage)
+        device_ok = self.free_device is None or device <= SAFETY * self.free_device
+        host_ok = self.shared or self.free_host is None or host <= SAFETY * self.free_host
+        return device_ok and host_ok and stage.max_elements < INDEX_LIMIT
+
+    @property
     def fits(self) -> bool:
-        device_ok = self.free_device is None or self.peak_device <= SAFETY * self.free_device
-        host_ok = self.shared or self.free_host is None or self.peak_host <= SAFETY * self.free_host
-        return device_ok and host_ok
+        return all(self.stage_fits(s) for s in self.stages)
+
+    @property
+    def modes(self) -> list[str]:
+        """The UNet's mode at each denoising stage."""
+        return [s.mode for s in self.stages if s.denoising]
 
     def describe(self) -> str:
         where = "memory" if self.shared else f"{self.device} memory"
-        lines = [f"{s.label} {s.width}x{s.height}: {gib(sum(self.stage_need(s)))}" for s in self.stages]
+        lines = [f"{s.label} {s.width}x{s.height}{f' ({s.mode})' if s.mode else ''}: {gib(sum(self.stage_need(s)))}"
+                 for s in self.stages]
         free = f"{gib(self.free_device)} free" if self.free_device is not None else "free memory unknown"
-        return f"peak {gib(self.peak_device)} of {where} ({free}); " + "; ".join(lines)
+        large = f"; a tensor of {self.max_elements:.3g} elements reaches 2^31" if self.max_elements >= INDEX_LIMIT \
+            else ""
+        return f"peak {gib(self.peak_device)} of {where} ({free}){large}; " + "; ".join(lines)
 
 
 def gib(count: int | None) -> str:
@@ -110,19 +164,28 @@ def free_memory(device: torch.device) -> tuple[int | None, int | None]:
 
 
 class MemoryModel:
-    """Meta twins of a pipeline's UNet and VAE, and the traced peak of each operation at any size."""
+    """Meta twins of a pipeline's UNet and VAE, and the traced peak of each operation at any size.
 
-    def __init__(self, pipe):
-        self.pipe = pipe
-        self.overhead = ALLOCATOR_OVERHEAD.get(pipe.unet.device.type, 1.25)
-        self.unet = meta_twin(pipe.unet)
-        self.vae = meta_twin(pipe.vae)
-        self.dtype = pipe.unet.dtype
-        self.vae_factor = pipe.vae_scale_factor
-        self.text_tokens = getattr(pipe.tokenizer, "model_max_length", 77) if pipe.tokenizer is not None else 77
+    ``MemoryModel(pipe)`` twins a loaded pipeline; ``MemoryModel.from_models(unet, vae, …)`` takes models already on
+    the meta device (the planner builds them from configs, with no weights)."""
+
+    def __init__(self, pipe=None, *, unet=None, vae=None, vae_factor: int | None = None, text_tokens: int = 77,
+                 device_type: str | None = None):
+        if pipe is not None:
+            unet, vae, vae_factor = meta_twin(pipe.unet), meta_twin(pipe.vae), pipe.vae_scale_factor
+            text_tokens = getattr(pipe.tokenizer, "model_max_length", 77) if pipe.tokenizer is not None else 77
+            device_type = pipe.unet.device.type
+        self.device_type = device_type or "cpu"
+        self.overhead = ALLOCATOR_OVERHEAD.get(self.device_type, 1.25)
+        self.unet, self.vae, self.vae_factor, self.text_tokens = unet, vae, vae_factor, text_tokens
+        self.dtype = unet.dtype
         self._unet_existing = [*self.unet.parameters(), *self.unet.buffers()]
         self._vae_existing = [*self.vae.parameters(), *self.vae.buffers()]
         self._cache: dict = {}
+
+    @classmethod
+    def from_models(cls, unet, vae, *, vae_factor: int, text_tokens: int, device_type: str) -> "MemoryModel":
+        return cls(unet=unet, vae=vae, vae_factor=vae_factor, text_tokens=text_tokens, device_type=device_type)
 
     def _unet_inputs(self, batch: int, height: int, width: int):
         config = self.unet.config
@@ -135,8 +198,10 @@ class MemoryModel:
             added = {"text_embeds": torch.empty(batch, pooled, **meta), "time_ids": torch.empty(batch, 6, **meta)}
         return sample, context, added
 
-    def unet_bytes(self, latent_height: int, latent_width: int, batch: int) -> int:
-        key = ("unet", latent_height, latent_width, batch)
+    def unet_memory(self, latent_height: int, latent_width: int, batch: int,
+                    lean: LeanSettings | None = None) -> tuple[int, int, int]:
+        """(device bytes, host bytes, largest tensor's elements) of one UNet call with these settings."""
+        key = ("unet", latent_height, latent_width, batch, lean)
         if key not in self._cache:
             sample, context, added = self._unet_inputs(batch, latent_height, latent_width)
             timestep = torch.tensor(500)
@@ -144,57 +209,101 @@ class MemoryModel:
             def forward(x, c):
                 return self.unet(x, timestep, c, added_cond_kwargs=added).sample
 
-            peak = traced_peak(forward, sample, context, existing=self._unet_existing)
+            with lean_mode(self.unet, lean):
+                traced = trace(forward, sample, context, existing=self._unet_existing)
             latent = sample[:1].nelement() * sample.element_size()
-            self._cache[key] = int(self.overhead * peak) + LATENT_BUFFERS * latent * max(1, batch // 2)
+            device = int(self.overhead * traced.peak) + LATENT_BUFFERS * latent * max(1, batch // 2)
+            self._cache[key] = (device, traced.host_peak, traced.max_elements)
         return self._cache[key]
 
-    def vae_tile_bytes(self, tile: int, batch: int, kind: str) -> int:
+    def unet_bytes(self, latent_height: int, latent_width: int, batch: int) -> int:
+        return self.unet_memory(latent_height, latent_width, batch)[0]
+
+    def vae_tile_memory(self, tile: int, batch: int, kind: str) -> tuple[int, int]:
+        """(bytes, largest tensor's elements) of one tile's decode or encode."""
         key = ("vae", tile, batch, kind)
         if key not in self._cache:
             config, meta = self.vae.config, {"device": "meta", "dtype": self.vae.dtype}
             if kind == "decode":
                 x = torch.empty(batch, config.latent_channels, tile, tile, **meta)
-                peak = traced_peak(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
+                traced = trace(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
             else:
                 side = tile * self.vae_factor
                 x = torch.empty(batch, config.in_channels, side, side, **meta)
-                peak = traced_peak(lambda z: self.vae.encode(z).latent_dist.mean, x, existing=self._vae_existing)
-            self._cache[key] = int(self.overhead * peak)
+                traced = trace(lambda z: self.vae.encode(z).latent_dist.mean, x, existing=self._vae_existing)
+            self._cache[key] = (int(self.overhead * traced.peak), traced.max_elements)
         return self._cache[key]
+
+    def vae_tile_bytes(self, tile: int, batch: int, kind: str) -> int:
+        return self.vae_tile_memory(tile, batch, kind)[0]
+
+
+def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, estimate) -> StageMemory:
+    """The stage's memory with the first UNet setting of ``ladder`` that fits (the last one if none does)."""
+    factor = model.vae_factor
+    label = "base" if stage.is_base else f"refine s={stage.strength:g}"
+    for lean in ladder:
+        device, host, elements = model.unet_memory(stage.height // factor, stage.width // factor, unet_batch, lean)
+        memory = StageMemory(label, stage.width, stage.height, device, host, elements, lean, denoising=True)
+        if estimate is None or estimate.stage_fits(memory):
+            break
+    return memory
+
+
+_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def memory_model_for(pipe) -> MemoryModel:
+    """A pipeline's MemoryModel, built once and rebuilt when its UNet's processors or dtype change."""
+    unet = pipe.unet
+    signature = (unet.dtype, unet.device.type, tuple(type(m).__name__ for m in unet.attn_processors.values()))
+    cached = _MODELS.get(unet)
+    if cached is None or cached[0] != signature:
+        cached = _MODELS[unet] = (signature, MemoryModel(pipe))
+    return cached[1]
 
 
 def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, guidance: bool = True,
-                    upscale: str = "latent", tile: int = 64) -> list[StageMemory]:
-    """The memory of every stage of a progressive job (a single image: ``stages`` with one base stage)."""
-    factor = model.vae_factor
+                    upscale: str = "latent", tile: int = 64, memory: str = "plain",
+                    estimate: "MemoryEstimate | None" = None) -> list[StageMemory]:
+    """The memory of every stage of a progressive job (a single image: ``stages`` with one base stage); with
+    ``memory="auto"`` each denoising stage takes the first setting that fits ``estimate``'s free memory."""
+    ladder = lean_ladder(memory, model.device_type)
     unet_batch = batch * (2 if guidance else 1)
     out = []
     previous = None
     for stage in stages:
-        latent_h, latent_w = stage.height // factor, stage.width // factor
-        label = "base" if stage.is_base else f"refine s={stage.strength:g}"
-        out.append(StageMemory(label, stage.width, stage.height, model.unet_bytes(latent_h, latent_w, unet_batch), 0))
+        out.append(denoising_stage(model, stage, unet_batch, ladder, estimate))
         if upscale == "pixel" and previous is not None:  # decode previous, resize, encode: two canvases on the host
-            tiles = max(model.vae_tile_bytes(tile, batch, "decode"), model.vae_tile_bytes(tile, batch, "encode"))
+            decode, encode = model.vae_tile_memory(tile, batch, "decode"), model.vae_tile_memory(tile, batch, "encode")
             canvases = batch * CANVAS_BYTES_PER_PIXEL * (previous.width * previous.height + stage.width * stage.height)
-            out.append(StageMemory("upscale (VAE)", stage.width, stage.height, tiles, canvases))
+            out.append(StageMemory("upscale (VAE)", stage.width, stage.height, max(decode[0], encode[0]), canvases,
+                                   max(decode[1], encode[1])))
         previous = stage
     final = stages[-1]
     pixels = final.width * final.height
-    out.append(StageMemory("decode (VAE)", final.width, final.height, model.vae_tile_bytes(tile, batch, "decode"),
-                           batch * pixels * (CANVAS_BYTES_PER_PIXEL + 3)))
+    decode = model.vae_tile_memory(tile, batch, "decode")
+    out.append(StageMemory("decode (VAE)", final.width, final.height, decode[0],
+                           batch * pixels * (CANVAS_BYTES_PER_PIXEL + 3), decode[1]))
     return out
 
 
 def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
-                    tile: int = 64, model: MemoryModel | None = None, limit: int | None = None) -> MemoryEstimate:
-    """The estimate of every stage, with the free memory now (or ``limit`` bytes, for device and host alike)."""
+                    tile: int = 64, model: MemoryModel | None = None, limit: int | None = None,
+                    memory: str = "auto", host_limit: int | None = None) -> MemoryEstimate:
+    """The estimate of every stage, with the free memory now (or ``limit`` bytes, for the device and, unless
+    ``host_limit`` is given, the host alike). ``memory`` as in the module docstring."""
     model = model or MemoryModel(pipe)
-    device = pipe.unet.device
-    free_device, free_host = (limit, limit) if limit is not None else free_memory(device)
-    return MemoryEstimate(device.type, estimate_stages(model, stages, batch=batch, guidance=guidance,
-                                                      upscale=upscale, tile=tile), free_device, free_host)
+    if limit is not None:
+        free_device, free_host = limit, limit
+    else:
+        free_device, free_host = free_memory(pipe.unet.device if pipe is not None else torch.device(model.device_type))
+    if host_limit is not None:
+        free_host = host_limit
+    estimate = MemoryEstimate(model.device_type, [], free_device, free_host)
+    estimate.stages = estimate_stages(model, stages, batch=batch, guidance=guidance, upscale=upscale, tile=tile,
+                                      memory=memory, estimate=estimate)
+    return estimate
 
 
 def candidate_sizes(width: int, height: int) -> list[tuple[int, int]]:

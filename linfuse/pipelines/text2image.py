@@ -24,13 +24,34 @@ def describe_run(pipe, params: GenerationParams, *, model: str = "", weights: st
     return params
 
 
-def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_on_step_end=None):
+def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_on_step_end=None,
+             memory: str = "plain"):
     """Run the pipeline once; the random stream comes from a CPU generator so a seed means the same on any device.
 
     ``callback_on_step_end`` is handed to the pipeline as it is (diffusers' per-step callback, e.g. for a progress
-    display); by default none is passed.
+    display); by default none is passed. ``memory``: how the UNet runs (:mod:`.lean`): "plain", "lean", or "auto"
+    (the memory preflight picks: plain when it fits, else the cheapest lean setting that does).
     """
+    from .lean import lean_mode
+
     params.validate(multiple_of=pipe.vae_scale_factor)
+    with lean_mode(pipe.unet, unet_mode(pipe, params, memory)):
+        return _run(pipe, params, progress, callback_on_step_end)
+
+
+def unet_mode(pipe, params: GenerationParams, memory: str):
+    """The UNet's LeanSettings (None: plain) for one text-to-image call, as ``memory`` asks."""
+    from .plan import Stage
+    from .preflight import check_memory_mode, estimate_memory, lean_ladder, memory_model_for
+
+    if check_memory_mode(memory) != "auto":
+        return lean_ladder(memory, pipe.unet.device.type)[0]
+    estimate = estimate_memory(pipe, [Stage(params.width, params.height, 1.0)], guidance=params.guidance > 1.0,
+                               model=memory_model_for(pipe))
+    return estimate.stages[0].lean
+
+
+def _run(pipe, params: GenerationParams, progress: bool, callback_on_step_end):
     pipe.set_progress_bar_config(disable=not progress, desc="denoising")
     generator = torch.Generator("cpu").manual_seed(params.seed)
     extra = {"callback_on_step_end": callback_on_step_end} if callback_on_step_end is not None else {}
