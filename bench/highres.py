@@ -28,8 +28,9 @@ from procstat import memory_kib, reset_peak  # bench/procstat.py (scripts run as
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child(kind: str, size: int, steps: int) -> dict:
-    """Run in a fresh process: one progressive generation at size×size; time, measured and estimated peak."""
+def child(kind: str, size: int, steps: int, memory: str = "plain", image_path: str | None = None) -> dict:
+    """Run in a fresh process: one progressive generation at size×size with the UNet in ``memory`` mode; time,
+    measured and estimated peak (and the image saved to ``image_path``)."""
     from linfuse.pipelines import GenerationParams, load_pipeline
     from linfuse.pipelines.highres import HighResOptions, generate_highres, plan_job, preflight_job
 
@@ -37,19 +38,22 @@ def child(kind: str, size: int, steps: int) -> dict:
                          device="cpu")
     params = GenerationParams(prompt="red apple on a blue background", width=size, height=size, steps=steps,
                               guidance=5.0, seed=0)
-    options = HighResOptions(max_softmax_pixels=max(size * size, 4096))
+    options = HighResOptions(max_softmax_pixels=max(size * size, 4096), memory=memory)
     estimate = preflight_job(pipe, params, options, plan_job(pipe, params, options))
     before = reset_peak()
     started = time.perf_counter()
-    generate_highres(pipe, params, options, progress=False)
+    image = generate_highres(pipe, params, options, progress=False)
     seconds = time.perf_counter() - started
     measured = (memory_kib("VmHWM") - before) * 1024
-    return {"kind": kind, "size": size, "seconds": seconds, "measured_bytes": measured,
-            "estimated_bytes": estimate.peak_device}
+    if image_path:
+        image.save(image_path)
+    return {"kind": kind, "size": size, "memory": memory, "seconds": seconds, "measured_bytes": measured,
+            "estimated_bytes": estimate.peak_device, "modes": estimate.modes}
 
 
-def run_child(kind: str, size: int, steps: int) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", kind, str(size), "--steps", str(steps)],
+def run_child(kind: str, size: int, steps: int, memory: str = "plain", image_path: str | None = None) -> dict:
+    extra = ["--memory", memory] + (["--image", image_path] if image_path else [])
+    result = subprocess.run([sys.executable, __file__, "--child", kind, str(size), "--steps", str(steps), *extra],
                             capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
         raise RuntimeError(f"{kind} at {size} failed:\n{result.stderr[-3000:]}")
@@ -148,10 +152,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--latents", type=int, nargs="+", default=[64, 128, 256, 512], help="GPU part: latent sides")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--lean-sizes", type=int, nargs="*", default=[1024, 2048],
+                        help="sizes of the plain-vs-lean table (bundled student)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--memory", default="plain", help=argparse.SUPPRESS)
+    parser.add_argument("--image", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.steps)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.steps, args.memory, args.image)))
         return
     rows = {"cpu": cpu_table(args)}
     import torch

@@ -10,6 +10,7 @@ from . import __version__
 from .cli_batch import add_batch_command
 from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
 from .cli_companions import add_companion_commands
+from .cli_estimate import add_estimate_command
 from .cli_training import add_training_commands
 from .errors import LinfuseError
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=run_generate)
 
     add_batch_command(commands)
+    add_estimate_command(commands)
     info = commands.add_parser("info", help="versions, device, and models available offline")
     info.set_defaults(run=run_info)
     add_training_commands(commands)

@@ -6,6 +6,10 @@ after another on one device). Rows outside the image are zero, as the convolutio
 convolved with no vertical padding and stored. What runs before the convolution (GroupNorm + activation, or
 nearest ×2 up-sampling) is applied to the band only, so neither the normalised nor the up-sampled activation exists
 whole; what follows it (a shortcut added) is applied to the output band.
+
+``in_place=True`` (stride 1, as many output as input channels) writes each output band over its own input rows:
+the last ``padding`` input rows of a band are kept aside before they are overwritten, as the halo the next band
+reads, so the convolution needs no output tensor of its own.
 """
 
 import torch
@@ -60,21 +64,41 @@ def check_conv(conv) -> None:
 
 
 def banded_conv(x: Parts, conv: nn.Conv2d, band_elements: int, *, pre=None, upsample: tuple[int, int] | None = None,
-                post=None) -> Parts:
+                post=None, in_place: bool = False) -> Parts:
     """conv(pre(x)) or conv(nearest-upsample(x)), as :class:`Parts`, in bands of output rows.
 
-    ``post(y, top, bottom)`` transforms each output band (rows [top, bottom)) before it is stored."""
+    ``post(y, top, bottom)`` transforms each output band (rows [top, bottom)) before it is stored; ``in_place``
+    stores it over x (see the module docstring)."""
     check_conv(conv)
     (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = conv.kernel_size, conv.stride, conv.padding
     in_h, in_w = upsample if upsample else (x.height, x.width)
     out_h = conv_output_size(in_h, kernel_h, stride_h, pad_h)
     out_w = conv_output_size(in_w, kernel_w, stride_w, pad_w)
+    if in_place and (upsample or conv.stride != (1, 1) or conv.in_channels != conv.out_channels
+                     or (out_h, out_w) != (in_h, in_w)):
+        raise InvalidArgumentError("an in-place banded convolution needs stride 1 and as many output as input "
+                                   f"channels and pixels; {conv} is not one")
     step = rows_per_band(max(x.channels * in_w * stride_h, conv.out_channels * out_w), band_elements)
-    out = Parts.empty(conv.out_channels, out_h, out_w, like=x.first)
+    step = max(step, pad_h)  # a band's kept-aside rows must be the rows just above the next band
+    out = x if in_place else Parts.empty(conv.out_channels, out_h, out_w, like=x.first)
+    above = None  # in place: input rows [top − pad, top), as they were before the band above overwrote them
     for top, bottom in spans(out_h, step, x.first.is_meta):
-        band = gather(x, top * stride_h - pad_h, (bottom - 1) * stride_h - pad_h + kernel_h, pre=pre,
-                      upsample=upsample)
+        first, last = top * stride_h - pad_h, (bottom - 1) * stride_h - pad_h + kernel_h
+        if above is not None and first < top:
+            band = _with_rows_above(x, above, top, last, pre)
+        else:
+            band = gather(x, first, last, pre=pre, upsample=upsample)
         y = F.conv2d(band, conv.weight, conv.bias, conv.stride, (0, pad_w), conv.dilation, conv.groups)
         del band
+        if in_place and pad_h:
+            above = x.rows(bottom - pad_h, bottom).clone()
         out.write_rows(top, post(y, top, bottom) if post else y)
     return out
+
+
+def _with_rows_above(x: Parts, above: torch.Tensor, top: int, last: int, pre) -> torch.Tensor:
+    """pre([rows kept aside ‖ x rows top … last)]), zero rows below the image."""
+    band = torch.cat([above, x.rows(top, min(last, x.height))], dim=2)
+    if pre is not None:
+        band = pre(band)
+    return pad_rows(band, 0, max(0, last - x.height))

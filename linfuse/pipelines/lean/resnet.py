@@ -1,7 +1,7 @@
-"""A diffusers ``ResnetBlock2D`` run lean: band by band, with no full-size temporary but its two conv outputs.
+"""A diffusers ``ResnetBlock2D`` run lean: band by band, with no full-size temporary but conv1's output.
 
     h   = conv1(act(GN1(x))) + proj(act(temb))        (GN1 and the activation applied per band of conv1's input)
-    out = (shortcut(x) + conv2(act(GN2(h)))) / s      (GN2, act and the shortcut per band of conv2's output)
+    out = (shortcut(x) + conv2(act(GN2(h)))) / s      (GN2, act and the shortcut per band; written over h)
 
 x may be a skip concatenation held as parts (:class:`~.parts.Parts`); GroupNorm then normalises over the joined
 channels as over the concatenated tensor. Blocks this does not cover (up/down-sampling inside the resnet,
@@ -50,6 +50,5 @@ def lean_resnet(resnet, x: Parts, temb: torch.Tensor | None, band_elements: int)
     def pre(band: torch.Tensor) -> torch.Tensor:
         return resnet.dropout(activate_(norm_act(stats)(band), act))
 
-    out = banded_conv(h, resnet.conv2, band_elements, pre=pre, post=shortcut)
-    h.release()
-    return out
+    return banded_conv(h, resnet.conv2, band_elements, pre=pre, post=shortcut,
+                       in_place=resnet.conv2.in_channels == resnet.conv2.out_channels)

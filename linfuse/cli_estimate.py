@@ -1,0 +1,81 @@
+"""``linfuse estimate``: plan a job's memory without weights (see :mod:`linfuse.pipelines.planner`)."""
+
+import json
+
+
+def add_estimate_command(commands) -> None:
+    from .pipelines.planner import KNOWN_MODELS
+
+    estimate = commands.add_parser(
+        "estimate", help="will this model make this image on that device? memory per stage, without weights",
+        description="Plan one image's memory from the model's configs (no weights): every stage (device and host), "
+                    "the weights, the peak, whether it fits, the UNet mode auto picks, and the largest size of the "
+                    "same aspect ratio that fits.")
+    estimate.add_argument("--model", required=True,
+                          help=f"{', '.join(KNOWN_MODELS)} (configs shipped), a pipeline folder, or a Hub id "
+                               "(configs only are fetched)")
+    estimate.add_argument("--size", required=True, help="WIDTHxHEIGHT, multiples of 8 up to 16384")
+    estimate.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32 (default fp16)")
+    estimate.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    estimate.add_argument("--memory", default=None,
+                          help="device memory the job may use, e.g. 24GiB (default: what is free on this machine's "
+                               "device)")
+    estimate.add_argument("--host-memory", default=None,
+                          help="host memory, for parked skips and image canvases (default: this machine's available)")
+    estimate.add_argument("--method", default="linfusion", help="linearisation method, or none for softmax")
+    estimate.add_argument("--memory-mode", default="auto", help="auto, plain or lean (default auto)")
+    estimate.add_argument("--guidance", type=float, default=7.5, help="> 1 runs classifier-free guidance (batch 2)")
+    estimate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    estimate.set_defaults(run=run_estimate)
+
+
+def device_memory(device: str) -> int:
+    """What is free on this machine's ``device``; an error naming --memory when there is no such device."""
+    import torch
+
+    from .errors import InvalidArgumentError
+    from .pipelines.preflight import host_available
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError("memory: this machine has no CUDA device to measure; pass --memory, e.g. "
+                                       "--memory 24GiB for a 24 GB card")
+        return torch.cuda.mem_get_info()[0]
+    available = host_available()
+    if available is None:
+        raise InvalidArgumentError("memory: cannot read this machine's available memory; pass --memory")
+    return available
+
+
+def run_estimate(args) -> int:
+    from .pipelines import parse_size
+    from .pipelines.planner import estimate_job, parse_memory
+
+    width, height = parse_size(args.size)
+    memory = parse_memory(args.memory, "--memory") if args.memory else None
+    host = parse_memory(args.host_memory, "--host-memory") if args.host_memory else None
+    method = None if args.method == "none" else args.method
+    plan = estimate_job(args.model, width, height, memory=memory or device_memory(args.device), host_memory=host,
+                        dtype=args.dtype, device=args.device, method=method, memory_mode=args.memory_mode,
+                        guidance=args.guidance)
+    print(json.dumps(plan.to_json(), indent=1) if args.json else describe(plan))
+    return 0
+
+
+def describe(plan) -> str:
+    from .pipelines.preflight import gib
+
+    data = plan.to_json()
+    rows = [f"{plan.model} {plan.width}x{plan.height}, {plan.dtype} on {plan.device}, method {plan.method}, "
+            f"memory mode {plan.memory_mode}:",
+            "| stage | size | UNet mode | device | host | largest tensor |", "|---|---|---|---:|---:|---:|"]
+    rows += [f"| {s['label']} | {s['width']}x{s['height']} | {s['mode'] or '—'} | {gib(s['device_bytes'])} | "
+             f"{gib(s['host_bytes'])} | {s['max_tensor_elements']:.3g} |" for s in data["stages"]]
+    largest = data["largest_fitting"]
+    verdict = "fits" if plan.fits else "does NOT fit"
+    rows += [f"weights {gib(plan.weights_bytes)}; peak device {gib(plan.peak_device_bytes)} (weights + largest "
+             f"stage) of {gib(plan.memory_bytes)}; peak host {gib(plan.peak_host_bytes)}; largest tensor "
+             f"{plan.estimate.max_elements:.3g} elements (limit 2^31 = 2.15e9)",
+             f"{verdict} (at most 90 % of each); UNet mode at the last stage: {plan.mode}; largest "
+             f"{plan.width}:{plan.height} size that fits: {f'{largest[0]}x{largest[1]}' if largest else 'none'}"]
+    return "\n".join(rows)

@@ -1,0 +1,240 @@
+"""The job planner behind ``linfuse estimate``: will this model make this image on that device, and how?
+
+It builds the model's UNet, VAE and text encoders on the meta device from configs (no weights, no network for the
+architectures shipped in ``configs/``: SD-1.5, SD-2.1, SDXL; or a local pipeline folder; or a Hub id, whose
+configs only are fetched), converts the UNet as ``method`` would, and runs the memory preflight
+(:mod:`.preflight`) on the stages generation would run: one text-to-image stage up to twice the native size, else
+the progressive stages (:mod:`.plan`). The device figure of the job is the weights (all components resident, as
+the pipelines keep them) plus the largest stage; it fits when that is at most ``SAFETY`` of ``memory``, the host
+figure at most ``SAFETY`` of ``host_memory`` (default: this machine's available memory), and no tensor reaches
+2^31 elements.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError
+from .plan import MAX_SIDE, Stage, plan_stages
+from .preflight import (
+    INDEX_LIMIT,
+    SAFETY,
+    MemoryEstimate,
+    MemoryModel,
+    candidate_sizes,
+    check_memory_mode,
+    estimate_memory,
+    host_available,
+)
+
+CONFIGS = Path(__file__).parent / "configs"
+KNOWN_MODELS = tuple(sorted(p.stem for p in CONFIGS.glob("*.json")))
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEVICES = ("cuda", "cpu")
+UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 2**10, "m": 1000**2, "mb": 1000**2, "mib": 2**20,
+         "g": 2**30, "gb": 1000**3, "gib": 2**30, "t": 2**40, "tb": 1000**4, "tib": 2**40}
+
+
+def parse_memory(text: str, name: str = "memory") -> int:
+    """'24GiB', '24GB', '16G' (G = GiB), '800MiB', '1e9' → bytes; an InvalidArgumentError naming ``name``."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in UNITS or float(match.group(1)) <= 0:
+        raise InvalidArgumentError(f"{name} must be an amount such as 24GiB, 24GB, 16G or 800MiB; got {text!r}")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def check_side(width: int, height: int) -> None:
+    for side_name, side in (("width", width), ("height", height)):
+        if side % 8 or not 8 <= side <= MAX_SIDE:
+            raise InvalidArgumentError(f"size: the {side_name} must be a multiple of 8 from 8 to {MAX_SIDE}; "
+                                       f"got {side}")
+
+
+@dataclass
+class ModelConfigs:
+    name: str
+    unet: dict
+    vae: dict
+    text_encoders: list  # transformers config objects or dicts
+    tokenizer_max_length: int = 77
+
+
+def load_configs(model: str) -> ModelConfigs:
+    """Configs of a shipped architecture (``KNOWN_MODELS``), a local pipeline folder, or a Hub id."""
+    if model in KNOWN_MODELS:
+        data = json.loads((CONFIGS / f"{model}.json").read_text())
+        return ModelConfigs(data["name"], data["unet"], data["vae"], data["text_encoders"],
+                            data["tokenizer_max_length"])
+    if not Path(model).is_dir() and not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise InvalidArgumentError(f"model must be one of {', '.join(KNOWN_MODELS)}, a pipeline folder or a Hub id "
+                                   f"(owner/name); got {model!r}")
+    return _pipeline_configs(model)
+
+
+def _pipeline_configs(source: str) -> ModelConfigs:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoConfig
+
+    try:
+        unet = UNet2DConditionModel.load_config(source, subfolder="unet")
+        vae = AutoencoderKL.load_config(source, subfolder="vae")
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"model {source!r}: no readable unet/ and vae/ configs ({exc}); give a diffusers "
+                                   "pipeline folder or Hub id, or one of " + ", ".join(KNOWN_MODELS)) from exc
+    encoders = []
+    for folder in ("text_encoder", "text_encoder_2"):
+        try:
+            encoders.append(AutoConfig.from_pretrained(source, subfolder=folder))
+        except (OSError, ValueError):
+            continue
+    return ModelConfigs(str(source), dict(unet), dict(vae), encoders)
+
+
+def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
+    """(UNet, VAE, text encoders) on the meta device in ``dtype``; the UNet converted by ``method``. A VAE whose
+    config asks for float32 (``force_upcast``, SDXL) is kept in float32 for half dtypes, as its pipeline runs it."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from ..linearize import linearize
+    from ..linearize.twin import _quiet_diffusers
+
+    with torch.device("meta"), _quiet_diffusers():
+        unet = UNet2DConditionModel.from_config(configs.unet).eval()
+        if method is not None:
+            linearize(unet, method=method)
+        unet = unet.to(dtype)
+        vae_dtype = torch.float32 if configs.vae.get("force_upcast") and dtype != torch.float32 else dtype
+        vae = AutoencoderKL.from_config(configs.vae).eval().to(vae_dtype)
+        encoders = [_text_encoder(config).to(dtype) for config in configs.text_encoders]
+    return unet.requires_grad_(False), vae.requires_grad_(False), encoders
+
+
+def _text_encoder(config):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if isinstance(config, dict):
+        architecture = config.get("architectures", ["CLIPTextModel"])[0]
+        config = CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
+    else:
+        architecture = (config.architectures or ["CLIPTextModel"])[0]
+    model_class = CLIPTextModelWithProjection if "Projection" in architecture else CLIPTextModel
+    return model_class(config).eval()
+
+
+def model_bytes(*models) -> int:
+    return sum(t.nelement() * t.element_size() for m in models for t in [*m.parameters(), *m.buffers()])
+
+
+@dataclass
+class JobPlan:
+    model: str
+    width: int
+    height: int
+    device: str
+    dtype: str
+    method: str
+    memory_mode: str
+    weights_bytes: int
+    estimate: MemoryEstimate
+    memory_bytes: int
+    host_memory_bytes: int | None
+    largest_fitting: tuple[int, int] | None
+
+    @property
+    def peak_device_bytes(self) -> int:
+        return self.weights_bytes + self.estimate.peak_device
+
+    @property
+    def peak_host_bytes(self) -> int:
+        return self.estimate.peak_host
+
+    @property
+    def fits(self) -> bool:
+        return job_fits(self.estimate, self.weights_bytes, self.memory_bytes, self.host_memory_bytes)
+
+    @property
+    def mode(self) -> str:
+        """The UNet's mode at the largest stage."""
+        return self.estimate.modes[-1]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "size": [self.width, self.height], "device": self.device, "dtype": self.dtype,
+            "method": self.method, "memory_mode": self.memory_mode, "fits": self.fits,
+            "memory_bytes": self.memory_bytes, "host_memory_bytes": self.host_memory_bytes,
+            "peak_device_bytes": self.peak_device_bytes, "peak_host_bytes": self.peak_host_bytes,
+            "weights_bytes": self.weights_bytes, "max_tensor_elements": self.estimate.max_elements,
+            "mode": self.mode,
+            "stages": [{"label": s.label, "width": s.width, "height": s.height, "mode": s.mode or None,
+                        "device_bytes": self.estimate.stage_need(s)[0], "host_bytes": self.estimate.stage_need(s)[1],
+                        "max_tensor_elements": s.max_elements} for s in self.estimate.stages],
+            "largest_fitting": list(self.largest_fitting) if self.largest_fitting else None,
+        }
+
+
+def job_fits(estimate: MemoryEstimate, weights: int, memory: int, host_memory: int | None) -> bool:
+    device_ok = weights + estimate.peak_device <= SAFETY * memory
+    host_ok = estimate.shared or host_memory is None or estimate.peak_host <= SAFETY * host_memory
+    return device_ok and host_ok and estimate.max_elements < INDEX_LIMIT
+
+
+def job_stages(width: int, height: int, native_side: int) -> list[Stage]:
+    """What generation runs: one stage up to twice the native side (``--highres auto``), else progressive."""
+    if max(width, height) <= 2 * native_side:
+        return [Stage(width, height, 1.0)]
+    return plan_stages(width, height, native_side)
+
+
+def estimate_job(model: str, width: int, height: int, *, memory: int, host_memory: int | None = None,
+                 dtype: str = "fp16", device: str = "cuda", method: str | None = "linfusion",
+                 memory_mode: str = "auto", guidance: float = 7.5, tile: int = 64) -> JobPlan:
+    """Plan one image of ``width``×``height`` (see the module docstring); every argument checked first."""
+    check_side(width, height)
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if device not in DEVICES:
+        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    check_memory_mode(memory_mode)
+    if method is not None:
+        from ..linearize import get_method
+
+        get_method(method)
+    host_memory = host_memory if host_memory is not None else host_available()
+    configs = load_configs(model)
+    unet, vae, encoders = meta_models(configs, DTYPES[dtype], method)
+    factor = 2 ** (len(configs.vae["block_out_channels"]) - 1)
+    memory_model = MemoryModel.from_models(unet, vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
+                                           device_type=device)
+    weights = model_bytes(unet, vae, *encoders)
+    native = unet.config.sample_size * factor
+    guided = guidance > 1.0
+    device_room = max(0, memory - weights / SAFETY)  # what the stages may use, the weights resident
+
+    def estimate(w: int, h: int) -> MemoryEstimate:
+        return estimate_memory(None, job_stages(w, h, native), guidance=guided, tile=tile, model=memory_model,
+                               limit=int(device_room), memory=memory_mode, host_limit=host_memory)
+
+    job = estimate(width, height)
+    largest = _largest(width, height, lambda w, h: job_fits(estimate(w, h), weights, memory, host_memory))
+    return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
+                   host_memory, largest)
+
+
+def _largest(width: int, height: int, fits) -> tuple[int, int] | None:
+    """The largest size of W:H (sides up to MAX_SIDE) for which ``fits(w, h)``; None if not even the smallest."""
+    scale = MAX_SIDE / max(width, height)
+    top_w, top_h = max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
+    sizes = candidate_sizes(top_w, top_h)
+    if fits(*sizes[-1]):
+        return sizes[-1]
+    if not fits(*sizes[0]):
+        return None
+    low, high = 0, len(sizes) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(*sizes[middle]) else (low, middle - 1)
+    return sizes[low]
