@@ -5,13 +5,13 @@ returns it until the last tensor viewing it is garbage-collected (``weakref.fina
 the trace (weights, inputs) are not counted. Run on meta tensors this costs no memory and little time, and it counts
 what eager PyTorch would hold at once; workspace inside a single kernel (cuDNN, oneDNN scratch) is not seen.
 
-Code that moves tensors to host memory while it runs (the lean mode's parked skips) calls :func:`note_host` on its
-host copies: the trace counts them apart (``host_peak``), not as device memory. ``max_elements`` is the element
-count of the largest tensor the computation allocated (32-bit indexing fails at 2^31 in some kernels).
+Code that moves tensors to host memory while it runs (the lean mode's parked skips) allocates its host copies
+inside :func:`on_host`: the trace counts them apart (``host_peak``), not as device memory. ``max_elements`` is the
+element count of the largest tensor the computation allocated (32-bit indexing fails at 2^31 in some kernels).
 """
 
 import weakref
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ class LiveBytes(TorchDispatchMode):
         self.current = self.peak = 0
         self.host_current = self.host_peak = 0
         self.max_elements = 0
+        self.host_block: int | None = None  # inside on_host: the bytes a new storage takes on the host (0: its own)
 
     def __enter__(self):
         LiveBytes.active.append(self)
@@ -60,22 +61,18 @@ class LiveBytes(TorchDispatchMode):
         entry = self.live.get(key)
         if entry is None:
             size = tensor.untyped_storage().nbytes()
-            entry = self.live[key] = [size, 0, False]
-            self.current += size
-            self.peak = max(self.peak, self.current)
             self.max_elements = max(self.max_elements, size // max(tensor.element_size(), 1))
+            if self.host_block is not None:
+                size = self.host_block or size
+                entry = self.live[key] = [size, 0, True]
+                self.host_current += size
+                self.host_peak = max(self.host_peak, self.host_current)
+            else:
+                entry = self.live[key] = [size, 0, False]
+                self.current += size
+                self.peak = max(self.peak, self.current)
         entry[1] += 1
         weakref.finalize(tensor, self._release, key)
-
-    def move_to_host(self, tensor: torch.Tensor, nbytes: int | None = None) -> None:
-        entry = self.live.get(storage_key(tensor))
-        if entry is None or entry[2]:
-            return
-        entry[2] = True
-        self.current -= entry[0]
-        entry[0] = nbytes or entry[0]
-        self.host_current += entry[0]
-        self.host_peak = max(self.host_peak, self.host_current)
 
     def _release(self, key: int) -> None:
         entry = self.live.get(key)
@@ -90,11 +87,18 @@ class LiveBytes(TorchDispatchMode):
             del self.live[key]
 
 
-def note_host(tensor: torch.Tensor, nbytes: int | None = None) -> None:
-    """Count ``tensor`` (already allocated) as ``nbytes`` (default: its size) of host memory in the traces that
-    are running."""
-    for trace in LiveBytes.active:
-        trace.move_to_host(tensor, nbytes)
+@contextmanager
+def on_host(nbytes: int | None = None):
+    """Tensors allocated inside are host memory in the traces that are running, ``nbytes`` each (default: their
+    size)."""
+    traces = list(LiveBytes.active)
+    for recorder in traces:
+        recorder.host_block = nbytes or 0
+    try:
+        yield
+    finally:
+        for recorder in traces:
+            recorder.host_block = None
 
 
 class FusedAttention(TorchFunctionMode):

@@ -214,12 +214,17 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
     guided = guidance > 1.0
     device_room = max(0, memory - weights / SAFETY)  # what the stages may use, the weights resident
 
-    def estimate(w: int, h: int) -> MemoryEstimate:
-        return estimate_memory(None, job_stages(w, h, native), guidance=guided, tile=tile, model=memory_model,
-                               limit=int(device_room), memory=memory_mode, host_limit=host_memory)
+    def estimate(stages: list[Stage]) -> MemoryEstimate:
+        return estimate_memory(None, stages, guidance=guided, tile=tile, model=memory_model, limit=int(device_room),
+                               memory=memory_mode, host_limit=host_memory)
 
-    job = estimate(width, height)
-    largest = _largest(width, height, lambda w, h: job_fits(estimate(w, h), weights, memory, host_memory))
+    def fits(w: int, h: int) -> bool:
+        """The largest stage first (most sizes that fail, fail there), then the whole job."""
+        stages = job_stages(w, h, native)
+        return all(job_fits(estimate(part), weights, memory, host_memory) for part in (stages[-1:], stages))
+
+    job = estimate(job_stages(width, height, native))
+    largest = _largest(width, height, fits)
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
                    host_memory, largest)
 

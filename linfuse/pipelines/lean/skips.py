@@ -4,12 +4,12 @@ At 16384² an SD-1.5 sample's skips take 12.7 GiB, most of it at the finest leve
 in, first out. Parked (``park=True``, CUDA), each is copied to pinned host memory on a side stream as it is made and
 copied back while the layer before its use runs (:meth:`SkipStore.prefetch`), so the copies overlap the UNet's
 compute; the device holds at most the skip in use or the next one. In a meta-device trace the host copies are
-counted as host memory (:func:`~linfuse.pipelines.memory_trace.note_host`); on the CPU there is nothing to park to.
+counted as host memory (:func:`~linfuse.pipelines.memory_trace.on_host`); on the CPU there is nothing to park to.
 """
 
 import torch
 
-from ..memory_trace import note_host
+from ..memory_trace import on_host
 from .parts import Parts
 
 MIN_PIECE = 1 << 20
@@ -79,8 +79,8 @@ class SkipStore:
         """The tensor's bytes in pinned pieces (:func:`pinned_pieces`), its shape and dtype."""
         nbytes = tensor.untyped_storage().nbytes() if tensor.is_meta else tensor.numel() * tensor.element_size()
         if tensor.is_meta:
-            host = torch.empty_like(tensor)
-            note_host(host, sum(pinned_pieces(nbytes)))
+            with on_host(sum(pinned_pieces(nbytes))):
+                host = torch.empty_like(tensor)
             return [host], tensor.shape, tensor.dtype
         pieces = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for size in pinned_pieces(nbytes)]
         self.stream.wait_stream(torch.cuda.current_stream(self.device))

@@ -42,8 +42,12 @@ def lean_forward(unet, settings, sample, timestep, encoder_hidden_states, return
     if torch.is_grad_enabled():  # training: in-place updates would break autograd
         return plain(unet, sample, timestep, encoder_hidden_states, return_dict=return_dict, **kwargs)
     batch = sample.shape[0]
-    outputs = []
-    for index in range(batch):
+    # On the meta device (a memory trace) every sample allocates the same: the last one runs, with the outputs of
+    # the others already held, and they are stand-ins of its output's shape.
+    indices = [batch - 1] if sample.is_meta else range(batch)
+    outputs = [sample.new_empty(1, unet.config.out_channels, *sample.shape[2:]) for _ in range(batch - 1)] \
+        if sample.is_meta else []
+    for index in indices:
         one = split_batch({"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states,
                            **kwargs}, index, batch)
         if _runs_whole(unet, one):
