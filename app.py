@@ -17,13 +17,14 @@ come back as ``gradio_client.exceptions.AppError`` whose message names the param
                name from ``linfuse.linearize.method_names()``).
                outputs: (image file (PNG), parameters text, PNG file with the parameters embedded, gallery).
 ``/highres``   inputs: those of /generate, then upscale ('latent' | 'pixel'), strengths (text: one value in (0, 1)
-               per ×2 refinement, comma-separated; '' = 0.4 down to 0.1), skip_residual (float, 0 = off, up to 10).
+               per ×2 refinement, comma-separated; '' = 0.4 down to 0.1), skip_residual (float, 0 = off, up to 10),
+               memory ('auto' | 'plain' | 'lean': how the UNet runs; auto = plain where it fits, else lean).
                outputs: as /generate.
 ``/estimate``  inputs: width, height, guidance, model, method.  output: Markdown text: the memory preflight of the
                job /generate would run (peak MiB, free MiB, fits or not, the largest size of that shape that fits,
                per-stage MiB); problems with the inputs are described in the text instead of raised.
-``/estimate_highres``  inputs: width, height, guidance, model, method, upscale, strengths.  output: as /estimate,
-               for the job /highres would run.
+``/estimate_highres``  inputs: width, height, guidance, model, method, upscale, strengths, memory.  output: as
+               /estimate, for the job /highres would run (with the UNet mode of each stage).
 ``/img2img``   inputs: image (``gradio_client.handle_file(path)``), prompt, negative, strength (float in (0, 1]),
                steps, guidance, seed, model, method (as /generate), width, height (int; both 0 = the picture's own
                size rounded down to multiples of 8). int(steps × strength) must be at least 1.
@@ -112,6 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16)")
     parser.add_argument("--memory-limit-mib", type=int, default=None,
                         help="memory a job may use, for the preflight (default: what is free)")
+    parser.add_argument("--memory-mode", choices=("auto", "plain", "lean"), default="auto",
+                        help="how the UNet runs in the Generate and Img2Img tabs: plain, lean (one sample at a time, "
+                             "in bands and chunks: 8K-16K) or auto (plain when it fits, else lean); the High-res tab "
+                             "has its own control")
     args = parser.parse_args(argv)
     # Gradio's own convention, as every Gradio app honours it; an explicit flag wins.
     args.host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
@@ -125,7 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> AppSettings:
     settings = AppSettings(device=args.device, dtype=args.dtype, weights=args.weights, max_models=args.max_models,
-                           memory_limit=None if args.memory_limit_mib is None else args.memory_limit_mib * 2**20)
+                           memory_limit=None if args.memory_limit_mib is None else args.memory_limit_mib * 2**20,
+                           memory_mode=args.memory_mode)
     if args.outdir is not None:
         settings.outdir = args.outdir
     return settings

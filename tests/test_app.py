@@ -92,18 +92,24 @@ def test_estimate_reports_mib_and_whether_it_fits(client):
 
 def test_highres_endpoint_makes_the_target_size(client):
     image, parameters, _, gallery = client.predict(
-        "dog face on a yellow background", "", 128, 96, 4, 5.0, 1, "student", "auto", "latent", "0.3", 1.0,
+        "dog face on a yellow background", "", 128, 96, 4, 5.0, 1, "student", "auto", "latent", "0.3", 1.0, "lean",
         api_name="/highres")
     with Image.open(image) as shown:
         assert shown.size == (128, 96)
     assert "Size: 128x96" in parameters and "skip residual 1" in gallery[0]["caption"]
+    assert "memory lean" in gallery[0]["caption"]
+    text = client.predict(128, 96, 5.0, "student", "auto", "latent", "0.3", "lean", api_name="/estimate_highres")
+    assert "| base | 64×48 | lean |" in text
+    with pytest.raises(AppError, match="memory must be one of auto, plain, lean"):
+        client.predict("x", "", 128, 96, 4, 5.0, 1, "student", "auto", "latent", "0.3", 0, "small",
+                       api_name="/highres")
     with pytest.raises(AppError, match=r"steps must be at least 4 .* int\(3 × 0.3\) = 0"):
-        client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "latent", "0.3", 0, api_name="/highres")
+        client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "latent", "0.3", 0, "auto", api_name="/highres")
     with pytest.raises(AppError, match="strengths must give 1 values"):
-        client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "latent", "0.3, 0.2", 0,
+        client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "latent", "0.3, 0.2", 0, "auto",
                        api_name="/highres")
     with pytest.raises(AppError, match="upscale must be one of latent, pixel"):
-        client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "nearest", "", 0, api_name="/highres")
+        client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "nearest", "", 0, "auto", api_name="/highres")
 
 
 def test_img2img_works_at_the_input_size(client, emoji, tmp_path):
@@ -201,11 +207,11 @@ def test_validation_messages():
 
 def test_the_preflight_view_names_the_librarys_largest_fitting_size(student):
     loaded = LoadedModel(ModelKey("student", "linfusion", None, "cpu", "float32"), student)
-    options = preflight.HighResOptions(memory_limit=76 * 2**20)  # the VAE's tile alone needs ~60 MiB
+    options = preflight.HighResOptions(memory_limit=76 * 2**20, memory="plain")  # the VAE's tile alone: ~60 MiB
     result = preflight.estimate(loaded, 384, 192, 5.0, progressive=True, options=options)
     assert not result.fits
     theirs = largest_fitting_size(student, 384, 192, native_side=64, guidance=True, model=loaded.memory_model(),
-                                  limit=options.memory_limit)
+                                  limit=options.memory_limit, memory="plain")
     assert theirs[0] < 384
     text = preflight.describe(loaded, GenerationParams("x", width=384, height=192, guidance=5.0), progressive=True,
                               options=options)

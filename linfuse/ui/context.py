@@ -17,6 +17,7 @@ class AppSettings:
     weights: str = "default"  # linear-attention weights: see app.py --weights
     max_models: int = 2  # pipelines kept loaded
     memory_limit: int | None = None  # bytes a job may use (preflight); default: what is free
+    memory_mode: str = "auto"  # how the UNet runs in Generate and Img2Img (High-res has its own control)
     history: int = 48  # images kept in a session's gallery
 
 

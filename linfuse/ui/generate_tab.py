@@ -24,12 +24,13 @@ def generate_image(ctx, prompt, negative, width, height, steps, guidance, seed, 
     describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
     if is_progressive(loaded, params.width, params.height):
         progress(0, desc="progressive generation (checks and memory preflight first)")
-        options = HighResOptions(memory_limit=ctx.settings.memory_limit)
+        options = HighResOptions(memory_limit=ctx.settings.memory_limit, memory=ctx.settings.memory_mode)
         # refuses, before any work, too few steps for a refinement, softmax beyond its limit, a job that won't fit;
         # its stage bar is tqdm, followed by gr.Progress
         image = generate_highres(loaded.pipe, params, options)
         return finish(ctx, image, params, history, extra="progressive, latent upscaling")
-    image = generate(loaded.pipe, params, progress=False, callback_on_step_end=step_progress(progress))
+    image = generate(loaded.pipe, params, progress=False, callback_on_step_end=step_progress(progress),
+                     memory=ctx.settings.memory_mode)
     return finish(ctx, image, params, history)
 
 
@@ -52,7 +53,7 @@ def build(ctx) -> None:
 
     def estimate(width, height, guidance, model, method):
         return estimate_markdown(ctx.models, width, height, guidance, model, method,
-                                 memory_limit=ctx.settings.memory_limit)
+                                 memory_limit=ctx.settings.memory_limit, memory=ctx.settings.memory_mode)
 
     button.click(run, [*form.inputs(), ctx.history], [*area.outputs(), ctx.history, ctx.gallery],
                  api_name="generate", concurrency_id="denoise", concurrency_limit=1)

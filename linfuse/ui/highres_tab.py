@@ -8,6 +8,7 @@ import gradio as gr
 
 from ..pipelines import describe_run, generate_highres
 from ..pipelines.highres import MAX_SKIP_RESIDUAL, UPSCALE_MODES
+from ..pipelines.preflight import MEMORY_MODES
 from .forms import generation_form, result_area
 from .preflight import estimate_markdown
 from .results import PROGRESS, finish
@@ -23,11 +24,11 @@ TAB_ID = "highres"
 
 
 def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths,
-                  skip_residual, history, progress):
+                  skip_residual, memory, history, progress):
     """Validate the form, then :func:`linfuse.pipelines.generate_highres`, which refuses before any work what
     cannot run (too few steps for a refinement's strength, a job that does not fit: its memory preflight)."""
     params = check_params(prompt, negative, width, height, steps, guidance, seed)
-    options = check_highres(upscale, strengths, skip_residual)
+    options = check_highres(upscale, strengths, skip_residual, memory)
     options.memory_limit = ctx.settings.memory_limit
     model, method = check_model(model), check_method(method)
     progress(0, desc=f"loading {model}")
@@ -36,11 +37,12 @@ def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, m
     progress(0, desc="memory preflight, then the stages")
     image = generate_highres(loaded.pipe, params, options)  # its stage bar is tqdm, followed by gr.Progress
     schedule = ", ".join(f"{s:g}" for s in options.strengths) if options.strengths else "default strengths"
-    extra = f"progressive, {options.upscale} upscaling, {schedule}, skip residual {options.skip_residual:g}"
+    extra = (f"progressive, {options.upscale} upscaling, {schedule}, skip residual {options.skip_residual:g}, "
+             f"memory {options.memory}")
     return finish(ctx, image, params, history, extra=extra)
 
 
-def option_inputs() -> tuple[gr.Dropdown, gr.Textbox, gr.Number]:
+def option_inputs() -> tuple[gr.Dropdown, gr.Textbox, gr.Number, gr.Dropdown]:
     upscale = gr.Dropdown(list(UPSCALE_MODES), value="latent", label="upscale", elem_id=f"{TAB_ID}-upscale",
                           info="latent: bicubic on the latent; pixel: decode, resize, encode (tiled VAE)",
                           allow_custom_value=True)  # so that check_highres, not gradio, words a wrong value
@@ -48,7 +50,10 @@ def option_inputs() -> tuple[gr.Dropdown, gr.Textbox, gr.Number]:
                            info="one per ×2 refinement, each in (0, 1), e.g. '0.4, 0.25, 0.1'; empty: 0.4 down to 0.1")
     skip = gr.Number(0, label="skip_residual", elem_id=f"{TAB_ID}-skip-residual",
                      info=f"DemoFusion's skip residual α, 0 (off) to {MAX_SKIP_RESIDUAL:g}; 3 is DemoFusion's")
-    return upscale, strengths, skip
+    memory = gr.Dropdown(list(MEMORY_MODES), value="auto", label="memory", elem_id=f"{TAB_ID}-memory",
+                         info="how the UNet runs: lean = one sample at a time, in bands and chunks (8K–16K); auto = "
+                              "plain where it fits, else lean", allow_custom_value=True)
+    return upscale, strengths, skip, memory
 
 
 def build(ctx) -> None:
@@ -58,7 +63,7 @@ def build(ctx) -> None:
             with gr.Column():
                 form = generation_form(TAB_ID, side=256, steps=20)
                 with gr.Row():
-                    upscale, strengths, skip = option_inputs()
+                    upscale, strengths, skip, memory = option_inputs()
                 form.preflight.render()
                 button = gr.Button("Generate high-res image", variant="primary", elem_id=f"{TAB_ID}-button")
             with gr.Column():
@@ -66,19 +71,21 @@ def build(ctx) -> None:
 
     @shown_to_people
     def run(prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths, skip_residual,
-            history, progress=PROGRESS):
+            memory, history, progress=PROGRESS):
         return highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale,
-                             strengths, skip_residual, history, progress)
+                             strengths, skip_residual, memory, history, progress)
 
-    def estimate(width, height, guidance, model, method, upscale, strengths):
+    def estimate(width, height, guidance, model, method, upscale, strengths, memory):
         return estimate_markdown(ctx.models, width, height, guidance, model, method, progressive=True,
-                                 upscale=upscale, strengths=strengths, memory_limit=ctx.settings.memory_limit)
+                                 upscale=upscale, strengths=strengths, memory_limit=ctx.settings.memory_limit,
+                                 memory=memory)
 
-    button.click(run, [*form.inputs(), upscale, strengths, skip, ctx.history],
+    button.click(run, [*form.inputs(), upscale, strengths, skip, memory, ctx.history],
                  [*area.outputs(), ctx.history, ctx.gallery], api_name="highres", concurrency_id="denoise",
                  concurrency_limit=1)
-    preflight = {"inputs": [*form.estimate_inputs(), upscale, strengths], "outputs": form.preflight,
+    preflight = {"inputs": [*form.estimate_inputs(), upscale, strengths, memory], "outputs": form.preflight,
                  "show_progress": "minimal", "concurrency_id": "preflight", "concurrency_limit": 1}
-    gr.on([*form.estimate_triggers(), upscale.change, strengths.blur, strengths.submit, ctx.blocks.load], estimate,
+    gr.on([*form.estimate_triggers(), upscale.change, strengths.blur, strengths.submit, memory.change,
+           ctx.blocks.load], estimate,
           api_name="estimate_highres", trigger_mode="always_last", **preflight)
     form.model_picked.then(estimate, api_visibility="private", **preflight)

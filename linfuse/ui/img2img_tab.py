@@ -56,7 +56,7 @@ def img2img_image(ctx, image, prompt, negative, strength, steps, guidance, seed,
     loaded = ctx.models.get(model, method)
     describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
     progress(0, desc="image to image (memory preflight first)")
-    options = HighResOptions(memory_limit=ctx.settings.memory_limit)
+    options = HighResOptions(memory_limit=ctx.settings.memory_limit, memory=ctx.settings.memory_mode)
     # its denoising bar is tqdm, followed by gr.Progress
     result = img2img(loaded.pipe, image, params, strength, size=(params.width, params.height), options=options)
     extra = f"img2img strength {strength:g} from a {image.width}×{image.height} picture"

@@ -35,7 +35,8 @@ def estimate(loaded: LoadedModel, width: int, height: int, guidance: float, *, p
     options = options or HighResOptions()
     stages = stages_for(loaded, width, height, progressive=progressive, strengths=options.strengths)
     return estimate_memory(loaded.pipe, stages, guidance=guidance > 1.0, upscale=options.upscale,
-                           tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit)
+                           tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit,
+                           memory=options.memory)
 
 
 def largest_that_fits(loaded: LoadedModel, width: int, height: int, guidance: float,
@@ -43,7 +44,8 @@ def largest_that_fits(loaded: LoadedModel, width: int, height: int, guidance: fl
     """:func:`linfuse.pipelines.largest_fitting_size` for this model and these options."""
     return largest_fitting_size(loaded.pipe, width, height, native_side=loaded.native_side,
                                 strengths=options.strengths, guidance=guidance > 1.0, upscale=options.upscale,
-                                tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit)
+                                tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit,
+                                memory=options.memory)
 
 
 def softmax_refusal(loaded: LoadedModel, params: GenerationParams, options: HighResOptions) -> str | None:
@@ -68,9 +70,10 @@ def peak_text(result: MemoryEstimate) -> str:
 
 
 def stage_table(result: MemoryEstimate) -> str:
-    rows = ["| stage | size | MiB |", "|---|---|---:|"]
+    rows = ["| stage | size | UNet | MiB |", "|---|---|---|---:|"]
     for stage in result.stages:
-        rows.append(f"| {stage.label} | {stage.width}×{stage.height} | {sum(result.stage_need(stage)) / 2**20:,.1f} |")
+        rows.append(f"| {stage.label} | {stage.width}×{stage.height} | {stage.mode or '—'} | "
+                    f"{sum(result.stage_need(stage)) / 2**20:,.1f} |")
     return "\n".join(rows)
 
 
@@ -97,13 +100,15 @@ def describe(loaded: LoadedModel, params: GenerationParams, *, progressive: bool
 
 
 def estimate_markdown(models, width, height, guidance, model, method, *, progressive: bool | None = None,
-                      upscale: str = "latent", strengths=None, memory_limit: int | None = None) -> str:
+                      upscale: str = "latent", strengths=None, memory_limit: int | None = None,
+                      memory: str = "auto") -> str:
     """The preflight display for a form's current values; never raises (a form being edited is often incomplete):
     what is wrong is shown in place of the estimate. ``progressive=None``: as the Generate tab decides."""
     try:
         width, height = check_size(width, height)
         params = GenerationParams("", width=width, height=height, guidance=as_float("guidance", guidance)).validate()
-        options = HighResOptions(upscale=upscale, strengths=parse_strengths(strengths), memory_limit=memory_limit)
+        options = HighResOptions(upscale=upscale, strengths=parse_strengths(strengths), memory_limit=memory_limit,
+                                 memory=memory)
         options.validate()
         loaded = models.get(check_model(model), check_method(method))
         if progressive is None:

@@ -131,10 +131,10 @@ def parse_strengths(text) -> tuple[float, ...] | None:
     return values  # their range and count are checked where the stages are planned (plan_stages)
 
 
-def check_highres(upscale, strengths, skip_residual) -> HighResOptions:
+def check_highres(upscale, strengths, skip_residual, memory: str = "auto") -> HighResOptions:
     """The options, checked by :meth:`HighResOptions.validate` (strengths by the stage plan)."""
     return HighResOptions(upscale=upscale, strengths=parse_strengths(strengths),
-                          skip_residual=as_float("skip_residual", skip_residual)).validate()
+                          skip_residual=as_float("skip_residual", skip_residual), memory=memory).validate()
 
 
 def people_message(exc: BaseException) -> str:
