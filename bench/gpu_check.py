@@ -15,8 +15,10 @@ Sections, each timed against the budget and written out as soon as it ends (a ru
    and dense SDPA (all pairs, its own FLOPs);
 5. SD-1.5 UNet (full width, random weights, fp16, batch 1): forward time with linfusion vs diffusers' SDPA at latents
    128², 256², 512², 1024²;
-6. a 16384² SD-1.5 lean job: skipped until the memory-lean mode exists.
---dry-run runs sections 2–5 on the CPU with the reference path at tiny sizes (what the test suite runs).
+6. a 16384² SD-1.5 lean job (full width, random weights, fp16, LinFusion): the largest UNet call of the 16K stage,
+   batch 2 (guidance), in the lean memory mode with skips parked in host memory: time, finiteness, and
+   torch.cuda.max_memory_allocated against the preflight's trace of the same call (and of the plain forward).
+--dry-run runs sections 2–6 on the CPU with the reference path at tiny sizes (what the test suite runs).
 """
 
 import argparse
@@ -40,7 +42,7 @@ from linfuse.kernels.local_attention_reference import count_visible_pairs  # noq
 from linfuse.kernels.model_shapes import MODEL_PROBLEMS, AttentionProblem  # noqa: E402
 
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5}  # RMS error / RMS of the reference
-SECTION_SHARE = {"configs": 0.40, "linear_bandwidth": 0.12, "local_flux4k": 0.18, "unet_sd15": 0.30}
+SECTION_SHARE = {"configs": 0.35, "linear_bandwidth": 0.10, "local_flux4k": 0.15, "unet_sd15": 0.25, "lean_16k": 0.15}
 
 
 class Check:
@@ -283,7 +285,45 @@ def _forward_ms(check: Check, fn) -> float:
 
 
 def lean_16k(check: Check, deadline: float) -> dict:
-    return {"skipped": "no memory-lean denoising mode exists yet (the memory issue): a 16384² SD-1.5 job cannot run"}
+    import linfuse
+    from linfuse.linearize.twin import meta_twin
+    from linfuse.pipelines.lean import LeanSettings, lean_mode
+    from linfuse.pipelines.memory_trace import trace
+    from linfuse.pipelines.preflight import ALLOCATOR_OVERHEAD
+
+    small = {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32, "layers_per_block": 1}
+    latent, dtype = (32, torch.float32) if check.dry_run else (2048, torch.float16)
+    unet = full_width.build("sd15", **(small if check.dry_run else {}))
+    linfuse.linearize(unet)
+    unet = unet.to(check.device, dtype).eval()
+    settings = LeanSettings(park_skips=not check.dry_run)
+    one = {k: v.to(check.device, dtype) if v.is_floating_point() else v.to(check.device)
+           for k, v in full_width.inputs(unet, latent).items()}
+    inputs = {k: torch.cat([v, v]) if k != "timestep" else v for k, v in one.items()}  # batch 2: guidance
+    estimates = {}
+    twin = meta_twin(unet)
+    for name, mode in (("lean", settings), ("plain", None)):
+        meta = {k: torch.empty_like(v, device="meta") if v.is_floating_point() else v for k, v in inputs.items()}
+        with lean_mode(twin, mode):
+            traced = trace(lambda m: twin(**m).sample, meta, existing=[*twin.parameters(), *twin.buffers()])
+        estimates[name] = {"device_bytes": int(ALLOCATOR_OVERHEAD["cuda"] * traced.peak),
+                           "host_bytes": traced.host_peak, "max_elements": traced.max_elements}
+    if check.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if check.device == "cuda" else 0
+    began = time.perf_counter()
+    with torch.no_grad(), lean_mode(unet, settings):
+        out = unet(**inputs).sample
+    if check.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    measured = torch.cuda.max_memory_allocated() - before if check.device == "cuda" else None
+    estimated = estimates["lean"]["device_bytes"]
+    return {"latent": latent, "image_px": 8 * latent, "dtype": str(dtype), "mode": settings.describe(),
+            "seconds": seconds, "finite": bool(torch.isfinite(out).all()), "measured_peak_bytes": measured,
+            "estimates": estimates, "measured_over_estimate": None if measured is None else measured / estimated,
+            "target": "measured within ±25 % of the estimate; plain's trace above 2^31 elements, lean's below"}
 
 
 SECTIONS = {"environment": environment, "configs": configs, "linear_bandwidth": linear_bandwidth,
@@ -326,11 +366,25 @@ def markdown(results: dict) -> str:
         lines += [f"| {r['method']} | {r['latent']}² | {r['image_px']}² | {r['ms']:.1f} |" for r in unet["rows"]]
         lines += ["", "linfusion speed-up over SDPA: " + ", ".join(
             f"{k}²: {v:.2f}×" for k, v in unet["speedup_vs_sdpa"].items()), ""]
+    if "lean_16k" in sections and "seconds" in sections["lean_16k"]:
+        lean = sections["lean_16k"]
+        est = lean["estimates"]
+        lines += [f"## {lean['image_px']}² SD-1.5 UNet call in the lean mode ({lean['mode']}, batch 2, "
+                  f"{lean['dtype']})", "", "| | seconds | device GiB | host GiB | largest tensor |",
+                  "|---|---:|---:|---:|---:|",
+                  f"| measured | {lean['seconds']:.1f} | {_gib(lean['measured_peak_bytes'])} | | |"]
+        lines += [f"| estimate, {name} | | {_gib(e['device_bytes'])} | {_gib(e['host_bytes'])} | "
+                  f"{e['max_elements']:.3g} |" for name, e in est.items()]
+        lines += ["", f"finite: {lean['finite']}; measured / estimate: {_num(lean['measured_over_estimate'])}", ""]
     for name, section in sections.items():
         for key in ("error", "skipped"):
             if section.get(key):
                 lines += [f"**{name} {key}:**", "", "```", str(section[key]), "```", ""]
     return "\n".join(lines)
+
+
+def _gib(count) -> str:
+    return "-" if count is None else f"{count / 2**30:.2f}"
 
 
 def _num(value) -> str:

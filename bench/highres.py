@@ -1,6 +1,6 @@
 """Progressive high-resolution generation: time and peak memory per size, linear vs softmax, and the preflight.
 
-    python bench/highres.py [--sizes 256 512 1024 2048] [--steps 20] [--json out.json]
+    python bench/highres.py [--sizes 256 512 1024 2048] [--lean-sizes 1024 2048] [--steps 20] [--json out.json]
 
 CPU part (always): for each size a child process loads the bundled student (linear attention) and, up to
 ``--softmax-max`` pixels a side, the bundled teacher (softmax), estimates the job with the memory preflight, then
@@ -8,6 +8,12 @@ generates one square image through ``generate_highres`` (latent upscaling, defau
 minus VmRSS just before the call (what the job added to the loaded process), compared with the preflight's
 estimate as measured / estimated. Ratios softmax / linear come from the same run. The last line is the log–log
 slope of the linear model's peak memory against the pixel count (1 = linear growth).
+
+Lean part (``--lean-sizes``, default 1024 2048): the bundled student's job at each size with the UNet plain and
+lean (``HighResOptions.memory``), each in a fresh process: time, measured peak, the preflight's estimate, the
+ratios lean / plain, and the mean |Δ| of the two 8-bit pictures. Planner part: ``linfuse estimate``'s figures for
+16384² with SD-1.5 and SDXL (fp16, CUDA, guidance 7.5, LinFusion), plain and lean, against 24 GiB and 16 GiB cards
+(host memory taken as 64 GiB).
 
 GPU part (only with CUDA): the full-size SD-1.5 UNet from its published config with random weights, fp16, one
 forward at batch 2 (classifier-free guidance) per latent size, LinFusion vs SDPA: time (median of 3, after a
@@ -20,6 +26,7 @@ import math
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,6 +101,55 @@ def cpu_table(args) -> list[dict]:
     return rows
 
 
+def lean_table(args) -> list[dict]:
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    print("\n| size | plain s | lean s | time lean/plain | plain peak MiB | lean peak MiB | memory lean/plain | "
+          "plain est. MiB | lean est. MiB | lean measured/est. | mean abs diff (8-bit) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as folder:
+        for size in args.lean_sizes:
+            plain, lean = (run_child("linear", size, args.steps, mode, f"{folder}/{mode}.png")
+                           for mode in ("plain", "lean"))
+            images = [np.asarray(Image.open(f"{folder}/{mode}.png"), dtype=np.float64) for mode in ("plain", "lean")]
+            difference = float(np.abs(images[0] - images[1]).mean())
+            mib = 2**20
+            print(f"| {size}² | {plain['seconds']:.1f} | {lean['seconds']:.1f} | "
+                  f"{lean['seconds'] / plain['seconds']:.2f} | {plain['measured_bytes'] / mib:.0f} | "
+                  f"{lean['measured_bytes'] / mib:.0f} | {lean['measured_bytes'] / plain['measured_bytes']:.2f} | "
+                  f"{plain['estimated_bytes'] / mib:.0f} | {lean['estimated_bytes'] / mib:.0f} | "
+                  f"{lean['measured_bytes'] / lean['estimated_bytes']:.2f} | {difference:.4f} |", flush=True)
+            rows.append({"size": size, "plain": plain, "lean": lean, "mean_abs_difference": difference})
+    return rows
+
+
+def planner_table() -> list[dict]:
+    from linfuse.pipelines.planner import estimate_job
+
+    gib = 2**30
+    rows = []
+    print("\n16384², fp16 on CUDA, guidance 7.5, LinFusion, host memory 64 GiB (`linfuse estimate`):\n")
+    print("| model | mode | UNet stage GiB | weights GiB | peak device GiB | peak host GiB | largest tensor | "
+          "fits 24 GiB | fits 16 GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    for model in ("sd15", "sdxl"):
+        for mode in ("plain", "lean"):
+            plans = {card: estimate_job(model, 16384, 16384, memory=card * gib, host_memory=64 * gib,
+                                        memory_mode=mode) for card in (24, 16)}
+            plan = plans[24]
+            stage = max(s.device_bytes for s in plan.estimate.stages if s.denoising)
+            elements = plan.estimate.max_elements
+            print(f"| {model} | {plan.mode} | {stage / gib:.2f} | {plan.weights_bytes / gib:.2f} | "
+                  f"{plan.peak_device_bytes / gib:.2f} | {plan.peak_host_bytes / gib:.2f} | {elements:.3g}"
+                  f"{' (≥ 2^31)' if elements >= 2**31 else ''} | {'yes' if plan.fits else 'no'} | "
+                  f"{'yes' if plans[16].fits else 'no, largest ' + 'x'.join(map(str, plans[16].largest_fitting or ()))}"
+                  " |", flush=True)
+            rows.append(plan.to_json())
+    return rows
+
+
 def gpu_table(latent_sides: list[int]) -> list[dict]:
     import torch
     from diffusers import UNet2DConditionModel
@@ -147,7 +203,7 @@ def time_forward(unet, sample, context) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048])
     parser.add_argument("--softmax-max", type=int, default=1024, help="largest side the softmax teacher runs at")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--latents", type=int, nargs="+", default=[64, 128, 256, 512], help="GPU part: latent sides")
@@ -161,7 +217,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.steps, args.memory, args.image)))
         return
-    rows = {"cpu": cpu_table(args)}
+    rows = {"cpu": cpu_table(args) if args.sizes else []}
+    if args.lean_sizes:
+        rows["lean"] = lean_table(args)
+    rows["planner"] = planner_table()
     import torch
 
     if torch.cuda.is_available():

@@ -1,11 +1,13 @@
 """``linfuse estimate``: plan a job's memory without weights (see :mod:`linfuse.pipelines.planner`)."""
 
 import json
+from pathlib import Path
+
+# the planner's shipped configs, listed without importing the pipelines (and diffusers) to build the parser
+KNOWN_MODELS = sorted(p.stem for p in (Path(__file__).parent / "pipelines" / "configs").glob("*.json"))
 
 
 def add_estimate_command(commands) -> None:
-    from .pipelines.planner import KNOWN_MODELS
-
     estimate = commands.add_parser(
         "estimate", help="will this model make this image on that device? memory per stage, without weights",
         description="Plan one image's memory from the model's configs (no weights): every stage (device and host), "

@@ -31,6 +31,8 @@ def test_dry_run_writes_every_section(tmp_path):
     expected = {(method, latent) for method in ("sdpa", "linfusion") for latent in (8, 16)}
     assert {(r["method"], r["latent"]) for r in unet["rows"]} == expected
     assert set(unet["speedup_vs_sdpa"]) == {"8", "16"}
-    assert "skipped" in sections["lean_16k"]
+    lean = sections["lean_16k"]
+    assert lean["finite"] and lean["seconds"] > 0 and lean["image_px"] == 256
+    assert lean["estimates"]["lean"]["device_bytes"] < lean["estimates"]["plain"]["device_bytes"]
     report = (tmp_path / "results.md").read_text()
-    assert "| SDXL |" in report and "## SD-1.5 UNet forward" in report
+    assert "| SDXL |" in report and "## SD-1.5 UNet forward" in report and "| estimate, lean |" in report
