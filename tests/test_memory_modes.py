@@ -29,7 +29,7 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
 
 def test_auto_runs_plain_when_it_fits_and_lean_when_only_lean_fits(student):
     model = MemoryModel(student)
-    stage = [Stage(256, 256, 1.0)]
+    stage = [Stage(512, 512, 1.0)]
     plain = estimate_memory(student, stage, model=model, memory="plain", limit=64 * GIB).stages[0]
     lean = estimate_memory(student, stage, model=model, memory="lean", limit=64 * GIB).stages[0]
     assert lean.device_bytes < 0.5 * plain.device_bytes

@@ -8,7 +8,8 @@ excluded from the free memory it is compared with):
   allocator's overhead (``ALLOCATOR_OVERHEAD``), plus the sampler's latents (``LATENT_BUFFERS`` latent-sized
   tensors: latents, noise, CFG copies, multistep history);
 * a VAE stage: one tile's decode or encode (traced the same way) plus the canvases of whole images it fills
-  (float32, on the CPU), and for the final image the 8-bit copy.
+  (float32, on the CPU), and for the final image the 8-bit copy;
+* on the CPU, every stage also ``CPU_RUNTIME_BYTES``, the part of a job that does not grow with the image.
 
 On the CPU the device and host are the same memory and the two parts add up; on a GPU the device part is compared
 with ``torch.cuda.mem_get_info`` and the host part with the system's available memory. A job fits when every stage
@@ -40,6 +41,11 @@ LATENT_BUFFERS = 10
 # tests of the bundled UNet and VAE): resident / traced = 1.13–1.40, about 1.25 at large sizes. With
 # MALLOC_MMAP_THRESHOLD_=65536 (every large block returned to the system) the two agree within 1 %.
 ALLOCATOR_OVERHEAD = {"cpu": 1.25, "cuda": 1.1}
+# On the CPU a job also holds a part that does not grow with the image: oneDNN's primitive caches and the heaps of
+# the first calls at each new shape, the text encoder's activations, the preflight's own trace. Measured on this
+# project's CPU with the bundled student (RSS high-water mark per stage, tests of bench/highres.py): the estimate's
+# growth from stage to stage matches the measured one, with a constant 50–70 MiB above it.
+CPU_RUNTIME_BYTES = 64 * 2**20
 CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
 INDEX_LIMIT = 2**31
 MEMORY_MODES = ("auto", "plain", "lean")
@@ -238,13 +244,15 @@ class MemoryModel:
         return self.vae_tile_memory(tile, batch, kind)[0]
 
 
-def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, estimate) -> StageMemory:
+def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, estimate,
+                    runtime: int = 0) -> StageMemory:
     """The stage's memory with the first UNet setting of ``ladder`` that fits (the last one if none does)."""
     factor = model.vae_factor
     label = "base" if stage.is_base else f"refine s={stage.strength:g}"
     for lean in ladder:
         device, host, elements = model.unet_memory(stage.height // factor, stage.width // factor, unet_batch, lean)
-        memory = StageMemory(label, stage.width, stage.height, device, host, elements, lean, denoising=True)
+        memory = StageMemory(label, stage.width, stage.height, device + runtime, host, elements, lean,
+                             denoising=True)
         if estimate is None or estimate.stage_fits(memory):
             break
     return memory
@@ -270,20 +278,21 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
     ``memory="auto"`` each denoising stage takes the first setting that fits ``estimate``'s free memory."""
     ladder = lean_ladder(memory, model.device_type)
     unet_batch = batch * (2 if guidance else 1)
+    runtime = CPU_RUNTIME_BYTES if model.device_type == "cpu" else 0
     out = []
     previous = None
     for stage in stages:
-        out.append(denoising_stage(model, stage, unet_batch, ladder, estimate))
+        out.append(denoising_stage(model, stage, unet_batch, ladder, estimate, runtime))
         if upscale == "pixel" and previous is not None:  # decode previous, resize, encode: two canvases on the host
             decode, encode = model.vae_tile_memory(tile, batch, "decode"), model.vae_tile_memory(tile, batch, "encode")
             canvases = batch * CANVAS_BYTES_PER_PIXEL * (previous.width * previous.height + stage.width * stage.height)
-            out.append(StageMemory("upscale (VAE)", stage.width, stage.height, max(decode[0], encode[0]), canvases,
-                                   max(decode[1], encode[1])))
+            out.append(StageMemory("upscale (VAE)", stage.width, stage.height, max(decode[0], encode[0]) + runtime,
+                                   canvases, max(decode[1], encode[1])))
         previous = stage
     final = stages[-1]
     pixels = final.width * final.height
     decode = model.vae_tile_memory(tile, batch, "decode")
-    out.append(StageMemory("decode (VAE)", final.width, final.height, decode[0],
+    out.append(StageMemory("decode (VAE)", final.width, final.height, decode[0] + runtime,
                            batch * pixels * (CANVAS_BYTES_PER_PIXEL + 3), decode[1]))
     return out
 
