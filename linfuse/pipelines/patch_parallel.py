@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..kernels.feature_maps import FEATURE_MAPS
+from ..kernels import linear_attention_readout, linear_attention_state
 from ..linearize.registry import processor_classes
 
-SUPPORTED_METHODS = {"linfusion": "feature_map", "sana": None}  # normalised linear attention, no spatial terms
+SUPPORTED_METHODS = ("linfusion", "sana")  # normalised linear attention, no spatial terms
 
 
 def band_bounds(height: int, parts: int, align: int) -> list[tuple[int, int]]:
@@ -99,22 +99,16 @@ def _group_norm_forward(norm: nn.GroupNorm):
 
 
 def _attend_forward(processor):
-    phi = FEATURE_MAPS[getattr(processor, "feature_map", "relu")]
-    eps = processor.eps
+    feature_map, eps = processor.chunk_form()
 
     def attend(q, k, v, x):
-        acc = torch.promote_types(q.dtype, torch.float32)
-        phi_k = phi(k.to(acc))
-        state = torch.einsum("bnhk,bnhv->bhkv", phi_k, v.to(acc))
-        packed = torch.cat([state, phi_k.sum(dim=1).unsqueeze(-1)], dim=-1)  # [S ‖ z], (B, heads, d, d + 1)
-        count = torch.tensor([float(k.shape[1])], dtype=acc)
+        state, key_sum = linear_attention_state(k, v, feature_map=feature_map)
+        packed = torch.cat([state, key_sum.unsqueeze(-1)], dim=-1)  # [S ‖ z], (B, heads, d, d + 1)
+        count = torch.tensor([float(k.shape[1])], dtype=packed.dtype)
         dist.all_reduce(packed)
         dist.all_reduce(count)
         packed = packed / count
-        phi_q = phi(q.to(acc))
-        numerator = torch.einsum("bnhk,bhkv->bnhv", phi_q, packed[..., :-1])
-        denominator = torch.einsum("bnhk,bhk->bnh", phi_q, packed[..., -1]) + eps
-        return (numerator / denominator.unsqueeze(-1)).to(q.dtype)
+        return linear_attention_readout(q, packed[..., :-1], packed[..., -1], feature_map=feature_map, eps=eps)
 
     return attend
 

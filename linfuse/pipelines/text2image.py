@@ -35,7 +35,14 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
     from .lean import lean_mode
 
     params.validate(multiple_of=pipe.vae_scale_factor)
-    with lean_mode(pipe.unet, unet_mode(pipe, params, memory)):
+    settings = unet_mode(pipe, params, memory)
+    if progress and memory != "plain":
+        from tqdm.auto import tqdm
+
+        from .preflight import mode_name
+
+        tqdm.write(f"memory: {params.width}x{params.height} {mode_name(settings)}")
+    with lean_mode(pipe.unet, settings):
         return _run(pipe, params, progress, callback_on_step_end)
 
 
