@@ -9,7 +9,7 @@ It runs :func:`~linfuse.pipelines.highres.highres_latents` with the pipeline's o
 image after another (at these sizes one at a time is what fits), with diffusers' call conventions: ``prompt`` a
 string or a list, ``num_images_per_prompt``, ``generator`` (one, or one per image), ``output_type`` "pil", "np" or
 "latent", ``callback_on_step_end`` (called at every step of every stage), ``return_dict``. The progressive options
-(``upscale``, ``strengths``, ``skip_residual``, ``vae_tile``, …) are the fields of
+(``upscale``, ``strengths``, ``skip_residual``, ``vae_tile``, ``memory``, …) are the fields of
 :class:`~linfuse.pipelines.highres.HighResOptions`.
 """
 
