@@ -100,6 +100,18 @@ def test_sd15_16k_fits_a_16_gib_card_with_its_skips_parked_in_host_memory():
     assert plan.estimate.stages[-2].host_bytes > 12 * GIB  # the parked skips of the 16K stage
 
 
+def test_the_planner_from_a_pipeline_folder_agrees_with_the_preflight_of_the_loaded_pipeline(student):
+    plan = estimate_job("assets/linfuse-emoji-student", 256, 256, memory=2**40, host_memory=2**40, dtype="fp32",
+                        device="cpu", guidance=5.0)
+    loaded = preflight_job(student, params((256, 256)), HighResOptions(memory_limit=2**40),
+                           plan_job(student, params((256, 256)), HighResOptions()))
+    assert [(s.label, s.device_bytes, s.mode) for s in plan.estimate.stages] == \
+        [(s.label, s.device_bytes, s.mode) for s in loaded.stages]
+    components = (student.unet, student.vae, student.text_encoder)
+    held = [t for m in components for t in (*m.parameters(), *m.buffers())]
+    assert plan.weights_bytes == sum(t.nelement() * t.element_size() for t in held)
+
+
 def test_plain_16k_does_not_fit_even_an_h200_and_says_what_fits():
     plan = estimate_job("sd15", 16384, 16384, memory=141 * 10**9, host_memory=64 * GIB, memory_mode="plain")
     assert not plan.fits and plan.estimate.max_elements >= 2**31

@@ -91,7 +91,16 @@ def _pipeline_configs(source: str) -> ModelConfigs:
             encoders.append(AutoConfig.from_pretrained(source, subfolder=folder))
         except (OSError, ValueError):
             continue
-    return ModelConfigs(str(source), dict(unet), dict(vae), encoders)
+    return ModelConfigs(str(source), dict(unet), dict(vae), encoders, _token_count(source))
+
+
+def _token_count(source: str) -> int:
+    """The tokenizer's sequence length from a local folder's tokenizer config (77, as SD's CLIP, otherwise)."""
+    path = Path(source) / "tokenizer" / "tokenizer_config.json"
+    try:
+        return int(json.loads(path.read_text()).get("model_max_length", 77))
+    except (OSError, ValueError, TypeError):
+        return 77
 
 
 def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
