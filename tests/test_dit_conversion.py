@@ -111,6 +111,39 @@ def test_proportional_attention_scales_logits_by_the_log_length_ratio():
     assert processor.softmax_scale(64, 4608 * 4) == pytest.approx(math.sqrt(math.log(4608 * 4) / math.log(4608) / 64))
 
 
+@pytest.mark.parametrize("pool", [0, 2])
+def test_proportional_attention_takes_log_10n_with_pooled_tokens_as_clear_does(pool):
+    """√(log(c·N) / log N_train / d) with c = 10 for CLEAR's pooled processor, c = 1 without pooling; fp64."""
+    g = torch.Generator().manual_seed(1)
+    text, grid, d, train = 3, (5, 6), 8, 4608
+    q, k, v = (torch.randn(2, text + 30, 2, d, generator=g, dtype=torch.float64) for _ in range(3))
+    processor = ClearAttnProcessor(16, 2, radius=2, pool=pool, proportional_attention=True, train_tokens=train)
+    processor = processor.double()
+    c = 10 if pool else 1
+    scale = math.sqrt(math.log(c * (text + 30)) / math.log(train) / d)
+    assert processor.softmax_scale(d, text + 30) == scale
+    weight = processor.spatial_weight.reshape(pool, pool) if pool else None
+    expected = direct_clear(q * (scale * math.sqrt(d)), k, v, text, grid, 2, weight)  # logits q·k · scale
+    assert (processor.window_attention(q, k, v, text, grid) - expected).abs().max().item() < 1e-12
+
+
+def test_inference_options_may_be_set_when_loading_weights(tmp_path):
+    student = tiny_flux()
+    linfuse.linearize(student, method="clear", radius=2, pool=2)
+    for seed, (_, attn) in enumerate(linearized_layers(student)):
+        randomize(attn.processor, seed)
+    path = linfuse.save_linear_weights(student, tmp_path / "clear")
+    plain, proportional = tiny_flux(), tiny_flux()
+    linfuse.linearize(plain, method="clear", weights=path)
+    linfuse.linearize(proportional, method="clear", weights=path, proportional_attention=True, train_tokens=16)
+    layers = [attn.processor for _, attn in linearized_layers(proportional)]
+    assert all(p.proportional_attention and p.train_tokens == 16 and p.radius == 2 and p.pool == 2 for p in layers)
+    inputs = grid_inputs("flux", plain)
+    assert (run(proportional, inputs) - run(plain, inputs)).abs().max().item() > 1e-4
+    with pytest.raises(InvalidArgumentError, match=r"radius apply only without weights.*only proportional_attention"):
+        linfuse.linearize(tiny_flux(), method="clear", weights=path, radius=4)
+
+
 @pytest.mark.parametrize("kind", ["flux", "sd3", "pixart"])
 def test_clear_save_and_load_round_trip_is_exact(kind, tmp_path):
     student = TINY_DITS[kind]()

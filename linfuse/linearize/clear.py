@@ -8,8 +8,13 @@ For the joint sequence [text (T tokens); image (H×W tokens)] and window radius 
 Softmax, its scale, RoPE and q/k norms are the model's own; only which keys a query sees changes. The pooled tokens
 are f×f weighted sums of the image keys and values after RoPE, with one learnable f×f weight ``spatial_weight``
 (initialised to 1/f², i.e. average pooling; CLEAR's parameter, so its published files load as they are). Grids
-that f does not divide are pooled over their whole f×f blocks. ``proportional_attention`` scales the logits by
-√(log N / log N_train) for N keys, to keep the attention entropy of the training length at other resolutions.
+that f does not divide are pooled over their whole f×f blocks. ``proportional_attention`` sets the softmax scale to
+
+    √(log(c·N) / log N_train / d)      N keys (text + image, before the pooled ones), d the head dim,
+
+with c = 1, or c = 10 with pooled tokens (as CLEAR's pooled processor computes it), to keep the attention entropy
+of the training length at other resolutions. It and ``train_tokens`` are inference options: they may be set when
+loading published weights (CLEAR's high-resolution recipe does).
 
 Cost is O(N·πr²) instead of O(N²); the grid is read per call, so any resolution and aspect ratio runs as is.
 """
@@ -25,6 +30,7 @@ from ..kernels import local_attention
 from .processor import LinearizedProcessor
 
 FLUX_TRAIN_TOKENS = 64 * 64 + 512  # 1024² images plus 512 T5 tokens
+POOLED_LENGTH_FACTOR = 10  # c of proportional attention with pooled tokens (CLEAR's pooled processor)
 
 
 class ClearAttnProcessor(LinearizedProcessor):
@@ -149,9 +155,11 @@ class ClearAttnProcessor(LinearizedProcessor):
         return (blocks * weight).sum(dim=(2, 4)).reshape(batch, rows * cols, heads, dim)
 
     def softmax_scale(self, head_dim: int, num_keys: int) -> float:
+        """1/√d, or with proportional attention √(log(c·N) / log N_train / d) (see the module docstring)."""
         if not self.proportional_attention:
             return head_dim**-0.5
-        return math.sqrt(math.log(num_keys) / math.log(self.train_tokens) / head_dim)
+        factor = POOLED_LENGTH_FACTOR if self.pool else 1
+        return math.sqrt(math.log(factor * num_keys) / math.log(self.train_tokens) / head_dim)
 
     def _grid(self, total: int, text: int | None) -> tuple[tuple[int, int], int]:
         grid_state = self.__dict__.get("_token_grid")

@@ -193,11 +193,15 @@ def split_hybrid(method: str, options: dict) -> tuple[str, object, dict]:
 def _layer_specs(method: Method, denoiser, candidates, checkpoint, options, mid_dim, softmax_layers):
     """The specs of the layers to convert: from the checkpoint, or from the model and the options."""
     if checkpoint is not None:
+        inference = {name: options.pop(name) for name in list(options) if name in method.inference_options}
         if options or softmax_layers is not None:
             given = sorted([*options, *(["softmax_layers"] if softmax_layers is not None else [])])
+            allowed = f" (with weights, only {', '.join(method.inference_options)})" if method.inference_options \
+                else ""
             raise InvalidArgumentError(f"options {', '.join(given)} apply only without weights: "
-                                       "a checkpoint fixes its own configuration")
-        return _check_checkpoint(checkpoint, method, denoiser, candidates)
+                                       f"a checkpoint fixes its own configuration{allowed}")
+        specs = _check_checkpoint(checkpoint, method, denoiser, candidates)
+        return [replace(spec, options={**spec.options, **inference}) for spec in specs] if inference else specs
     heads = options.pop("heads", None) if method.heads_option else None
     specs = []
     for spec in layer_specs(candidates):

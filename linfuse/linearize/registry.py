@@ -27,6 +27,7 @@ class Method:
     summary: str
     targets: Callable = unet_self_attention  # denoiser -> [(name, Attention)] it converts
     heads_option: bool = False  # True: the processor may use another head count than the layer
+    inference_options: tuple[str, ...] = ()  # options that change no weight: allowed with loaded weights
 
     def options(self) -> list[str]:
         """Keyword options the processor takes beyond (dim, heads)."""
@@ -77,7 +78,8 @@ def _register_builtin() -> None:
                     "LinFusion: residual MLP mixers on q/k inputs, ELU+1 features, mean-normalised linear attention"))
     register(Method("clear", ClearAttnProcessor,
                     "CLEAR: softmax attention in a circular window around each image token, plus all text tokens "
-                    "and optional learned pooled tokens (FLUX, SD3, PixArt)", targets=window_attention_layers))
+                    "and optional learned pooled tokens (FLUX, SD3, PixArt)", targets=window_attention_layers,
+                    inference_options=("proportional_attention", "train_tokens")))
     register(Method("lit", LiTAttnProcessor,
                     "LiT: ReLU linear attention plus a depth-wise convolution, fewer heads, attention weights "
                     "re-initialised (DiT, PixArt)", targets=lit_layers, heads_option=True))
