@@ -250,3 +250,31 @@ def test_clear_trains_image_side_projections_and_pooling_weights_only():
         expected.append(f"{layer}.processor.spatial_weight")
     assert names == sorted(expected)  # no add_q/k/v_proj, to_add_out, norms or MLPs
     assert not any("add_" in name for name in names)
+
+
+def test_ntk_scaled_rope_equals_diffusers_ntk_factor_and_is_restored():
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    from linfuse.pipelines.rope import ntk_scaled_rope
+
+    model = tiny_flux()
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(6.0), torch.arange(5.0), indexing="ij"),
+                      -1).reshape(-1, 3)
+    before = model.pos_embed(ids)
+    with ntk_scaled_rope(model, 10):
+        cos, sin = model.pos_embed(ids)
+        inputs = grid_inputs("flux", model)
+        scaled = run(model, inputs)
+    expected = [get_1d_rotary_pos_embed(dim, ids[:, axis], theta=model.pos_embed.theta, ntk_factor=10.0,
+                                        repeat_interleave_real=True, use_real=True, freqs_dtype=torch.float64)
+                for axis, dim in enumerate(model.pos_embed.axes_dim)]
+    assert torch.equal(cos, torch.cat([c for c, _ in expected], -1)) and torch.equal(sin, torch.cat([s for _, s in
+                                                                                                       expected], -1))
+    assert all(torch.equal(a, b) for a, b in zip(model.pos_embed(ids), before, strict=True))
+    assert (scaled - run(model, inputs)).abs().max().item() > 1e-4
+    with pytest.raises(InvalidArgumentError, match="ntk_factor must be a finite number > 0"):
+        with ntk_scaled_rope(model, 0):
+            pass
+    with pytest.raises(InvalidArgumentError, match="has no rotary position embedding"):
+        with ntk_scaled_rope(tiny_sd3(), 10):
+            pass
