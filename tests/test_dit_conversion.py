@@ -127,12 +127,16 @@ def test_proportional_attention_takes_log_10n_with_pooled_tokens_as_clear_does(p
     assert (processor.window_attention(q, k, v, text, grid) - expected).abs().max().item() < 1e-12
 
 
-def test_inference_options_may_be_set_when_loading_weights(tmp_path):
-    student = tiny_flux()
-    linfuse.linearize(student, method="clear", radius=2, pool=2)
+def saved_student(student, folder, method: str, **options):
+    """``student`` converted by ``method`` with random new parameters, and the folder its weights were saved to."""
+    linfuse.linearize(student, method=method, **options)
     for seed, (_, attn) in enumerate(linearized_layers(student)):
         randomize(attn.processor, seed)
-    path = linfuse.save_linear_weights(student, tmp_path / "clear")
+    return linfuse.save_linear_weights(student, folder)
+
+
+def test_inference_options_may_be_set_when_loading_weights(tmp_path):
+    path = saved_student(tiny_flux(), tmp_path / "clear", "clear", radius=2, pool=2)
     plain, proportional = tiny_flux(), tiny_flux()
     linfuse.linearize(plain, method="clear", weights=path)
     linfuse.linearize(proportional, method="clear", weights=path, proportional_attention=True, train_tokens=16)
@@ -207,10 +211,7 @@ def test_lit_inherits_every_weight_but_the_attention_and_uses_fewer_heads(kind):
 
 def test_lit_heads_option_and_round_trip(tmp_path):
     student = tiny_dit()
-    linfuse.linearize(student, method="lit", heads=2, kernel_size=3)
-    for seed, (_, attn) in enumerate(linearized_layers(student)):
-        randomize(attn.processor, seed)
-    path = linfuse.save_linear_weights(student, tmp_path / "lit")
+    path = saved_student(student, tmp_path / "lit", "lit", heads=2, kernel_size=3)
     fresh = tiny_dit()  # the same pretrained DiT; the weights carry only the attention
     linfuse.linearize(fresh, method="lit", weights=path)
     processor = fresh.transformer_blocks[0].attn1.processor

@@ -13,7 +13,7 @@ from torch import nn
 from linfuse.errors import InvalidArgumentError
 from linfuse.linearize import linearize
 from linfuse.pipelines.lean import LeanSettings, disable_lean, enable_lean, lean_mode, lean_settings_of
-from linfuse.pipelines.lean.conv import banded_conv
+from linfuse.pipelines.lean.conv import Upsampled, banded_conv
 from linfuse.pipelines.lean.norm import group_stats, norm_act
 from linfuse.pipelines.lean.parts import Parts, channel_splits, spans
 from linfuse.pipelines.lean.resnet import lean_resnet
@@ -100,6 +100,20 @@ def test_banded_upsampling_and_skip_concatenation_equal_the_up_block(size):
         assert torch.allclose(banded.tensor(), sampler(expected, size), atol=1e-5)
 
 
+def test_a_fused_up_sampler_read_by_the_next_resnet_equals_the_up_sampled_concatenation():
+    unet = tiny_unet("sd15")
+    sampler, resnet = unet.up_blocks[1].upsamplers[0], unet.up_blocks[2].resnets[0]
+    small, skip = torch.randn(1, 64, 6, 5), torch.randn(1, 32, 12, 10)
+    temb = torch.randn(1, unet.time_embedding.linear_2.out_features)
+    with torch.no_grad():
+        up = sampler(small)
+        expected = resnet(torch.cat([up, skip], dim=1), temb)
+        fused = Upsampled(split(small, 20), sampler.conv, (12, 10))
+        assert torch.allclose(fused.tensor(), up, atol=1e-5)
+        out = lean_resnet(resnet, fused + split(skip, 10), temb, 300)
+    assert torch.allclose(out.tensor(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 def test_chunked_transformer_blocks_equal_the_transformer(kind, method):
@@ -129,6 +143,17 @@ def test_lean_unet_equals_the_plain_unet_with_sequential_guidance(kind, method):
     with torch.no_grad():
         expected = unet(**inputs).sample
         with lean_mode(unet, TIGHT):
+            out = unet(**inputs).sample
+    assert torch.allclose(out, expected, atol=1e-5), (out - expected).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_lean_unet_with_fused_up_sampling_equals_the_plain_unet(kind):
+    unet = converted(kind, "slab")
+    inputs = unet_inputs(unet, batch=2, height=20, width=36)
+    with torch.no_grad():
+        expected = unet(**inputs).sample
+        with lean_mode(unet, LeanSettings(band_elements=700, chunk_elements=900, fuse_upsampling=True)):
             out = unet(**inputs).sample
     assert torch.allclose(out, expected, atol=1e-5), (out - expected).abs().max()
 
@@ -243,6 +268,8 @@ def _meta_sd15_16k_trace(lean: LeanSettings | None):
 def test_at_16k_plain_holds_tensors_past_2_31_elements_and_lean_holds_none():
     plain = _meta_sd15_16k_trace(None)
     lean = _meta_sd15_16k_trace(LeanSettings(park_skips=True))
+    fused = _meta_sd15_16k_trace(LeanSettings(park_skips=True, fuse_upsampling=True))
     assert plain.max_elements >= 2**31
-    assert lean.max_elements < 2**31
+    assert lean.max_elements < 2**31 and fused.max_elements < 2**31
     assert lean.peak < 0.1 * plain.peak and lean.host_peak > 12 * 2**30  # the skips wait in host memory
+    assert fused.peak < lean.peak - 2 * 2**30  # the 640-channel up-sampled activation (5 GiB) is never held

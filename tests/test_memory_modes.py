@@ -112,6 +112,15 @@ def test_the_planner_from_a_pipeline_folder_agrees_with_the_preflight_of_the_loa
     assert plan.weights_bytes == sum(t.nelement() * t.element_size() for t in held)
 
 
+def test_on_a_12_gib_card_auto_reaches_fused_up_sampling_as_the_last_resort():
+    job = {"memory": 12 * GIB, "host_memory": 64 * GIB, "find_largest": False}
+    auto = estimate_job("sd15", 16384, 16384, **job)
+    lean = estimate_job("sd15", 16384, 16384, memory_mode="lean", **job)
+    assert auto.mode == "lean, skips parked in host memory, up-sampling fused" and auto.largest_fitting is None
+    assert auto.estimate.modes[:3] == ["plain"] * 3  # the small stages still run plain
+    assert auto.peak_device_bytes < lean.peak_device_bytes - 2 * GIB  # the up-sampled activation is never held
+
+
 def test_plain_16k_does_not_fit_even_an_h200_and_says_what_fits():
     plan = estimate_job("sd15", 16384, 16384, memory=141 * 10**9, host_memory=64 * GIB, memory_mode="plain")
     assert not plan.fits and plan.estimate.max_elements >= 2**31

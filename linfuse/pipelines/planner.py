@@ -200,8 +200,10 @@ def job_stages(width: int, height: int, native_side: int) -> list[Stage]:
 
 def estimate_job(model: str, width: int, height: int, *, memory: int, host_memory: int | None = None,
                  dtype: str = "fp16", device: str = "cuda", method: str | None = "linfusion",
-                 memory_mode: str = "auto", guidance: float = 7.5, tile: int = 64) -> JobPlan:
-    """Plan one image of ``width``×``height`` (see the module docstring); every argument checked first."""
+                 memory_mode: str = "auto", guidance: float = 7.5, tile: int = 64,
+                 find_largest: bool = True) -> JobPlan:
+    """Plan one image of ``width``×``height`` (see the module docstring); every argument checked first.
+    ``find_largest=False`` skips the search for the largest size that fits (``largest_fitting`` is then None)."""
     check_side(width, height)
     if dtype not in DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
@@ -233,7 +235,7 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         return all(job_fits(estimate(part), weights, memory, host_memory) for part in (stages[-1:], stages))
 
     job = estimate(job_stages(width, height, native))
-    largest = _largest(width, height, fits)
+    largest = _largest(width, height, fits) if find_largest else None
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
                    host_memory, largest)
 

@@ -16,10 +16,10 @@ with ``torch.cuda.mem_get_info`` and the host part with the system's available m
 needs at most ``SAFETY`` of what is free and no tensor reaches 2^31 elements (``INDEX_LIMIT``: some convolution and
 up-sampling kernels index with 32 bits).
 
-``memory`` picks how the UNet runs (:mod:`.lean`): "plain" (its own forward), "lean" (the most frugal lean setting:
-skips parked in host memory on CUDA), or "auto": per denoising stage the first of plain, lean, lean with parked
-skips (CUDA) that fits. The trace runs that very code path, so the host memory of parked skips and the largest
-tensor are counted, not assumed.
+``memory`` picks how the UNet runs (:mod:`.lean`): "plain" (its own forward), "lean" (skips parked in host memory
+on CUDA), or "auto": per denoising stage the first of plain, lean, lean with parked skips (CUDA), and as a last
+resort lean with the up-samplers fused into their consumers (recomputed) that fits. The trace runs that very code
+path, so the host memory of parked skips and the largest tensor are counted, not assumed.
 """
 
 import weakref
@@ -60,12 +60,14 @@ def check_memory_mode(memory) -> str:
 def lean_ladder(memory: str, device_type: str) -> list[LeanSettings | None]:
     """The UNet settings ``memory`` may run, cheapest first (None = the plain forward)."""
     check_memory_mode(memory)
-    parked = [LeanSettings(park_skips=True)] if device_type == "cuda" else []
+    cuda = device_type == "cuda"
+    frugal = LeanSettings(park_skips=cuda)
     if memory == "plain":
         return [None]
     if memory == "lean":
-        return parked or [LeanSettings()]
-    return [None, LeanSettings(), *parked]
+        return [frugal]
+    fused = LeanSettings(park_skips=cuda, fuse_upsampling=True)  # the last resort: recomputes the up-samplers
+    return [None, LeanSettings(), *([frugal] if cuda else []), fused]
 
 
 def mode_name(settings: LeanSettings | None) -> str:

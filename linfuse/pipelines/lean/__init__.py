@@ -11,7 +11,10 @@ it was; ``with lean_mode(unet, settings): …`` does both. While installed, with
   (:mod:`.norm`, :mod:`.resnet`);
 * transformer blocks run in chunks of token rows: feed-forward, cross-attention, projections, and self-attention in
   two passes (:mod:`.transformer`);
-* with ``park_skips`` on CUDA the skip activations wait in pinned host memory (:mod:`.skips`).
+* with ``park_skips`` on CUDA the skip activations wait in pinned host memory (:mod:`.skips`);
+* with ``fuse_upsampling`` each up-sampler is computed band by band inside the resnet that reads it
+  (:class:`.conv.Upsampled`): the up-sampled activation never exists whole, for about four times that
+  convolution's work.
 
 With autograd on (training) the UNet's own forward runs.
 """
@@ -29,11 +32,13 @@ MIN_BUDGET, MAX_BUDGET = 2**20, 2**26  # elements of one band or chunk tensor
 
 @dataclass(frozen=True)
 class LeanSettings:
-    """``park_skips``: skips in pinned host memory (CUDA only); ``band_elements`` / ``chunk_elements``: the most
-    elements of one band (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of
-    the finest activation, within [2^20, 2^26]."""
+    """``park_skips``: skips in pinned host memory (CUDA only); ``fuse_upsampling``: up-samplers recomputed inside
+    their consumer instead of stored; ``band_elements`` / ``chunk_elements``: the most elements of one band
+    (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of the finest activation,
+    within [2^20, 2^26]."""
 
     park_skips: bool = False
+    fuse_upsampling: bool = False
     band_elements: int | None = None
     chunk_elements: int | None = None
 
@@ -49,7 +54,9 @@ class LeanSettings:
         return replace(self, band_elements=self.band_elements or auto, chunk_elements=self.chunk_elements or auto)
 
     def describe(self) -> str:
-        return "lean, skips parked in host memory" if self.park_skips else "lean"
+        parts = ["lean"] + (["skips parked in host memory"] if self.park_skips else []) + \
+            (["up-sampling fused"] if self.fuse_upsampling else [])
+        return ", ".join(parts)
 
 
 def _check_unet(unet) -> None:

@@ -102,3 +102,62 @@ def _with_rows_above(x: Parts, above: torch.Tensor, top: int, last: int, pre) ->
     if pre is not None:
         band = pre(band)
     return pad_rows(band, 0, max(0, last - x.height))
+
+
+class Upsampled:
+    """conv(nearest-upsample(x)) of ``source``, computed on demand band by band: the up-sampler fused into the
+    block that reads it, so the up-sampled activation (at 16384² the largest of the UNet) never exists whole. Each
+    read recomputes its rows; reads look like :class:`Parts` to the lean resnet (``rows``, ``channels``, …)."""
+
+    def __init__(self, source: Parts, conv: nn.Conv2d, size: tuple[int, int]):
+        check_conv(conv)
+        if conv.stride != (1, 1) or conv.padding[0] * 2 != conv.kernel_size[0] - 1:
+            raise InvalidArgumentError(f"a fused up-sampler needs a same-size convolution; {conv} is not one")
+        self.source, self.conv, self.size = source, conv, size
+
+    channels = property(lambda self: self.conv.out_channels)
+    height = property(lambda self: self.size[0])
+    width = property(lambda self: self.size[1])
+    first = property(lambda self: self.source.first)
+
+    def rows(self, top: int, bottom: int) -> torch.Tensor:
+        first, last = max(top, 0), min(bottom, self.height)
+        pad_h, pad_w = self.conv.padding
+        band = gather(self.source, first - pad_h, last + pad_h, upsample=self.size)
+        out = F.conv2d(band, self.conv.weight, self.conv.bias, 1, (0, pad_w))
+        return pad_rows(out, first - top, bottom - last)
+
+    def tensor(self) -> torch.Tensor:
+        return self.rows(0, self.height)
+
+    def take(self) -> "Upsampled":
+        taken = Upsampled(self.source.take(), self.conv, self.size)
+        return taken
+
+    def release(self) -> None:
+        self.source.release()
+
+    def __add__(self, other: Parts) -> "Joined":
+        return Joined([self, other])
+
+
+class Joined:
+    """The channel concatenation of row sources (an :class:`Upsampled` and a skip's :class:`Parts`)."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+
+    channels = property(lambda self: sum(s.channels for s in self.sources))
+    height = property(lambda self: self.sources[0].height)
+    width = property(lambda self: self.sources[0].width)
+    first = property(lambda self: self.sources[0].first)
+
+    def rows(self, top: int, bottom: int) -> torch.Tensor:
+        return torch.cat([s.rows(top, bottom) for s in self.sources], dim=1)
+
+    def tensor(self) -> torch.Tensor:
+        return self.rows(0, self.height)
+
+    def release(self) -> None:
+        for source in self.sources:
+            source.release()

@@ -9,7 +9,7 @@ forward, so the result is the same and only the memory differs.
 
 import torch
 
-from .conv import bandable, banded_conv
+from .conv import Upsampled, bandable, banded_conv
 from .norm import group_stats, norm_act
 from .parts import Parts
 from .resnet import lean_resnet
@@ -172,9 +172,11 @@ class _Runner:
             if attention is not None:
                 h = self.attention(attention, h)
         for sampler in block.upsamplers or []:
-            size = upsample_size or (2 * h.height, 2 * h.width)
-            if _plain_upsampler(sampler):
-                h = banded_conv(h, sampler.conv, self.budget.band_elements, upsample=tuple(size))
+            size = tuple(upsample_size or (2 * h.height, 2 * h.width))
+            if _plain_upsampler(sampler) and self.budget.fuse_upsampling and _same_size(sampler.conv):
+                h = Upsampled(h, sampler.conv, size)  # read (recomputed) by the next block's first resnet
+            elif _plain_upsampler(sampler):
+                h = banded_conv(h, sampler.conv, self.budget.band_elements, upsample=size)
             else:
                 h = Parts.of(sampler(h.tensor(), upsample_size))
         return h
@@ -206,6 +208,10 @@ def _plain_upsampler(sampler) -> bool:
     return (type(sampler).__name__ == "Upsample2D" and sampler.interpolate and sampler.use_conv
             and not sampler.use_conv_transpose and sampler.norm is None and sampler.name == "conv"
             and bandable(sampler.conv))
+
+
+def _same_size(conv) -> bool:
+    return conv.stride == (1, 1) and conv.padding[0] * 2 == conv.kernel_size[0] - 1
 
 
 def _freeu(block) -> bool:
