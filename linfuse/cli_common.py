@@ -79,11 +79,13 @@ def renderer(args, pipe):
     """``render(pipe, params)``: plain generation, or progressive when --highres asks for it."""
     from .pipelines import generate, native_size
     from .pipelines.highres import HighResOptions, generate_highres
+    from .pipelines.plan import is_progressive
 
     native = max(native_size(pipe))
 
     def render(pipe, params):
-        progressive = args.highres == "on" or (args.highres == "auto" and max(params.width, params.height) > 2 * native)
+        progressive = args.highres == "on" or (args.highres == "auto" and is_progressive(params.width, params.height,
+                                                                                          native))
         if progressive:
             return generate_highres(pipe, params, HighResOptions(upscale=args.upscale, memory=args.memory_mode))
         return generate(pipe, params, memory=args.memory_mode)

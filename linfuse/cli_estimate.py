@@ -36,17 +36,15 @@ def device_memory(device: str) -> int:
     import torch
 
     from .errors import InvalidArgumentError
-    from .pipelines.preflight import host_available
+    from .pipelines.preflight import free_memory
 
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidArgumentError("memory: this machine has no CUDA device to measure; pass --memory, e.g. "
-                                       "--memory 24GiB for a 24 GB card")
-        return torch.cuda.mem_get_info()[0]
-    available = host_available()
-    if available is None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("memory: this machine has no CUDA device to measure; pass --memory, e.g. "
+                                   "--memory 24GiB for a 24 GB card")
+    free = free_memory(torch.device(device))[0]
+    if free is None:
         raise InvalidArgumentError("memory: cannot read this machine's available memory; pass --memory")
-    return available
+    return free
 
 
 def run_estimate(args) -> int:
@@ -69,7 +67,7 @@ def run_estimate(args) -> int:
 
 
 def describe(plan) -> str:
-    from .pipelines.preflight import gib
+    from .pipelines.preflight import SAFETY, gib
 
     data = plan.to_json()
     rows = [f"{plan.model} {plan.width}x{plan.height}, {plan.dtype} on {plan.device}, method {plan.method}, "
@@ -82,6 +80,6 @@ def describe(plan) -> str:
     rows += [f"weights {gib(plan.weights_bytes)}; peak device {gib(plan.peak_device_bytes)} (weights + largest "
              f"stage) of {gib(plan.memory_bytes)}; peak host {gib(plan.peak_host_bytes)}; largest tensor "
              f"{plan.estimate.max_elements:.3g} elements (limit 2^31 = 2.15e9)",
-             f"{verdict} (at most 90 % of each); UNet mode at the last stage: {plan.mode}; largest "
+             f"{verdict} (at most {SAFETY:.0%} of each); UNet mode at the last stage: {plan.mode}; largest "
              f"{plan.width}:{plan.height} size that fits: {f'{largest[0]}x{largest[1]}' if largest else 'none'}"]
     return "\n".join(rows)

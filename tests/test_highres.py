@@ -118,10 +118,10 @@ def test_live_bytes_counts_each_storage_once_until_its_last_view_dies():
 
 def test_meta_estimate_grows_linearly_with_pixels_for_a_linear_unet(student, teacher):
     linear, dense = MemoryModel(student), MemoryModel(teacher)
-    small, large = linear.unet_bytes(32, 32, 2), linear.unet_bytes(64, 64, 2)
+    small, large = linear.unet_memory(32, 32, 2)[0], linear.unet_memory(64, 64, 2)[0]
     assert 3.5 < large / small < 4.1  # 4× the tokens, ≈ 4× the memory
     # fused SDPA (flash / memory-efficient kernels) holds no N×N matrix: linear in the tokens as well
-    assert 3.5 < dense.unet_bytes(64, 64, 2) / dense.unet_bytes(32, 32, 2) < 4.1
+    assert 3.5 < dense.unet_memory(64, 64, 2)[0] / dense.unet_memory(32, 32, 2)[0] < 4.1
 
 
 # ---- refusals before any work ------------------------------------------------------------------------------------

@@ -31,11 +31,11 @@ from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
 from .preflight import (
     InsufficientMemoryError,
-    MemoryModel,
     check_memory_mode,
     estimate_memory,
     gib,
     largest_fitting_size,
+    memory_model_for,
     mode_name,
 )
 from .text2image import native_size
@@ -131,7 +131,7 @@ def plan_job(pipe, params: GenerationParams, options: HighResOptions) -> list[St
 def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):
     """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit."""
     guidance = params.guidance > 1.0
-    model = model or MemoryModel(pipe)
+    model = model or memory_model_for(pipe)
     estimate = estimate_memory(pipe, stages, guidance=guidance, upscale=options.upscale, tile=options.vae_tile,
                                model=model, limit=options.memory_limit, memory=options.memory)
     if options.check_memory and not estimate.fits:

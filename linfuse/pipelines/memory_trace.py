@@ -10,8 +10,9 @@ inside :func:`on_host`: the trace counts them apart (``host_peak``), not as devi
 element count of the largest tensor the computation allocated (32-bit indexing fails at 2^31 in some kernels).
 """
 
+import threading
 import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,13 @@ class LiveBytes(TorchDispatchMode):
     """``with LiveBytes(existing) as trace: …`` then ``trace.peak`` (device bytes), ``trace.host_peak`` and
     ``trace.max_elements``."""
 
-    active: list["LiveBytes"] = []
+    _local = threading.local()  # the traces running in this thread (dispatch modes are per thread too)
+
+    @classmethod
+    def active(cls) -> list["LiveBytes"]:
+        if not hasattr(cls._local, "traces"):
+            cls._local.traces = []
+        return cls._local.traces
 
     def __init__(self, existing=()):
         super().__init__()
@@ -40,11 +47,11 @@ class LiveBytes(TorchDispatchMode):
         self.host_block: int | None = None  # inside on_host: the bytes a new storage takes on the host (0: its own)
 
     def __enter__(self):
-        LiveBytes.active.append(self)
+        LiveBytes.active().append(self)
         return super().__enter__()
 
     def __exit__(self, *exc):
-        LiveBytes.active.remove(self)
+        LiveBytes.active().remove(self)
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -91,7 +98,7 @@ class LiveBytes(TorchDispatchMode):
 def on_host(nbytes: int | None = None):
     """Tensors allocated inside are host memory in the traces that are running, ``nbytes`` each (default: their
     size)."""
-    traces = list(LiveBytes.active)
+    traces = list(LiveBytes.active())
     for recorder in traces:
         recorder.host_block = nbytes or 0
     try:
@@ -120,10 +127,7 @@ def trace(function, *inputs, existing=()) -> LiveBytes:
     """Run ``function(*inputs)`` under no_grad and :class:`LiveBytes` (beyond ``existing`` tensors and the inputs;
     the result freed) and return the finished trace."""
     known = [*existing, *(t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor))]
-    with ExitStack() as stack:
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(FusedAttention())
-        recorder = stack.enter_context(LiveBytes(known))
+    with torch.no_grad(), FusedAttention(), LiveBytes(known) as recorder:
         result = function(*inputs)
         del result
     return recorder

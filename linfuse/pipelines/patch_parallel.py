@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError
 from ..kernels import linear_attention_readout, linear_attention_state
 from ..linearize.registry import processor_classes
 
-SUPPORTED_METHODS = ("linfusion", "sana")  # normalised linear attention, no spatial terms
+SUPPORTED_METHODS = ("linfusion", "sana")  # the built-in ones with a chunk form and no local term (for messages)
 
 
 def band_bounds(height: int, parts: int, align: int) -> list[tuple[int, int]]:
@@ -113,10 +113,15 @@ def _attend_forward(processor):
     return attend
 
 
+def _splits_by_state(processor) -> bool:
+    """A normalised linear attention (its ``chunk_form``) with no local term: its state is all a band needs."""
+    return isinstance(processor, processor_classes()) and bool(getattr(processor, "chunk_form", lambda: None)()) \
+        and not getattr(processor, "local_rows", 0)
+
+
 def _check_unet(unet) -> list:
     layers = [m for n, m in unet.named_modules() if n.endswith("attn1")]
-    unsupported = [type(m.processor).__name__ for m in layers
-                   if not isinstance(m.processor, processor_classes()) or m.processor.method not in SUPPORTED_METHODS]
+    unsupported = [type(m.processor).__name__ for m in layers if not _splits_by_state(m.processor)]
     if unsupported:
         raise InvalidArgumentError(
             f"patch parallelism needs every self-attention layer converted to {' or '.join(SUPPORTED_METHODS)}; "

@@ -95,3 +95,18 @@ def check_refinement_steps(steps: int, stages: list[Stage]) -> None:
         f"steps must be at least {minimum_steps(weakest.strength)} for this progressive job: the refinement to "
         f"{weakest.width}x{weakest.height} runs int(steps × strength) = int({steps} × {weakest.strength:g}) = 0 "
         "denoising steps; raise steps or that strength")
+
+
+def is_progressive(width: int, height: int, native_side: int) -> bool:
+    """What generation does unless told (``--highres auto``, the Generate tab): progressive above twice the native
+    side, one text-to-image stage up to it."""
+    return max(width, height) > 2 * native_side
+
+
+def job_stages(width: int, height: int, native_side: int, *, progressive: bool | None = None,
+               strengths=None) -> list[Stage]:
+    """The stages of one image: the progressive ones (``progressive=None``: as :func:`is_progressive` decides), or
+    a single text-to-image stage."""
+    if progressive is None:
+        progressive = is_progressive(width, height, native_side)
+    return plan_stages(width, height, native_side, strengths) if progressive else [Stage(width, height, 1.0)]

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgumentError
-from .plan import MAX_SIDE, Stage, plan_stages
+from ..fileio import looks_like_hub_id
+from .plan import MAX_SIDE, Stage, job_stages
 from .preflight import (
-    INDEX_LIMIT,
     SAFETY,
     MemoryEstimate,
     MemoryModel,
@@ -28,6 +28,7 @@ from .preflight import (
     check_memory_mode,
     estimate_memory,
     host_available,
+    last_fitting,
 )
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -69,7 +70,7 @@ def load_configs(model: str) -> ModelConfigs:
         data = json.loads((CONFIGS / f"{model}.json").read_text())
         return ModelConfigs(data["name"], data["unet"], data["vae"], data["text_encoders"],
                             data["tokenizer_max_length"])
-    if not Path(model).is_dir() and not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+    if not Path(model).expanduser().is_dir() and not looks_like_hub_id(model):
         raise InvalidArgumentError(f"model must be one of {', '.join(KNOWN_MODELS)}, a pipeline folder or a Hub id "
                                    f"(owner/name); got {model!r}")
     return _pipeline_configs(model)
@@ -163,7 +164,7 @@ class JobPlan:
 
     @property
     def fits(self) -> bool:
-        return job_fits(self.estimate, self.weights_bytes, self.memory_bytes, self.host_memory_bytes)
+        return self.estimate.fits  # its device limit is the memory less the weights (estimate_job)
 
     @property
     def mode(self) -> str:
@@ -183,19 +184,6 @@ class JobPlan:
                         "max_tensor_elements": s.max_elements} for s in self.estimate.stages],
             "largest_fitting": list(self.largest_fitting) if self.largest_fitting else None,
         }
-
-
-def job_fits(estimate: MemoryEstimate, weights: int, memory: int, host_memory: int | None) -> bool:
-    device_ok = weights + estimate.peak_device <= SAFETY * memory
-    host_ok = estimate.shared or host_memory is None or estimate.peak_host <= SAFETY * host_memory
-    return device_ok and host_ok and estimate.max_elements < INDEX_LIMIT
-
-
-def job_stages(width: int, height: int, native_side: int) -> list[Stage]:
-    """What generation runs: one stage up to twice the native side (``--highres auto``), else progressive."""
-    if max(width, height) <= 2 * native_side:
-        return [Stage(width, height, 1.0)]
-    return plan_stages(width, height, native_side)
 
 
 def estimate_job(model: str, width: int, height: int, *, memory: int, host_memory: int | None = None,
@@ -218,8 +206,8 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
     configs = load_configs(model)
     unet, vae, encoders = meta_models(configs, DTYPES[dtype], method)
     factor = 2 ** (len(configs.vae["block_out_channels"]) - 1)
-    memory_model = MemoryModel.from_models(unet, vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
-                                           device_type=device)
+    memory_model = MemoryModel(unet=unet, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
+                               device_type=device)
     weights = model_bytes(unet, vae, *encoders)
     native = unet.config.sample_size * factor
     guided = guidance > 1.0
@@ -229,28 +217,18 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         return estimate_memory(None, stages, guidance=guided, tile=tile, model=memory_model, limit=int(device_room),
                                memory=memory_mode, host_limit=host_memory)
 
-    def fits(w: int, h: int) -> bool:
+    def fits(size: tuple[int, int]) -> bool:
         """The largest stage first (most sizes that fail, fail there), then the whole job."""
-        stages = job_stages(w, h, native)
-        return all(job_fits(estimate(part), weights, memory, host_memory) for part in (stages[-1:], stages))
+        stages = job_stages(*size, native)
+        return all(estimate(part).fits for part in (stages[-1:], stages))
 
     job = estimate(job_stages(width, height, native))
-    largest = _largest(width, height, fits) if find_largest else None
+    largest = last_fitting(candidate_sizes(*_top_size(width, height)), fits) if find_largest else None
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
                    host_memory, largest)
 
 
-def _largest(width: int, height: int, fits) -> tuple[int, int] | None:
-    """The largest size of W:H (sides up to MAX_SIDE) for which ``fits(w, h)``; None if not even the smallest."""
+def _top_size(width: int, height: int) -> tuple[int, int]:
+    """W:H scaled so that the longer side is MAX_SIDE (multiples of 8): where the search for the largest fit starts."""
     scale = MAX_SIDE / max(width, height)
-    top_w, top_h = max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
-    sizes = candidate_sizes(top_w, top_h)
-    if fits(*sizes[-1]):
-        return sizes[-1]
-    if not fits(*sizes[0]):
-        return None
-    low, high = 0, len(sizes) - 1
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if fits(*sizes[middle]) else (low, middle - 1)
-    return sizes[low]
+    return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)

@@ -22,6 +22,7 @@ resort lean with the up-samplers fused into their consumers (recomputed) that fi
 path, so the host memory of parked skips and the largest tensor are counted, not assumed.
 """
 
+import threading
 import weakref
 from dataclasses import dataclass, field
 from math import gcd
@@ -174,8 +175,9 @@ def free_memory(device: torch.device) -> tuple[int | None, int | None]:
 class MemoryModel:
     """Meta twins of a pipeline's UNet and VAE, and the traced peak of each operation at any size.
 
-    ``MemoryModel(pipe)`` twins a loaded pipeline; ``MemoryModel.from_models(unet, vae, …)`` takes models already on
-    the meta device (the planner builds them from configs, with no weights)."""
+    ``MemoryModel(pipe)`` twins a loaded pipeline; ``MemoryModel(unet=…, vae=…, …)`` takes models already on the meta
+    device (the planner builds them from configs, with no weights). Traces are cached per size and setting, and run
+    one at a time (a trace installs the lean forward on the shared twin)."""
 
     def __init__(self, pipe=None, *, unet=None, vae=None, vae_factor: int | None = None, text_tokens: int = 77,
                  device_type: str | None = None):
@@ -190,10 +192,7 @@ class MemoryModel:
         self._unet_existing = [*self.unet.parameters(), *self.unet.buffers()]
         self._vae_existing = [*self.vae.parameters(), *self.vae.buffers()]
         self._cache: dict = {}
-
-    @classmethod
-    def from_models(cls, unet, vae, *, vae_factor: int, text_tokens: int, device_type: str) -> "MemoryModel":
-        return cls(unet=unet, vae=vae, vae_factor=vae_factor, text_tokens=text_tokens, device_type=device_type)
+        self._lock = threading.Lock()
 
     def _unet_inputs(self, batch: int, height: int, width: int):
         config = self.unet.config
@@ -209,41 +208,43 @@ class MemoryModel:
     def unet_memory(self, latent_height: int, latent_width: int, batch: int,
                     lean: LeanSettings | None = None) -> tuple[int, int, int]:
         """(device bytes, host bytes, largest tensor's elements) of one UNet call with these settings."""
-        key = ("unet", latent_height, latent_width, batch, lean)
-        if key not in self._cache:
-            sample, context, added = self._unet_inputs(batch, latent_height, latent_width)
-            timestep = torch.tensor(500)
-
-            def forward(x, c):
-                return self.unet(x, timestep, c, added_cond_kwargs=added).sample
-
-            with lean_mode(self.unet, lean):
-                traced = trace(forward, sample, context, existing=self._unet_existing)
-            latent = sample[:1].nelement() * sample.element_size()
-            device = int(self.overhead * traced.peak) + LATENT_BUFFERS * latent * max(1, batch // 2)
-            self._cache[key] = (device, traced.host_peak, traced.max_elements)
-        return self._cache[key]
-
-    def unet_bytes(self, latent_height: int, latent_width: int, batch: int) -> int:
-        return self.unet_memory(latent_height, latent_width, batch)[0]
+        return self._cached(("unet", latent_height, latent_width, batch, lean),
+                            lambda: self._trace_unet(latent_height, latent_width, batch, lean))
 
     def vae_tile_memory(self, tile: int, batch: int, kind: str) -> tuple[int, int]:
         """(bytes, largest tensor's elements) of one tile's decode or encode."""
-        key = ("vae", tile, batch, kind)
-        if key not in self._cache:
-            config, meta = self.vae.config, {"device": "meta", "dtype": self.vae.dtype}
-            if kind == "decode":
-                x = torch.empty(batch, config.latent_channels, tile, tile, **meta)
-                traced = trace(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
-            else:
-                side = tile * self.vae_factor
-                x = torch.empty(batch, config.in_channels, side, side, **meta)
-                traced = trace(lambda z: self.vae.encode(z).latent_dist.mean, x, existing=self._vae_existing)
-            self._cache[key] = (int(self.overhead * traced.peak), traced.max_elements)
-        return self._cache[key]
+        return self._cached(("vae", tile, batch, kind), lambda: self._trace_vae(tile, batch, kind))
 
-    def vae_tile_bytes(self, tile: int, batch: int, kind: str) -> int:
-        return self.vae_tile_memory(tile, batch, kind)[0]
+    def _cached(self, key, compute):
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = compute()
+            return self._cache[key]
+
+    def _trace_unet(self, latent_height: int, latent_width: int, batch: int, lean) -> tuple[int, int, int]:
+        sample, context, added = self._unet_inputs(batch, latent_height, latent_width)
+        timestep = torch.tensor(500)
+
+        def forward(x, c):
+            return self.unet(x, timestep, c, added_cond_kwargs=added).sample
+
+        with lean_mode(self.unet, lean):
+            traced = trace(forward, sample, context, existing=self._unet_existing)
+        latent = sample[:1].nelement() * sample.element_size()
+        device = int(self.overhead * traced.peak) + LATENT_BUFFERS * latent * max(1, batch // 2)
+        return device, traced.host_peak, traced.max_elements
+
+    def _trace_vae(self, tile: int, batch: int, kind: str) -> tuple[int, int]:
+        config, meta = self.vae.config, {"device": "meta", "dtype": self.vae.dtype}
+        if kind == "decode":
+            x = torch.empty(batch, config.latent_channels, tile, tile, **meta)
+            traced = trace(lambda z: self.vae.decode(z).sample, x, existing=self._vae_existing)
+        else:
+            side = tile * self.vae_factor
+            x = torch.empty(batch, config.in_channels, side, side, **meta)
+            traced = trace(lambda z: self.vae.encode(z).latent_dist.mean, x, existing=self._vae_existing)
+        return int(self.overhead * traced.peak), traced.max_elements
+
 
 
 def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, estimate,
@@ -261,16 +262,21 @@ def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, e
 
 
 _MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MODELS_LOCK = threading.Lock()
 
 
 def memory_model_for(pipe) -> MemoryModel:
-    """A pipeline's MemoryModel, built once and rebuilt when its UNet's processors or dtype change."""
+    """A pipeline's MemoryModel, built once and rebuilt when its UNet's dtype, device or processors (their classes
+    and options) change; what the pipelines, the UI and the CLI estimate with."""
     unet = pipe.unet
-    signature = (unet.dtype, unet.device.type, tuple(type(m).__name__ for m in unet.attn_processors.values()))
-    cached = _MODELS.get(unet)
-    if cached is None or cached[0] != signature:
-        cached = _MODELS[unet] = (signature, MemoryModel(pipe))
-    return cached[1]
+    processors = tuple((type(m).__name__, repr(m.layer_config()) if hasattr(m, "layer_config") else "")
+                       for m in unet.attn_processors.values())
+    signature = (unet.dtype, unet.device.type, processors)
+    with _MODELS_LOCK:
+        cached = _MODELS.get(unet)
+        if cached is None or cached[0] != signature:
+            cached = _MODELS[unet] = (signature, MemoryModel(pipe))
+        return cached[1]
 
 
 def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, guidance: bool = True,
@@ -304,7 +310,7 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
                     memory: str = "auto", host_limit: int | None = None) -> MemoryEstimate:
     """The estimate of every stage, with the free memory now (or ``limit`` bytes, for the device and, unless
     ``host_limit`` is given, the host alike). ``memory`` as in the module docstring."""
-    model = model or MemoryModel(pipe)
+    model = model or memory_model_for(pipe)
     if limit is not None:
         free_device, free_host = limit, limit
     else:
@@ -335,21 +341,29 @@ def candidate_sizes(width: int, height: int) -> list[tuple[int, int]]:
 def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, strengths=None, **kwargs
                          ) -> tuple[int, int] | None:
     """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does."""
-    model = kwargs.pop("model", None) or MemoryModel(pipe)
+    model = kwargs.pop("model", None) or memory_model_for(pipe)
     sizes = candidate_sizes(width, height)
 
-    def fits(index: int) -> bool:
-        w, h = sizes[index]
+    def fits(size: tuple[int, int]) -> bool:
+        w, h = size
         count = len(plan_stages(w, h, native_side)) - 1
         schedule = None if strengths is None else _resample(list(strengths), count)
         return estimate_memory(pipe, plan_stages(w, h, native_side, schedule), model=model, **kwargs).fits
 
-    if not fits(0):
+    return last_fitting(sizes, fits)
+
+
+def last_fitting(sizes: list[tuple[int, int]], fits) -> tuple[int, int] | None:
+    """The last of ``sizes`` (small to large) for which ``fits(size)``, by bisection (fitting is monotone in size);
+    None if not even the first fits. The largest is tried first: when it fits, that is one estimate."""
+    if fits(sizes[-1]):
+        return sizes[-1]
+    if not fits(sizes[0]):
         return None
-    low, high = 0, len(sizes) - 1  # fits(low) holds; find the last index that fits
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    low, high = 0, len(sizes) - 1  # fits(sizes[low]) holds, fits(sizes[high]) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(sizes[middle]) else (low, middle)
     return sizes[low]
 
 

@@ -49,12 +49,11 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
 def unet_mode(pipe, params: GenerationParams, memory: str):
     """The UNet's LeanSettings (None: plain) for one text-to-image call, as ``memory`` asks."""
     from .plan import Stage
-    from .preflight import check_memory_mode, estimate_memory, lean_ladder, memory_model_for
+    from .preflight import check_memory_mode, estimate_memory, lean_ladder
 
     if check_memory_mode(memory) != "auto":
         return lean_ladder(memory, pipe.unet.device.type)[0]
-    estimate = estimate_memory(pipe, [Stage(params.width, params.height, 1.0)], guidance=params.guidance > 1.0,
-                               model=memory_model_for(pipe))
+    estimate = estimate_memory(pipe, [Stage(params.width, params.height, 1.0)], guidance=params.guidance > 1.0)
     return estimate.stages[0].lean
 
 

@@ -8,14 +8,14 @@ use); loading happens under a lock, so two requests for the same model load it o
 import gc
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..linearize import get_method
 from ..pipelines import load_pipeline, native_size
 from ..pipelines.loading import is_bundled_teacher, resolve_device, resolve_dtype, resolve_model, resolve_weights
-from ..pipelines.preflight import MemoryModel
+from ..pipelines.preflight import MemoryModel, memory_model_for
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,6 @@ class ModelKey:
 class LoadedModel:
     key: ModelKey
     pipe: object
-    _memory: MemoryModel | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def native_side(self) -> int:
@@ -49,11 +47,8 @@ class LoadedModel:
         return max(native_size(self.pipe))
 
     def memory_model(self) -> MemoryModel:
-        """The meta-device twin that the memory preflight traces; built once per loaded pipeline."""
-        with self._lock:
-            if self._memory is None:
-                self._memory = MemoryModel(self.pipe)
-            return self._memory
+        """The meta-device twin that the memory preflight traces (the pipelines' own, built once per pipeline)."""
+        return memory_model_for(self.pipe)
 
 
 class ModelCache:

@@ -6,9 +6,8 @@ Generate tab above twice the model's native size) is every stage of :func:`linfu
 """
 
 from ..errors import InvalidArgumentError, LinfuseError
-from ..pipelines import GenerationParams, HighResOptions, estimate_memory, largest_fitting_size
+from ..pipelines import GenerationParams, HighResOptions, estimate_memory, largest_fitting_size, plan
 from ..pipelines.highres import check_softmax
-from ..pipelines.plan import Stage, plan_stages
 from ..pipelines.preflight import SAFETY, MemoryEstimate
 from .models import LoadedModel
 from .validation import as_float, check_method, check_model, check_size, parse_strengths, people_message
@@ -16,13 +15,7 @@ from .validation import as_float, check_method, check_model, check_size, parse_s
 
 def is_progressive(loaded: LoadedModel, width: int, height: int) -> bool:
     """What the Generate tab (like ``linfuse generate --highres auto``) does: progressive above twice native."""
-    return max(width, height) > 2 * loaded.native_side
-
-
-def stages_for(loaded: LoadedModel, width: int, height: int, *, progressive: bool, strengths=None) -> list[Stage]:
-    if not progressive:
-        return [Stage(width, height, 1.0)]
-    return plan_stages(width, height, loaded.native_side, strengths)
+    return plan.is_progressive(width, height, loaded.native_side)
 
 
 def mib(count: int | None) -> str:
@@ -33,7 +26,7 @@ def estimate(loaded: LoadedModel, width: int, height: int, guidance: float, *, p
              options: HighResOptions | None = None) -> MemoryEstimate:
     """The preflight's figures for this job (every stage), against ``options.memory_limit`` or the free memory."""
     options = options or HighResOptions()
-    stages = stages_for(loaded, width, height, progressive=progressive, strengths=options.strengths)
+    stages = plan.job_stages(width, height, loaded.native_side, progressive=progressive, strengths=options.strengths)
     return estimate_memory(loaded.pipe, stages, guidance=guidance > 1.0, upscale=options.upscale,
                            tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit,
                            memory=options.memory)

@@ -58,6 +58,11 @@ def bandable(conv) -> bool:
             and conv.dilation == (1, 1) and not isinstance(conv.padding, str))
 
 
+def same_size(conv) -> bool:
+    """Whether ``conv`` keeps the size (stride 1, padding k//2), as an up-sampler's convolution does."""
+    return conv.stride == (1, 1) and conv.padding[0] * 2 == conv.kernel_size[0] - 1
+
+
 def check_conv(conv) -> None:
     if not bandable(conv):
         raise InvalidArgumentError(f"the lean mode runs plain zero-padded, undilated convolutions; {conv} is not one")
@@ -74,8 +79,7 @@ def banded_conv(x: Parts, conv: nn.Conv2d, band_elements: int, *, pre=None, upsa
     in_h, in_w = upsample if upsample else (x.height, x.width)
     out_h = conv_output_size(in_h, kernel_h, stride_h, pad_h)
     out_w = conv_output_size(in_w, kernel_w, stride_w, pad_w)
-    if in_place and (upsample or conv.stride != (1, 1) or conv.in_channels != conv.out_channels
-                     or (out_h, out_w) != (in_h, in_w)):
+    if in_place and (upsample or not same_size(conv) or conv.in_channels != conv.out_channels):
         raise InvalidArgumentError("an in-place banded convolution needs stride 1 and as many output as input "
                                    f"channels and pixels; {conv} is not one")
     step = rows_per_band(max(x.channels * in_w * stride_h, conv.out_channels * out_w), band_elements)
@@ -83,17 +87,27 @@ def banded_conv(x: Parts, conv: nn.Conv2d, band_elements: int, *, pre=None, upsa
     out = x if in_place else Parts.empty(conv.out_channels, out_h, out_w, like=x.first)
     above = None  # in place: input rows [top − pad, top), as they were before the band above overwrote them
     for top, bottom in spans(out_h, step, x.first.is_meta):
-        first, last = top * stride_h - pad_h, (bottom - 1) * stride_h - pad_h + kernel_h
-        if above is not None and first < top:
-            band = _with_rows_above(x, above, top, last, pre)
+        if above is not None:  # in place, past the first band (stride 1: input rows up to bottom + pad)
+            y = _convolve(_with_rows_above(x, above, top, bottom + pad_h, pre), conv)
         else:
-            band = gather(x, first, last, pre=pre, upsample=upsample)
-        y = F.conv2d(band, conv.weight, conv.bias, conv.stride, (0, pad_w), conv.dilation, conv.groups)
-        del band
+            y = conv_rows(x, conv, top, bottom, pre=pre, upsample=upsample)
         if in_place and pad_h:
             above = x.rows(bottom - pad_h, bottom).clone()
         out.write_rows(top, post(y, top, bottom) if post else y)
     return out
+
+
+def conv_rows(x, conv: nn.Conv2d, top: int, bottom: int, *, pre=None, upsample=None) -> torch.Tensor:
+    """Output rows [top, bottom) (inside the output) of conv(pre(x)) or conv(nearest-upsample(x)), from their input
+    rows and halo."""
+    (kernel_h, _), (stride_h, _), (pad_h, _) = conv.kernel_size, conv.stride, conv.padding
+    band = gather(x, top * stride_h - pad_h, (bottom - 1) * stride_h - pad_h + kernel_h, pre=pre, upsample=upsample)
+    return _convolve(band, conv)
+
+
+def _convolve(band: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv over a band that carries its own vertical padding (rows of halo or zeros)."""
+    return F.conv2d(band, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]), conv.dilation, conv.groups)
 
 
 def _with_rows_above(x: Parts, above: torch.Tensor, top: int, last: int, pre) -> torch.Tensor:
@@ -111,7 +125,7 @@ class Upsampled:
 
     def __init__(self, source: Parts, conv: nn.Conv2d, size: tuple[int, int]):
         check_conv(conv)
-        if conv.stride != (1, 1) or conv.padding[0] * 2 != conv.kernel_size[0] - 1:
+        if not same_size(conv):
             raise InvalidArgumentError(f"a fused up-sampler needs a same-size convolution; {conv} is not one")
         self.source, self.conv, self.size = source, conv, size
 
@@ -122,17 +136,14 @@ class Upsampled:
 
     def rows(self, top: int, bottom: int) -> torch.Tensor:
         first, last = max(top, 0), min(bottom, self.height)
-        pad_h, pad_w = self.conv.padding
-        band = gather(self.source, first - pad_h, last + pad_h, upsample=self.size)
-        out = F.conv2d(band, self.conv.weight, self.conv.bias, 1, (0, pad_w))
+        out = conv_rows(self.source, self.conv, first, last, upsample=self.size)
         return pad_rows(out, first - top, bottom - last)
 
     def tensor(self) -> torch.Tensor:
         return self.rows(0, self.height)
 
     def take(self) -> "Upsampled":
-        taken = Upsampled(self.source.take(), self.conv, self.size)
-        return taken
+        return Upsampled(self.source.take(), self.conv, self.size)
 
     def release(self) -> None:
         self.source.release()

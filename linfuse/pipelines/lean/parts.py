@@ -97,8 +97,13 @@ class Parts:
         for tensor, channels in self._ranges():
             tensor[:, :, top:top + band.shape[2]].copy_(band[:, channels])
 
+    def add_rows_(self, top: int, band: torch.Tensor) -> None:
+        """In place, + a band (1, C, rows, W) to rows [top, top + rows)."""
+        for tensor, channels in self._ranges():
+            tensor[:, :, top:top + band.shape[2]].add_(band[:, channels])
+
     def add_(self, other: torch.Tensor) -> "Parts":
-        """In place, + a tensor that broadcasts over the rows and columns: (1, C, 1, 1)."""
+        """In place, + a (1, C, H, W) tensor or one that broadcasts over the rows and columns, (1, C, 1, 1)."""
         for tensor, channels in self._ranges():
             tensor.add_(other[:, channels])
         return self

@@ -11,7 +11,7 @@ scale-shift time embedding) return None and run whole.
 import torch
 
 from .conv import bandable, banded_conv
-from .norm import activate_, group_stats, norm_act
+from .norm import group_stats, norm_act
 from .parts import Parts
 
 
@@ -38,7 +38,7 @@ def lean_resnet(resnet, x: Parts, temb: torch.Tensor | None, band_elements: int)
     projected = time_projection(resnet, temb)
     if projected is not None:
         h.add_(projected)
-    stats = group_stats(h, resnet.norm2, band_elements)
+    normalise = norm_act(group_stats(h, resnet.norm2, band_elements), act)
     scale = resnet.output_scale_factor
 
     def shortcut(y: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def lean_resnet(resnet, x: Parts, temb: torch.Tensor | None, band_elements: int)
         return y.div_(scale) if scale != 1 else y
 
     def pre(band: torch.Tensor) -> torch.Tensor:
-        return resnet.dropout(activate_(norm_act(stats)(band), act))
+        return resnet.dropout(normalise(band))
 
     return banded_conv(h, resnet.conv2, band_elements, pre=pre, post=shortcut,
                        in_place=resnet.conv2.in_channels == resnet.conv2.out_channels)

@@ -66,11 +66,7 @@ class SkipStore:
             back = []
             for pieces, shape, dtype in held:
                 tensor = torch.empty(shape, dtype=dtype, device=self.device)
-                flat, start = _bytes(tensor), 0
-                for piece in pieces:
-                    count = min(piece.numel(), flat.numel() - start)
-                    flat[start:start + count].copy_(piece[:count], non_blocking=True)
-                    start += count
+                _copy_pieces(_bytes(tensor), pieces, to_pieces=False)
                 back.append(tensor)
             arrived = self.stream.record_event()
         return Parts(back), arrived
@@ -85,13 +81,21 @@ class SkipStore:
         pieces = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for size in pinned_pieces(nbytes)]
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
-            flat, start = _bytes(tensor.contiguous()), 0
-            for piece in pieces:
-                count = min(piece.numel(), flat.numel() - start)
-                piece[:count].copy_(flat[start:start + count], non_blocking=True)
-                start += count
+            _copy_pieces(_bytes(tensor.contiguous()), pieces, to_pieces=True)
         tensor.record_stream(self.stream)  # its memory is not reused before the copy has read it
         return pieces, tensor.shape, tensor.dtype
+
+
+def _copy_pieces(flat: torch.Tensor, pieces: list[torch.Tensor], *, to_pieces: bool) -> None:
+    """Asynchronous copies between a tensor's bytes ``flat`` and consecutive pinned ``pieces`` (the last one longer
+    than what is left)."""
+    start = 0
+    for piece in pieces:
+        count = min(piece.numel(), flat.numel() - start)
+        source, target = (flat[start:start + count], piece[:count]) if to_pieces else \
+            (piece[:count], flat[start:start + count])
+        target.copy_(source, non_blocking=True)
+        start += count
 
 
 def _bytes(tensor: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ def lean_transformer(model, x: Parts, context, settings, cross_attention_kwargs=
             out = model.proj_out(x_rows).reshape(1, bottom - top, width, -1).permute(0, 3, 1, 2)
         else:
             out = model.proj_out(x_rows.reshape(1, bottom - top, width, inner).permute(0, 3, 1, 2).contiguous())
-        _add_rows_(x, top, out)
+        x.add_rows_(top, out)
     return x
 
 
@@ -85,14 +85,6 @@ def _tokens_in(model, x: Parts, bands, band_elements: int) -> torch.Tensor:
         rows = band.permute(0, 2, 3, 1).reshape(1, (bottom - top) * width, band.shape[1])
         tokens[:, top * width:bottom * width] = model.proj_in(rows) if linear else rows
     return tokens
-
-
-def _add_rows_(x: Parts, top: int, band: torch.Tensor) -> None:
-    start = 0
-    for tensor in x.tensors:
-        count = tensor.shape[1]
-        tensor[:, :, top:top + band.shape[2]].add_(band[:, start:start + count])
-        start += count
 
 
 def _local_rows(attn) -> int:

@@ -9,7 +9,7 @@ forward, so the result is the same and only the memory differs.
 
 import torch
 
-from .conv import Upsampled, bandable, banded_conv
+from .conv import Upsampled, bandable, banded_conv, same_size
 from .norm import group_stats, norm_act
 from .parts import Parts
 from .resnet import lean_resnet
@@ -47,13 +47,14 @@ def lean_forward(unet, settings, sample, timestep, encoder_hidden_states, return
     indices = [batch - 1] if sample.is_meta else range(batch)
     outputs = [sample.new_empty(1, unet.config.out_channels, *sample.shape[2:]) for _ in range(batch - 1)] \
         if sample.is_meta else []
+    budget = settings.resolved(unet, sample)
     for index in indices:
         one = split_batch({"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states,
                            **kwargs}, index, batch)
         if _runs_whole(unet, one):
             outputs.append(plain(unet, return_dict=False, **one)[0])
         else:
-            outputs.append(_sample_forward(unet, settings.resolved(unet, sample), **one))
+            outputs.append(_sample_forward(unet, budget, **one))
         del one
     out = torch.cat(outputs) if batch > 1 else outputs[0]
     return UNet2DConditionOutput(sample=out) if return_dict else (out,)
@@ -84,7 +85,9 @@ def _embeddings(unet, sample, timestep, encoder_hidden_states, class_labels, tim
 
 def _sample_forward(unet, budget, sample, timestep, encoder_hidden_states, class_labels=None, timestep_cond=None,
                     cross_attention_kwargs=None, added_cond_kwargs=None, down_block_additional_residuals=None,
-                    mid_block_additional_residual=None, **unused):
+                    mid_block_additional_residual=None, attention_mask=None, encoder_attention_mask=None,
+                    down_intrablock_additional_residuals=None):
+    """One sample through the lean blocks (the arguments in WHOLE_ONLY are None here: _runs_whole routed them)."""
     if unet.config.center_input_sample:
         sample = 2 * sample - 1.0
     emb, context = _embeddings(unet, sample, timestep, encoder_hidden_states, class_labels, timestep_cond,
@@ -173,7 +176,7 @@ class _Runner:
                 h = self.attention(attention, h)
         for sampler in block.upsamplers or []:
             size = tuple(upsample_size or (2 * h.height, 2 * h.width))
-            if _plain_upsampler(sampler) and self.budget.fuse_upsampling and _same_size(sampler.conv):
+            if _plain_upsampler(sampler) and self.budget.fuse_upsampling and same_size(sampler.conv):
                 h = Upsampled(h, sampler.conv, size)  # read (recomputed) by the next block's first resnet
             elif _plain_upsampler(sampler):
                 h = banded_conv(h, sampler.conv, self.budget.band_elements, upsample=size)
@@ -208,10 +211,6 @@ def _plain_upsampler(sampler) -> bool:
     return (type(sampler).__name__ == "Upsample2D" and sampler.interpolate and sampler.use_conv
             and not sampler.use_conv_transpose and sampler.norm is None and sampler.name == "conv"
             and bandable(sampler.conv))
-
-
-def _same_size(conv) -> bool:
-    return conv.stride == (1, 1) and conv.padding[0] * 2 == conv.kernel_size[0] - 1
 
 
 def _freeu(block) -> bool:
