@@ -50,12 +50,14 @@ def device_memory(device: str) -> int:
 def run_estimate(args) -> int:
     from .errors import InvalidArgumentError
     from .pipelines import parse_size
-    from .pipelines.planner import estimate_job, parse_memory
+    from .pipelines.planner import check_model, check_side, estimate_job, parse_memory
     from .pipelines.preflight import MEMORY_MODES
 
     if args.memory_mode not in MEMORY_MODES:
         raise InvalidArgumentError(f"--memory-mode must be one of {', '.join(MEMORY_MODES)}; got {args.memory_mode!r}")
     width, height = parse_size(args.size)
+    check_side(width, height)
+    check_model(args.model)  # the arguments first, then what this machine has
     memory = parse_memory(args.memory, "--memory") if args.memory else None
     host = parse_memory(args.host_memory, "--host-memory") if args.host_memory else None
     method = None if args.method == "none" else args.method

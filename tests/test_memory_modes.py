@@ -151,3 +151,8 @@ def test_memory_amounts():
     assert parse_memory("24GiB") == 24 * GIB == parse_memory("24g")
     assert parse_memory("24GB") == 24 * 10**9
     assert parse_memory("800MiB") == 800 * 2**20
+
+
+def test_a_bad_model_is_named_before_anything_about_this_machines_memory(capsys):
+    assert main(["estimate", "--model", "sd9", "--size", "512x512"]) == 2  # no --memory: the model is said first
+    assert "model must be one of sd15, sd21, sdxl" in capsys.readouterr().err

@@ -66,14 +66,19 @@ class ModelConfigs:
 
 def load_configs(model: str) -> ModelConfigs:
     """Configs of a shipped architecture (``KNOWN_MODELS``), a local pipeline folder, or a Hub id."""
+    check_model(model)
     if model in KNOWN_MODELS:
         data = json.loads((CONFIGS / f"{model}.json").read_text())
         return ModelConfigs(data["name"], data["unet"], data["vae"], data["text_encoders"],
                             data["tokenizer_max_length"])
-    if not Path(model).expanduser().is_dir() and not looks_like_hub_id(model):
+    return _pipeline_configs(model)
+
+
+def check_model(model: str) -> None:
+    """A shipped architecture's name, a pipeline folder or a Hub id; an InvalidArgumentError naming ``model``."""
+    if model not in KNOWN_MODELS and not Path(model).expanduser().is_dir() and not looks_like_hub_id(model):
         raise InvalidArgumentError(f"model must be one of {', '.join(KNOWN_MODELS)}, a pipeline folder or a Hub id "
                                    f"(owner/name); got {model!r}")
-    return _pipeline_configs(model)
 
 
 def _pipeline_configs(source: str) -> ModelConfigs:
