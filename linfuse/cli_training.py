@@ -12,7 +12,7 @@ def add_training_commands(commands) -> None:
     distill.set_defaults(run=run_distill)
 
     teacher = commands.add_parser("train-teacher", help="train a small text-to-image teacher from scratch (YAML)")
-    teacher.add_argument("config", help="YAML config; see assets/configs/teacher.yaml")
+    teacher.add_argument("config", help="YAML config: assets/configs/teacher.yaml (UNet), dit-teacher.yaml (DiT)")
     teacher.set_defaults(run=run_train_teacher)
 
     evaluate = commands.add_parser("eval", help="student vs teacher: per-pair PSNR and latent distance")
@@ -45,9 +45,18 @@ def run_distill(args) -> int:
 
 
 def run_train_teacher(args) -> int:
-    from .distill.teacher import load_teacher_config, train_teacher
+    from .distill.config import read_yaml
 
-    print(f"wrote teacher pipeline to {train_teacher(load_teacher_config(args.config))}")
+    mapping = read_yaml(args.config)
+    if "family" in mapping:  # a DiT teacher (assets/configs/dit-teacher.yaml)
+        from .distill.dit_teacher import load_dit_teacher_config, train_flux_teacher
+
+        out = train_flux_teacher(load_dit_teacher_config(mapping))
+    else:
+        from .distill.teacher import load_teacher_config, train_teacher
+
+        out = train_teacher(load_teacher_config(args.config))
+    print(f"wrote teacher pipeline to {out}")
     return 0
 
 

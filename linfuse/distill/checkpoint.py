@@ -35,7 +35,15 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def _contiguous_cpu(tensors: dict) -> dict:
-    return {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
+    """CPU copies safetensors accepts: a tensor sharing storage with an earlier one (tied weights, e.g. T5's
+    ``shared`` and ``embed_tokens``) is cloned, since safetensors refuses shared memory."""
+    out, seen = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().to("cpu").contiguous()
+        storage = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if storage in seen else value
+        seen.add(storage)
+    return out
 
 
 def save_checkpoint(root: Path, step: int, modules: dict, optimizer: torch.optim.Optimizer, extra: dict,
