@@ -8,15 +8,16 @@ BUNDLED_GUIDANCE = 5.0
 
 def add_model_arguments(parser) -> None:
     parser.add_argument("--model", default=os.environ.get("LINFUSE_MODEL"),
-                        help="pipeline directory, Hub id, or 'student'/'teacher' for the bundled emoji models "
-                             "(default: $LINFUSE_MODEL, else the bundled student)")
+                        help="pipeline directory, Hub id, or student/teacher (UNet) / dit-student/dit-teacher "
+                             "(FLUX-style) for the bundled emoji models (default: $LINFUSE_MODEL, else the bundled "
+                             "student)")
     parser.add_argument("--weights", default="auto",
                         help="linear-attention weights: directory, Hub id, 'auto' (the model folder's own "
                              "linear_attention/, else published LinFusion weights for known base models) or 'none' "
                              "(teacher projections, mixers at zero)")
     parser.add_argument("--method", default="auto",
                         help="linearisation method, 'none' for softmax attention, or 'auto': none for the bundled "
-                             "teacher, linfusion otherwise")
+                             "teachers, else the family's own (linfusion for UNets, clear for FLUX/SD3/PixArt)")
     parser.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default: the model's native size)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=None,
@@ -39,8 +40,9 @@ def add_model_arguments(parser) -> None:
 def default_params(args, prompt: str = ""):
     """GenerationParams from the arguments, validated before anything is loaded (width/height 0 = native)."""
     from .pipelines import GenerationParams, parse_size
+    from .pipelines.loading import is_bundled
 
-    bundled = args.model is None or args.model in ("student", "teacher")
+    bundled = is_bundled(args.model)
     guidance = args.guidance if args.guidance is not None else (BUNDLED_GUIDANCE if bundled else 7.5)
     params = GenerationParams(prompt=prompt, negative_prompt=args.negative, steps=args.steps, guidance=guidance,
                               seed=args.seed)
@@ -53,11 +55,13 @@ def default_params(args, prompt: str = ""):
 def resolve_method(args):
     """(method or None, weights) from --method / --weights; an unknown method fails before any loading."""
     from .linearize import get_method
+    from .pipelines.families import default_method, family_of_folder
     from .pipelines.loading import check_model_source, is_bundled_teacher, resolve_model, resolve_weights
 
     check_model_source(resolve_model(args.model))  # a missing model is named before anything about weights
     if args.method == "auto":
-        args.method = "none" if is_bundled_teacher(args.model) else "linfusion"
+        args.method = "none" if is_bundled_teacher(args.model) else default_method(
+            family_of_folder(resolve_model(args.model)))
     if args.method != "none":
         get_method(args.method)
     method = None if args.method == "none" else args.method

@@ -10,6 +10,7 @@ for the loss.
 """
 
 import copy
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..linearize import linearize, save_linear_weights
 from ..linearize.convert import linearized_layers, split_hybrid, trainable_parameters
 from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import get_method
+from ..pipelines.families import SIDECAR
 from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source
 from .lora import LORA_DIR, add_projection_lora, save_lora, take_lora
@@ -98,13 +100,11 @@ class Distillation:
     """Teacher, student, data and the per-step loss for one config."""
 
     def __init__(self, config: DistillConfig, accelerator):
-        from diffusers import DDPMScheduler
-
         self.config, self.accelerator = config, accelerator
         self.pipe = load_teacher(config.model)
         self.pipe.set_progress_bar_config(disable=True)
         self.teacher = resolve_denoiser(self.pipe).requires_grad_(False).eval()
-        for part in ("vae", "text_encoder", "text_encoder_2"):
+        for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             if getattr(self.pipe, part, None) is not None:
                 getattr(self.pipe, part).requires_grad_(False)
         self.student = copy.deepcopy(self.teacher)
@@ -117,11 +117,17 @@ class Distillation:
             self.params = trainable_parameters(self.student, config.train_projections)
         for param in self.params:
             param.requires_grad_(True)
-        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.noise_scheduler = self.make_noise_scheduler()
         self.source = build_source(config.data, pipe=self.pipe, cache_dir=Path(config.output_dir) / "teacher_samples")
         converted = linearized_layers(self.student)
         self.teacher_feats = AttentionOutputs(self.teacher.get_submodule(name) for name, _ in converted)
         self.student_feats = AttentionOutputs(attn for _, attn in converted)
+
+    def make_noise_scheduler(self):
+        """The forward-noising schedule: DDPM with the teacher scheduler's betas."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
     def processors(self) -> dict:
         """The converted layers (processor and projections), keyed by layer name: what checkpoints store."""
@@ -134,7 +140,8 @@ class Distillation:
         vae = self.pipe.vae
         with torch.no_grad():
             posterior = vae.encode(batch["pixels"].to(self.accelerator.device, vae.dtype)).latent_dist
-            return posterior.sample(generator=generator) * vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            return (posterior.sample(generator=generator) - shift) * vae.config.scaling_factor
 
     def noisy_batch(self, generator: torch.Generator):
         """(batch, clean latents, noise, timesteps, noisy latents): timesteps uniform, DDPM forward noising."""
@@ -181,11 +188,16 @@ def distill(config: DistillConfig) -> Path:
 
 
 def job_class(config: DistillConfig) -> type:
-    """LiT's recipe for class-conditional DiTs (method lit), LinFusion's for UNets otherwise."""
+    """LiT's recipe for class-conditional DiTs (method lit), CLEAR's for flow-matching DiTs (method clear),
+    LinFusion's for UNets otherwise."""
     if config.method == "lit":
         from .lit import LiTDistillation
 
         return LiTDistillation
+    if config.method == "clear":
+        from .clear_recipe import ClearDistillation
+
+        return ClearDistillation
     return Distillation
 
 
@@ -195,6 +207,9 @@ def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Pa
 
     def write(folder: Path) -> None:
         job.pipe.save_pretrained(folder, safe_serialization=True)
+        sidecar = Path(job.config.model) / SIDECAR
+        if sidecar.is_file():  # the model's native size and default options (see pipelines.families)
+            shutil.copyfile(sidecar, folder / SIDECAR)
         save_linear_weights(job.student, folder / LINEAR_WEIGHTS_DIR, dtype=torch.float16)
         _to_half_on_disk(folder)
         if lora is not None:

@@ -9,6 +9,7 @@ from ..errors import InvalidArgumentError, LinfuseError
 from ..fileio import looks_like_hub_id
 from ..linearize import get_method, linearize
 from ..linearize.weights import resolve_weights_dir
+from .families import default_method, family, read_sidecar
 
 # Published LinFusion weights for base models (Hub ids); used by weights="auto".
 LINFUSION_WEIGHTS = {
@@ -23,7 +24,10 @@ LINFUSION_WEIGHTS = {
 }
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Models shipped in assets/ (trained here, see README): what `--model student` / `--model teacher` name.
-BUNDLED_MODELS = {"student": ASSETS / "linfuse-emoji-student", "teacher": ASSETS / "linfuse-emoji-teacher"}
+BUNDLED_MODELS = {"student": ASSETS / "linfuse-emoji-student", "teacher": ASSETS / "linfuse-emoji-teacher",
+                  "dit-student": ASSETS / "linfuse-emoji-dit-student",
+                  "dit-teacher": ASSETS / "linfuse-emoji-dit-teacher"}
+BUNDLED_TEACHERS = ("teacher", "dit-teacher")
 DEFAULT_MODEL = "student"
 LINEAR_WEIGHTS_SUBFOLDER = "linear_attention"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -66,7 +70,12 @@ def resolve_model(model):
 
 
 def is_bundled_teacher(model) -> bool:
-    return model is not None and str(model) in ("teacher", str(BUNDLED_MODELS["teacher"]))
+    return model is not None and str(model) in [*BUNDLED_TEACHERS, *(str(BUNDLED_MODELS[t]) for t in BUNDLED_TEACHERS)]
+
+
+def is_bundled(model) -> bool:
+    """None (the default student) or a name or folder of BUNDLED_MODELS."""
+    return model is None or str(model) in [*BUNDLED_MODELS, *map(str, BUNDLED_MODELS.values())]
 
 
 def resolve_weights(weights, model_id: str):
@@ -94,13 +103,15 @@ def resolve_weights(weights, model_id: str):
     )
 
 
-def load_pipeline(model=None, *, method: str | None = "linfusion", weights="default", device=None, dtype=None):
+def load_pipeline(model=None, *, method: str | None = "auto", weights="default", device=None, dtype=None):
     """Load a text-to-image pipeline and convert its self-attention.
 
     Args:
         model: a local pipeline directory, a Hub id (fetched by diffusers when online), a pipeline object, or
-            "student" / "teacher" / None for the models bundled in assets/ (None = the distilled student).
-        method: linearisation method name, or None to keep softmax attention.
+            "student" / "teacher" / "dit-student" / "dit-teacher" / None for the models bundled in assets/ (None =
+            the distilled UNet student).
+        method: linearisation method name, None to keep softmax attention, or "auto" (the default): the family's
+            own (:func:`~.families.default_method`: linfusion for UNets, clear for FLUX/SD3/PixArt, lit for DiT).
         weights: directory / Hub id of linear-attention weights; "auto": the model folder's ``linear_attention/``
             or the published LinFusion weights of a known base model (an error if neither); "default" (the
             default): the same, else the teacher's projections; None: the teacher's projections (mixers at zero).
@@ -111,7 +122,7 @@ def load_pipeline(model=None, *, method: str | None = "linfusion", weights="defa
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    if method:
+    if method and method != "auto":
         get_method(method)
     model = resolve_model(model)
     is_path = isinstance(model, (str, os.PathLike))
@@ -122,7 +133,10 @@ def load_pipeline(model=None, *, method: str | None = "linfusion", weights="defa
     if weights is not None:  # a missing directory or an unreachable Hub id fails here, before the model loads
         weights = resolve_weights_dir(weights)
     pipe = _from_pretrained(model_id, dtype) if is_path else model.to(dtype=dtype)
-    pipe.linfuse_report = linearize(pipe, method=method, weights=weights) if method else None
+    if method == "auto":
+        method = default_method(family(pipe))
+    options = {} if weights is not None else read_sidecar(pipe).get("method_options", {}).get(method or "", {})
+    pipe.linfuse_report = linearize(pipe, method=method, weights=weights, **options) if method else None
     return pipe.to(device)
 
 

@@ -1,15 +1,14 @@
 """Text-to-image generation with a (linearized) diffusers pipeline."""
 
+from contextlib import nullcontext
+
 import torch
 
 from .. import __version__
+from .families import guidance_arguments, is_dit, native_size, size_multiple
 from .parameters import GenerationParams, public_name
 
-
-def native_size(pipe) -> tuple[int, int]:
-    """The pipeline's training resolution: UNet sample size times the VAE scale factor."""
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return side, side
+__all__ = ["describe_run", "generate", "native_size"]
 
 
 def describe_run(pipe, params: GenerationParams, *, model: str = "", weights: str = "") -> GenerationParams:
@@ -34,7 +33,7 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
     """
     from .lean import lean_mode
 
-    params.validate(multiple_of=pipe.vae_scale_factor)
+    params.validate(multiple_of=size_multiple(pipe))
     settings = unet_mode(pipe, params, memory)
     if progress and memory != "plain":
         from tqdm.auto import tqdm
@@ -42,7 +41,7 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
         from .preflight import mode_name
 
         tqdm.write(f"memory: {params.width}x{params.height} {mode_name(settings)}")
-    with lean_mode(pipe.unet, settings):
+    with nullcontext() if is_dit(pipe) else lean_mode(pipe.unet, settings):
         return _run(pipe, params, progress, callback_on_step_end)
 
 
@@ -51,6 +50,9 @@ def unet_mode(pipe, params: GenerationParams, memory: str):
     from .plan import Stage
     from .preflight import check_memory_mode, estimate_memory, lean_ladder
 
+    if is_dit(pipe):  # DiTs run plain here; their memory is planned by `linfuse estimate`
+        check_memory_mode(memory)
+        return None
     if check_memory_mode(memory) != "auto":
         return lean_ladder(memory, pipe.unet.device.type)[0]
     estimate = estimate_memory(pipe, [Stage(params.width, params.height, 1.0)], guidance=params.guidance > 1.0)
@@ -63,12 +65,11 @@ def _run(pipe, params: GenerationParams, progress: bool, callback_on_step_end):
     extra = {"callback_on_step_end": callback_on_step_end} if callback_on_step_end is not None else {}
     result = pipe(
         prompt=params.prompt,
-        negative_prompt=params.negative_prompt or None,
         width=params.width,
         height=params.height,
         num_inference_steps=params.steps,
-        guidance_scale=params.guidance,
         generator=generator,
+        **guidance_arguments(pipe, params.guidance, params.negative_prompt),
         **extra,
     )
     return result.images[0]
