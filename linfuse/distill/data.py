@@ -166,11 +166,11 @@ class TeacherSampleBatches:
     def _generate(self, pipe, config: DataConfig, prompts: list[str], shard: int, path: Path) -> None:
         picked = [prompts[(shard * self.SHARD + i) % len(prompts)] for i in range(self.SHARD)]
         generator = torch.Generator().manual_seed(shard)
-        from ..pipelines.families import guidance_arguments, unpack_latents
+        from ..pipelines.families import call_arguments, unpack_latents
 
         out = pipe(picked, num_inference_steps=config.sample_steps, height=config.resolution,
                    width=config.resolution, generator=generator, output_type="latent",
-                   **guidance_arguments(pipe, config.sample_guidance, None))
+                   **call_arguments(pipe, config.sample_guidance, None))
         latents = unpack_latents(pipe, out.images, config.resolution, config.resolution)
         tensors = {"latents": latents.float().cpu().contiguous()}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"captions": json.dumps(picked)}))

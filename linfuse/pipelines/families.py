@@ -6,6 +6,7 @@
 * guidance: classifier-free guidance is ``guidance_scale`` everywhere except FLUX, where it is ``true_cfg_scale``
   with a negative prompt (FLUX.1-dev's ``guidance_scale`` feeds its distilled guidance embedding instead);
 * text length: T5 prompts are padded to ``max_sequence_length``; a model whose tokenizer is shorter gets its own;
+* PixArt bins sizes to its aspect-ratio table unless told not to, and has no image-to-image pipeline;
 * latents: FLUX returns ``output_type="latent"`` packed, (B, H/2·W/2, 4C); ``unpack_latents`` gives (B, C, H, W).
 """
 
@@ -97,17 +98,21 @@ def text_length(pipe) -> int | None:
     return min(TEXT_LENGTH[kind], own) if own else TEXT_LENGTH[kind]
 
 
-def guidance_arguments(pipe, guidance: float, negative_prompt: str | None) -> dict:
-    """The call arguments that give classifier-free guidance ``guidance`` (1 = none) and the text length."""
+def call_arguments(pipe, guidance: float, negative_prompt: str | None) -> dict:
+    """The pipeline call's arguments for classifier-free guidance ``guidance`` (1 = none), the text length, and
+    PixArt's: the size as asked (no resolution binning) and captions as given."""
     kind = family(pipe)
     out = {} if text_length(pipe) is None else {"max_sequence_length": text_length(pipe)}
+    if kind == "pixart":
+        out.update(use_resolution_binning=False, clean_caption=False)
     if kind == "flux":
         if pipe.transformer.config.guidance_embeds:  # FLUX.1-dev: guidance-distilled, no true CFG
             return {**out, "guidance_scale": guidance}
         if guidance > 1.0:
             return {**out, "true_cfg_scale": guidance, "negative_prompt": negative_prompt or ""}
         return out
-    return {**out, "guidance_scale": guidance, "negative_prompt": negative_prompt or None}
+    empty = "" if kind == "pixart" else None  # PixArt lower-cases the negative prompt: None fails there
+    return {**out, "guidance_scale": guidance, "negative_prompt": negative_prompt or empty}
 
 
 def unpack_latents(pipe, latents, width: int, height: int):

@@ -16,6 +16,7 @@ T the training steps: strong at high noise (keeps the layout of the smaller imag
 """
 
 import math
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,7 +26,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError
+from ..linearize.dit import CLEAR_MODELS, window_attention_layers
 from ..linearize.registry import processor_classes
+from .families import call_arguments, family, is_dit, size_multiple, text_length, unpack_latents
 from .lean import lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
@@ -38,11 +41,13 @@ from .preflight import (
     memory_model_for,
     mode_name,
 )
+from .rope import ntk_scaled_rope
 from .text2image import native_size
 from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
 
 UPSCALE_MODES = ("latent", "pixel")
 MAX_SKIP_RESIDUAL = 10
+MAX_NTK_FACTOR = 100
 DEFAULT_MAX_SOFTMAX_PIXELS = 2048 * 2048
 BAND_ROWS = 512  # rows converted to 8-bit at a time
 LEAN_HINT = ", the lean memory mode (memory='lean', --memory-mode lean)"
@@ -59,6 +64,8 @@ class HighResOptions:
     check_memory: bool = True
     memory_limit: int | None = None  # bytes the job may use; default what is free now
     memory: str = "auto"  # how the UNet runs: auto, plain or lean (see the module docstring)
+    ntk_factor: float = 1.0  # FLUX: RoPE base θ·α in the refinements (CLEAR's high-res recipe: 10); 1 = off
+    proportional_attention: bool = False  # CLEAR: softmax scale for the token count (see linearize.clear)
 
     def validate(self) -> "HighResOptions":
         check_memory_mode(self.memory)
@@ -71,20 +78,30 @@ class HighResOptions:
         if self.memory_limit is not None and (not isinstance(self.memory_limit, int) or self.memory_limit < 1):
             raise InvalidArgumentError(f"memory_limit must be a positive number of bytes or None; got "
                                        f"{self.memory_limit!r}")
+        if isinstance(self.ntk_factor, bool) or not isinstance(self.ntk_factor, (int, float)) or \
+                not 1 <= self.ntk_factor <= MAX_NTK_FACTOR:
+            raise InvalidArgumentError(f"ntk_factor must be in [1, {MAX_NTK_FACTOR}] (1 = off); got "
+                                       f"{self.ntk_factor!r}")
         if not isinstance(self.max_softmax_pixels, int) or self.max_softmax_pixels < 64 * 64:
             raise InvalidArgumentError(
                 f"max_softmax_pixels must be an integer >= 4096; got {self.max_softmax_pixels!r}")
         return self
 
 
-def softmax_layers(unet) -> list[str]:
-    """Names of the UNet's self-attention layers that still run softmax attention."""
-    return [name for name, module in unet.named_modules()
-            if name.endswith("attn1") and not isinstance(getattr(module, "processor", None), processor_classes())]
+def softmax_layers(denoiser) -> list[str]:
+    """Names of the UNet's self-attention layers (a DiT's window-attention layers) that still run softmax."""
+    if type(denoiser).__name__ in CLEAR_MODELS:
+        layers = [name for name, _ in window_attention_layers(denoiser)]
+    else:
+        layers = [name for name, _ in denoiser.named_modules() if name.endswith("attn1")]
+    return [name for name in layers
+            if not isinstance(getattr(denoiser.get_submodule(name), "processor", None), processor_classes())]
 
 
 def softmax_attention_bytes(pipe, width: int, height: int, batch: int) -> int:
     """Bytes of one N×N attention matrix (all heads) at the finest softmax layer, as a math-mode SDPA holds it."""
+    if is_dit(pipe):
+        return dit_attention_bytes(pipe, width, height, batch)
     unet, factor = pipe.unet, pipe.vae_scale_factor
     worst = 0
     for name in softmax_layers(unet):
@@ -93,6 +110,14 @@ def softmax_attention_bytes(pipe, width: int, height: int, batch: int) -> int:
         tokens = math.ceil(height / factor / 2**depth) * math.ceil(width / factor / 2**depth)
         worst = max(worst, batch * attn.heads * tokens * tokens * unet.dtype.itemsize)
     return worst
+
+
+def dit_attention_bytes(pipe, width: int, height: int, batch: int) -> int:
+    """One N×N attention matrix (all heads) of a DiT, N its image tokens (FLUX: 2×2 packed) plus text."""
+    factor = size_multiple(pipe)
+    tokens = (height // factor) * (width // factor) + (text_length(pipe) or 0)
+    heads = pipe.transformer.config.num_attention_heads
+    return batch * heads * tokens * tokens * pipe.transformer.dtype.itemsize
 
 
 def _depth_of(unet, name: str) -> int:
@@ -106,7 +131,7 @@ def _depth_of(unet, name: str) -> int:
 
 
 def check_softmax(pipe, params: GenerationParams, options: HighResOptions, batch: int) -> None:
-    layers = softmax_layers(pipe.unet)
+    layers = softmax_layers(denoiser_of(pipe))
     pixels = params.width * params.height
     if layers and pixels > options.max_softmax_pixels:
         need = softmax_attention_bytes(pipe, params.width, params.height, batch)
@@ -121,15 +146,44 @@ def check_softmax(pipe, params: GenerationParams, options: HighResOptions, batch
 def plan_job(pipe, params: GenerationParams, options: HighResOptions) -> list[Stage]:
     """The stages of this job, after checking the parameters, the options, and that every refinement runs at
     least one denoising step."""
-    params.validate(multiple_of=8)
+    params.validate(multiple_of=size_multiple(pipe))
     options.validate()
+    if is_dit(pipe):
+        check_dit_options(pipe, options)
     stages = plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths)
     check_refinement_steps(params.steps, stages)
     return stages
 
 
+def check_dit_options(pipe, options: HighResOptions) -> None:
+    """What the DiT path runs: no skip residual, NTK RoPE only on FLUX, proportional attention only with CLEAR."""
+    if options.skip_residual:
+        raise InvalidArgumentError("skip_residual is for UNet pipelines; use skip_residual=0 with a DiT")
+    if options.ntk_factor != 1 and family(pipe) != "flux":
+        raise InvalidArgumentError(f"ntk_factor scales FLUX's RoPE; {family(pipe)} has none: use ntk_factor=1")
+    if options.proportional_attention and not clear_processors(pipe):
+        raise InvalidArgumentError("proportional_attention is an option of CLEAR attention; convert the model with "
+                                   "method clear (linfuse.linearize(pipe, method='clear'), --method clear) first")
+    if options.memory == "lean":
+        raise InvalidArgumentError("the lean memory mode runs UNets; a DiT runs with memory='plain' or 'auto'")
+
+
+def clear_processors(pipe) -> list:
+    from ..linearize.clear import ClearAttnProcessor
+
+    return [m.processor for m in denoiser_of(pipe).modules() if isinstance(getattr(m, "processor", None),
+                                                                          ClearAttnProcessor)]
+
+
+def denoiser_of(pipe):
+    return pipe.transformer if is_dit(pipe) else pipe.unet
+
+
 def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):
-    """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit."""
+    """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit.
+    DiTs are planned by ``linfuse estimate`` (:mod:`.planner`), not here: None."""
+    if is_dit(pipe):
+        return None
     guidance = params.guidance > 1.0
     model = model or memory_model_for(pipe)
     estimate = estimate_memory(pipe, stages, guidance=guidance, upscale=options.upscale, tile=options.vae_tile,
@@ -209,6 +263,8 @@ def checked_stages(pipe, params: GenerationParams, options: HighResOptions) -> l
     stages = plan_job(pipe, params, options)
     check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
     estimate = preflight_job(pipe, params, options, stages)
+    if estimate is None:
+        return stages
     modes = [s.lean for s in estimate.stages if s.denoising]
     return [replace(stage, lean=lean) for stage, lean in zip(stages, modes, strict=True)]
 
@@ -224,33 +280,83 @@ def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, 
     from diffusers import AutoPipelineForImage2Image
 
     stages = stages or checked_stages(pipe, params, options)
-    refine = AutoPipelineForImage2Image.from_pipe(pipe)
+    refine = sdedit_through(pipe) if family(pipe) == "pixart" else AutoPipelineForImage2Image.from_pipe(pipe)
     for part in (pipe, refine):
-        part.set_progress_bar_config(disable=True)
+        if hasattr(part, "set_progress_bar_config"):
+            part.set_progress_bar_config(disable=True)
     generator = generator or torch.Generator("cpu").manual_seed(params.seed)
-    common = {"prompt": params.prompt, "negative_prompt": params.negative_prompt or None,
-              "num_inference_steps": params.steps, "guidance_scale": params.guidance, "generator": generator,
-              "output_type": "latent"}
+    common = {"prompt": params.prompt, "num_inference_steps": params.steps, "generator": generator,
+              "output_type": "latent", **call_arguments(pipe, params.guidance, params.negative_prompt)}
     inputs = list(dict.fromkeys(["latents", *callback_on_step_end_tensor_inputs]))
     bar = tqdm(total=len(stages), desc="high-res stages", disable=not progress)
     if progress:
         tqdm.write("memory: " + "; ".join(f"{s.width}x{s.height} {mode_name(s.lean)}" for s in stages))
     base = stages[0]
-    with lean_mode(pipe.unet, base.lean):
+    with stage_mode(pipe, base, options, native_size(pipe)):
         latents = pipe(width=base.width, height=base.height, **common,
                        **_callbacks(None, callback_on_step_end, inputs)).images
+    latents = unpack_latents(pipe, latents, base.width, base.height)
     bar.update(1)
     for stage in stages[1:]:
         bar.set_postfix_str(f"{stage.width}x{stage.height} s={stage.strength:g} {mode_name(stage.lean)}")
         upscaled = upscale_latents(pipe, latents, stage, options)
         skip = skip_residual_callback(upscaled, options.skip_residual, generator) if options.skip_residual > 0 \
             else None
-        with lean_mode(pipe.unet, stage.lean):
-            latents = refine(image=upscaled, strength=stage.strength, **common,
+        with stage_mode(pipe, stage, options, native_size(pipe)):
+            size = {"width": stage.width, "height": stage.height} if is_dit(pipe) else {}
+            latents = refine(image=upscaled, strength=stage.strength, **size, **common,
                              **_callbacks(skip, callback_on_step_end, inputs)).images
+        latents = unpack_latents(pipe, latents, stage.width, stage.height)
         bar.update(1)
     bar.close()
     return latents
+
+
+def sdedit_through(pipe):
+    """Image-to-image for a text-to-image pipeline that has none (PixArt): the latents noised to the first kept
+    timestep with the scheduler's ``add_noise``, then denoised by the pipeline over the last int(steps·s) steps."""
+
+    def refine(*, image, strength, num_inference_steps, generator, **call):
+        pipe.scheduler.set_timesteps(num_inference_steps)
+        kept = pipe.scheduler.timesteps[num_inference_steps - int(num_inference_steps * strength):]
+        noise = torch.randn(image.shape, generator=generator, dtype=torch.float32).to(image)
+        noised = pipe.scheduler.add_noise(image, noise, kept[:1])
+        return pipe(latents=noised, timesteps=kept.tolist(), generator=generator, **call)
+
+    return refine
+
+
+@contextmanager
+def stage_mode(pipe, stage: Stage, options: HighResOptions, native: tuple[int, int]):
+    """How the denoiser runs one stage: the UNet's lean setting; a DiT above its native size with NTK-scaled RoPE
+    and CLEAR's proportional attention (softmax scale for the native token count) when the options ask."""
+    if not is_dit(pipe):
+        with lean_mode(pipe.unet, stage.lean):
+            yield
+        return
+    above = stage.width * stage.height > native[0] * native[1]
+    with ExitStack() as stack:
+        if above and options.ntk_factor != 1:
+            stack.enter_context(ntk_scaled_rope(pipe.transformer, options.ntk_factor))
+        if options.proportional_attention:
+            stack.enter_context(proportional_attention(pipe, native))
+        yield
+
+
+@contextmanager
+def proportional_attention(pipe, native: tuple[int, int]):
+    """CLEAR processors with proportional attention, trained length = the native image plus text tokens."""
+    factor = size_multiple(pipe)
+    train_tokens = (native[0] // factor) * (native[1] // factor) + (text_length(pipe) or 0)
+    processors = clear_processors(pipe)
+    before = [(p.proportional_attention, p.train_tokens) for p in processors]
+    for processor in processors:
+        processor.proportional_attention, processor.train_tokens = True, train_tokens
+    try:
+        yield
+    finally:
+        for processor, (on, tokens) in zip(processors, before, strict=True):
+            processor.proportional_attention, processor.train_tokens = on, tokens
 
 
 def _callbacks(skip, user, inputs: list[str]) -> dict:

@@ -1,5 +1,6 @@
 """``load_pipeline``: a ready diffusers text-to-image pipeline, linearized."""
 
+import json
 import os
 from pathlib import Path
 
@@ -158,17 +159,29 @@ def _from_pretrained(model_id: str, dtype: torch.dtype):
     path = Path(model_id).expanduser()
     check_model_source(model_id)
     source = str(path) if path.is_dir() else model_id
+    absent = _absent_components(path)
     try:
         try:
-            return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
+            return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **absent)
         except ValueError as exc:  # pipelines outside the text-to-image family, e.g. class-conditional DiTPipeline
             if "AutoPipeline can't find a pipeline" not in str(exc):
                 raise
             from diffusers import DiffusionPipeline
 
-            return DiffusionPipeline.from_pretrained(source, dtype=dtype)
+            return DiffusionPipeline.from_pretrained(source, dtype=dtype, **absent)
     except (OSError, ValueError) as exc:
         raise LinfuseError(
             f"could not load pipeline {model_id!r} ({type(exc).__name__}: {exc}). For a Hub id this machine needs "
             "network access or a filled Hugging Face cache; otherwise pass a local diffusers pipeline directory."
         ) from exc
+
+
+def _absent_components(folder: Path) -> dict:
+    """Components a local folder saved as absent ([null, null] in model_index.json, e.g. SD3 without its T5):
+    diffusers needs them passed as None explicitly."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return {}
+    entries = json.loads(index.read_text())
+    return {name: None for name, value in entries.items()
+            if not name.startswith("_") and isinstance(value, list) and value == [None, None]}

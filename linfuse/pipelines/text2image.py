@@ -5,7 +5,7 @@ from contextlib import nullcontext
 import torch
 
 from .. import __version__
-from .families import guidance_arguments, is_dit, native_size, size_multiple
+from .families import call_arguments, is_dit, native_size, size_multiple
 from .parameters import GenerationParams, public_name
 
 __all__ = ["describe_run", "generate", "native_size"]
@@ -69,7 +69,7 @@ def _run(pipe, params: GenerationParams, progress: bool, callback_on_step_end):
         height=params.height,
         num_inference_steps=params.steps,
         generator=generator,
-        **guidance_arguments(pipe, params.guidance, params.negative_prompt),
+        **call_arguments(pipe, params.guidance, params.negative_prompt),
         **extra,
     )
     return result.images[0]

@@ -1,0 +1,105 @@
+"""DiT pipelines end to end on tiny FLUX, SD3 and PixArt-Σ folders: generate, progressive high-res, CLEAR options."""
+
+import numpy as np
+import pytest
+import torch
+
+from linfuse.errors import InvalidArgumentError
+from linfuse.pipelines import GenerationParams, generate, load_pipeline, native_size
+from linfuse.pipelines.families import call_arguments, family, size_multiple, unpack_latents
+from linfuse.pipelines.highres import HighResOptions, generate_highres, highres_latents
+from tests.tiny_dit_pipelines import NATIVE, save_pipeline
+
+KINDS = ("flux", "sd3", "pixart")
+COVERING = 1000  # a window radius larger than any grid here: CLEAR is then exact softmax attention
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dits")
+    return {kind: save_pipeline(kind, root / kind) for kind in KINDS}
+
+
+def load(folder, method="clear", **options):
+    pipe = load_pipeline(str(folder), method=method, weights=None, device="cpu", dtype="fp32")
+    if options:
+        from linfuse import linearize, unlinearize
+
+        unlinearize(pipe)
+        linearize(pipe, method=method, **options)
+    return pipe
+
+
+def params(side: int, steps: int = 10) -> GenerationParams:
+    return GenerationParams(prompt="red apple on a blue background", steps=steps, guidance=3.0, seed=3,
+                            width=side, height=side)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_and_progressive_high_res_round_trip(folders, kind):
+    pipe = load(folders[kind])
+    assert family(pipe) == kind and native_size(pipe) == (NATIVE[kind], NATIVE[kind])
+    assert pipe.linfuse_report.method == "clear"
+    image = generate(pipe, params(NATIVE[kind]), progress=False)
+    assert image.size == (NATIVE[kind], NATIVE[kind])
+    side = 4 * NATIVE[kind] if kind != "sd3" else 64  # SD3's position table ends at 64 px here
+    big = generate_highres(pipe, params(side), HighResOptions(), progress=False)
+    assert big.size == (side, side)
+    assert len(np.unique(np.asarray(big).reshape(-1, 3), axis=0)) > 10  # an image, not a constant
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_covering_clear_student_equals_its_teacher_through_generate_and_high_res(folders, kind):
+    teacher = load(folders[kind], method=None)
+    student = load(folders[kind], radius=COVERING)
+    for side in (NATIVE[kind], 2 * NATIVE[kind]):  # one stage (text to image), then base + refinement
+        ours = highres_latents(student, params(side), HighResOptions(), progress=False)
+        theirs = highres_latents(teacher, params(side), HighResOptions(), progress=False)
+        assert ours.shape[-1] == side // teacher.vae_scale_factor
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    small = load(folders[kind], radius=1)
+    narrow = highres_latents(small, params(2 * NATIVE[kind]), HighResOptions(), progress=False)
+    assert (narrow - theirs).abs().max() > 1e-3  # a window smaller than the grid does change the result
+
+
+def test_ntk_rope_and_proportional_attention_apply_above_the_native_size_and_are_undone(folders):
+    pipe = load(folders["flux"], radius=3)
+    theta = pipe.transformer.pos_embed.theta
+    job = params(2 * NATIVE["flux"])
+    plain = highres_latents(pipe, job, HighResOptions(), progress=False)
+    ntk = highres_latents(pipe, job, HighResOptions(ntk_factor=10), progress=False)
+    both = highres_latents(pipe, job, HighResOptions(ntk_factor=10, proportional_attention=True), progress=False)
+    assert (ntk - plain).abs().max() > 1e-4 and (both - ntk).abs().max() > 1e-4
+    assert pipe.transformer.pos_embed.theta == theta
+    assert not any(m.processor.proportional_attention for m in pipe.transformer.modules()
+                   if hasattr(m, "processor") and hasattr(m.processor, "proportional_attention"))
+    native = params(NATIVE["flux"])  # one stage at the native size: NTK does not apply there
+    torch.testing.assert_close(highres_latents(pipe, native, HighResOptions(ntk_factor=10), progress=False),
+                               highres_latents(pipe, native, HighResOptions(), progress=False))
+
+
+def test_family_rules(folders):
+    flux = load(folders["flux"])
+    assert size_multiple(flux) == 4  # VAE ×2, packing ×2
+    args = call_arguments(flux, 3.0, None)
+    assert args == {"max_sequence_length": 8, "true_cfg_scale": 3.0, "negative_prompt": ""}
+    assert "true_cfg_scale" not in call_arguments(flux, 1.0, None)
+    packed = torch.randn(2, 16 * 16, 8)
+    assert unpack_latents(flux, packed, 64, 64).shape == (2, 2, 32, 32)
+    pixart = load(folders["pixart"])
+    assert call_arguments(pixart, 4.5, None)["use_resolution_binning"] is False
+
+
+def test_bad_options_for_dits_are_refused_before_work(folders):
+    flux, sd3, teacher = load(folders["flux"]), load(folders["sd3"]), load(folders["flux"], method=None)
+    job = params(2 * NATIVE["flux"])
+    with pytest.raises(InvalidArgumentError, match="skip_residual"):
+        highres_latents(flux, job, HighResOptions(skip_residual=1.0), progress=False)
+    with pytest.raises(InvalidArgumentError, match="ntk_factor"):
+        highres_latents(sd3, params(32), HighResOptions(ntk_factor=10), progress=False)
+    with pytest.raises(InvalidArgumentError, match="method clear"):
+        highres_latents(teacher, job, HighResOptions(proportional_attention=True), progress=False)
+    with pytest.raises(InvalidArgumentError, match="ntk_factor must be in"):
+        HighResOptions(ntk_factor=0.5).validate()
+    with pytest.raises(InvalidArgumentError, match="multiple of 4"):
+        generate(flux, params(30), progress=False)
