@@ -1,0 +1,103 @@
+"""CLEAR's distillation on a tiny FLUX pipeline: what trains, the loss terms, the export, resume after a kill."""
+
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from linfuse.distill.clear_recipe import flow_noising
+from linfuse.distill.recipe import distill, load_distill_config
+from linfuse.distill.trainer import read_log
+from linfuse.errors import InvalidArgumentError
+from linfuse.pipelines import load_pipeline
+from tests.tiny_dit_pipelines import save_pipeline
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    return save_pipeline("flux", tmp_path_factory.mktemp("teacher") / "tiny-flux")
+
+
+def write_config(path, teacher, out, **overrides):
+    config = {"model": str(teacher), "output_dir": str(out), "method": "clear", "options": {"radius": 2},
+              "data": {"source": "teacher_samples", "resolution": 32, "num_samples": 16, "sample_steps": 2},
+              "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "learning_rate": 1e-3, "seed": 5}}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_flow_noising_interpolates_and_targets_the_velocity():
+    latents = torch.randn(3, 2, 4, 4)
+    noise, sigmas, noisy, velocity = flow_noising(latents, torch.Generator().manual_seed(0))
+    t = sigmas.view(-1, 1, 1, 1)
+    torch.testing.assert_close(noisy, (1 - t) * latents + t * noise)
+    torch.testing.assert_close(velocity, noise - latents)
+    assert ((sigmas > 0) & (sigmas < 1)).all()
+
+
+def test_clear_distillation_trains_image_side_projections_only_and_exports_a_student(flux_dir, tmp_path):
+    config = load_distill_config(write_config(tmp_path / "c.yaml", flux_dir, tmp_path / "run",
+                                              export=str(tmp_path / "student")))
+    out = distill(config)
+    log = read_log(tmp_path / "run" / "loss_log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert all(r["kd"] > 0 and r["feat"] > 0 and r["task"] > 0 for r in log)
+    trained = load_file(out / "linear_attention.safetensors")
+    teacher = load_pipeline(str(flux_dir), method=None, device="cpu", dtype="fp32").transformer.state_dict()
+    assert trained and all(k.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v", "0") for k in trained)
+    assert not any("add_" in k for k in trained)  # the text branch stays the teacher's
+    moved = [k for k, v in trained.items() if not torch.equal(v, teacher[k])]
+    assert len(moved) == len(trained)
+    student = load_pipeline(str(tmp_path / "student"), device="cpu", dtype="fp32")  # method auto: clear
+    assert student.linfuse_report.method == "clear"
+    assert (tmp_path / "student" / "linfuse.json").exists()  # the native size travels with the student
+    image = student("red apple on a blue background", num_inference_steps=2, height=32, width=32,
+                    max_sequence_length=8).images[0]
+    assert image.size == (32, 32)
+
+
+def test_killed_clear_run_resumes_and_matches_an_uninterrupted_run(flux_dir, tmp_path):
+    steps = {"train": {"steps": 10, "checkpoint_every": 3}}
+    whole = load_distill_config(write_config(tmp_path / "whole.yaml", flux_dir, tmp_path / "whole", **steps))
+    reference_weights = load_file(distill(whole) / "linear_attention.safetensors")
+    reference = read_log(tmp_path / "whole" / "loss_log.jsonl")
+
+    cfg = write_config(tmp_path / "killed.yaml", flux_dir, tmp_path / "killed", **steps)
+    log_path = tmp_path / "killed" / "loss_log.jsonl"
+    command = [sys.executable, "-m", "linfuse", "distill", str(cfg)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_log(log_path) if log_path.exists() else []) < 5:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert 5 <= len(read_log(log_path)) < 10
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming distill from" in resumed.stdout
+    log = read_log(log_path)
+    assert [r["step"] for r in log] == list(range(1, 11))
+    for ours, theirs in zip(log, reference, strict=True):
+        for key in ("loss", "task", "kd", "feat"):
+            assert math.isclose(ours[key], theirs[key], rel_tol=1e-5, abs_tol=1e-9), (ours, theirs)
+    weights = load_file(tmp_path / "killed" / "linear_attention" / "linear_attention.safetensors")
+    for key, value in reference_weights.items():
+        torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_clear_refuses_frozen_projections(flux_dir, tmp_path):
+    config = load_distill_config(write_config(tmp_path / "f.yaml", flux_dir, tmp_path / "f",
+                                              train_projections=False))
+    with pytest.raises(InvalidArgumentError, match="q/k/v/out"):
+        distill(config)
