@@ -11,7 +11,7 @@ def add_estimate_command(commands) -> None:
     estimate = commands.add_parser(
         "estimate", help="will this model make this image on that device? memory per stage, without weights",
         description="Plan one image's memory from the model's configs (no weights): every stage (device and host), "
-                    "the weights, the peak, whether it fits, the UNet mode auto picks, and the largest size of the "
+                    "the weights, the peak, whether it fits, the denoiser mode auto picks, and the largest size of the "
                     "same aspect ratio that fits.")
     estimate.add_argument("--model", required=True,
                           help=f"{', '.join(KNOWN_MODELS)} (configs shipped), a pipeline folder, or a Hub id "
@@ -24,7 +24,9 @@ def add_estimate_command(commands) -> None:
                                "device)")
     estimate.add_argument("--host-memory", default=None,
                           help="host memory, for parked skips and image canvases (default: this machine's available)")
-    estimate.add_argument("--method", default="linfusion", help="linearisation method, or none for softmax")
+    estimate.add_argument("--method", default="auto",
+                          help="linearisation method, none for softmax, or auto (default): linfusion for UNets, "
+                               "clear for FLUX/SD3/PixArt")
     estimate.add_argument("--memory-mode", default="auto", help="auto, plain or lean (default auto)")
     estimate.add_argument("--guidance", type=float, default=7.5, help="> 1 runs classifier-free guidance (batch 2)")
     estimate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -60,7 +62,7 @@ def run_estimate(args) -> int:
     check_model(args.model)  # the arguments first, then what this machine has
     memory = parse_memory(args.memory, "--memory") if args.memory else None
     host = parse_memory(args.host_memory, "--host-memory") if args.host_memory else None
-    method = None if args.method == "none" else args.method
+    method = None if args.method == "none" else args.method  # "auto": the family's own, chosen by the planner
     plan = estimate_job(args.model, width, height, memory=memory or device_memory(args.device), host_memory=host,
                         dtype=args.dtype, device=args.device, method=method, memory_mode=args.memory_mode,
                         guidance=args.guidance)
@@ -74,7 +76,7 @@ def describe(plan) -> str:
     data = plan.to_json()
     rows = [f"{plan.model} {plan.width}x{plan.height}, {plan.dtype} on {plan.device}, method {plan.method}, "
             f"memory mode {plan.memory_mode}:",
-            "| stage | size | UNet mode | device | host | largest tensor |", "|---|---|---|---:|---:|---:|"]
+            "| stage | size | denoiser mode | device | host | largest tensor |", "|---|---|---|---:|---:|---:|"]
     rows += [f"| {s['label']} | {s['width']}x{s['height']} | {s['mode'] or '—'} | {gib(s['device_bytes'])} | "
              f"{gib(s['host_bytes'])} | {s['max_tensor_elements']:.3g} |" for s in data["stages"]]
     largest = data["largest_fitting"]
@@ -82,6 +84,6 @@ def describe(plan) -> str:
     rows += [f"weights {gib(plan.weights_bytes)}; peak device {gib(plan.peak_device_bytes)} (weights + largest "
              f"stage) of {gib(plan.memory_bytes)}; peak host {gib(plan.peak_host_bytes)}; largest tensor "
              f"{plan.estimate.max_elements:.3g} elements (limit 2^31 = 2.15e9)",
-             f"{verdict} (at most {SAFETY:.0%} of each); UNet mode at the last stage: {plan.mode}; largest "
+             f"{verdict} (at most {SAFETY:.0%} of each); denoiser mode at the last stage: {plan.mode}; largest "
              f"{plan.width}:{plan.height} size that fits: {f'{largest[0]}x{largest[1]}' if largest else 'none'}"]
     return "\n".join(rows)

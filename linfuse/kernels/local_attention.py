@@ -44,7 +44,8 @@ def local_attention(
         num_global: leading tokens every query sees and that see everything, >= 0.
         scale: softmax scale; default 1/√d.
         backend: "auto" (Triton on CUDA, PyTorch otherwise), "reference" or "triton"; None reads
-            LINFUSE_LOCAL_ATTENTION_BACKEND. The reference materialises an N×N mask up to 4096 tokens and works in
+            LINFUSE_LOCAL_ATTENTION_BACKEND. On the meta device (the memory planner's traces) only the output is
+            allocated, as the Triton kernel does. The reference materialises an N×N mask up to 4096 tokens and works in
             bands of image rows above that, so memory stays O(rows × W × window) on any grid.
     """
     seq_dim = _check(q, k, v, grid=grid, radius=radius, window=window, num_global=num_global, layout=layout)
@@ -52,6 +53,8 @@ def local_attention(
     if not math.isfinite(scale) or scale <= 0:
         raise InvalidArgumentError(f"scale must be a positive finite number; got {scale!r}")
     options = dict(grid=tuple(grid), radius=int(radius), window=window, num_global=int(num_global), scale=scale)
+    if q.device.type == "meta":  # memory planning: what the fused kernel allocates, its output (d_v = d_k)
+        return torch.empty_like(q)
     backend = resolve_backend(backend, BACKEND_ENV)
 
     def reference():

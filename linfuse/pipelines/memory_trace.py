@@ -118,7 +118,8 @@ class FusedAttention(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            query, value = args[0], args[2] if len(args) > 2 else kwargs["value"]
+            query = args[0] if args else kwargs["query"]  # diffusers' attention dispatch passes keywords
+            value = args[2] if len(args) > 2 else kwargs["value"]
             return query.new_empty((*query.shape[:-1], value.shape[-1]))
         return func(*args, **kwargs)
 

@@ -19,6 +19,8 @@ import torch
 
 from ..errors import InvalidArgumentError
 from ..fileio import looks_like_hub_id
+from .dit_memory import DiTMemoryModel
+from .families import default_method, max_side
 from .plan import MAX_SIDE, Stage, job_stages
 from .preflight import (
     SAFETY,
@@ -58,10 +60,13 @@ def check_side(width: int, height: int) -> None:
 @dataclass
 class ModelConfigs:
     name: str
-    unet: dict
+    unet: dict | None
     vae: dict
     text_encoders: list  # transformers config objects or dicts
-    tokenizer_max_length: int = 77
+    tokenizer_max_length: int = 77  # DiTs: every text token the transformer sees (CLIP and T5 together for SD3)
+    family: str = "unet"
+    transformer: dict | None = None
+    native_size: int | None = None  # pixels; None: the UNet's sample size × the VAE factor
 
 
 def load_configs(model: str) -> ModelConfigs:
@@ -69,8 +74,13 @@ def load_configs(model: str) -> ModelConfigs:
     check_model(model)
     if model in KNOWN_MODELS:
         data = json.loads((CONFIGS / f"{model}.json").read_text())
+        if "family" in data:
+            return ModelConfigs(data["name"], None, data["vae"], data["text_encoders"], data["text_tokens"],
+                                data["family"], data["transformer"], data["native_size"])
         return ModelConfigs(data["name"], data["unet"], data["vae"], data["text_encoders"],
                             data["tokenizer_max_length"])
+    if _has_transformer(model):
+        return _dit_pipeline_configs(model)
     return _pipeline_configs(model)
 
 
@@ -100,25 +110,74 @@ def _pipeline_configs(source: str) -> ModelConfigs:
     return ModelConfigs(str(source), dict(unet), dict(vae), encoders, _token_count(source))
 
 
-def _token_count(source: str) -> int:
-    """The tokenizer's sequence length from a local folder's tokenizer config (77, as SD's CLIP, otherwise)."""
-    path = Path(source) / "tokenizer" / "tokenizer_config.json"
+def _has_transformer(source: str) -> bool:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return (path / "transformer" / "config.json").is_file()
     try:
-        return int(json.loads(path.read_text()).get("model_max_length", 77))
+        from diffusers import DiffusionPipeline
+
+        return "transformer" in DiffusionPipeline.load_config(source)
+    except (OSError, ValueError):
+        return False
+
+
+def _dit_pipeline_configs(source: str) -> ModelConfigs:
+    """A DiT pipeline's configs (FLUX, SD3, PixArt): transformer, VAE, text encoders, and the text length."""
+    from diffusers import AutoencoderKL
+    from transformers import AutoConfig
+
+    from .families import SIDECAR, TEXT_LENGTH, TRANSFORMER_FAMILIES
+
+    try:
+        # load_config reads any subfolder's config.json whichever ConfigMixin class asks
+        transformer = dict(AutoencoderKL.load_config(source, subfolder="transformer"))
+        vae = dict(AutoencoderKL.load_config(source, subfolder="vae"))
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"model {source!r}: no readable transformer/ and vae/ configs ({exc})") from exc
+    family = TRANSFORMER_FAMILIES.get(transformer.get("_class_name"))
+    if family not in TEXT_LENGTH:
+        raise InvalidArgumentError(f"model {source!r}: the planner knows FLUX, SD3 and PixArt transformers; got "
+                                   f"{transformer.get('_class_name')}")
+    encoders = []
+    for folder in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        try:
+            encoders.append(AutoConfig.from_pretrained(source, subfolder=folder))
+        except (OSError, ValueError):
+            continue
+    sidecar = Path(source) / SIDECAR
+    native = json.loads(sidecar.read_text())["native_size"][0] if sidecar.is_file() else None
+    t5_length = min(TEXT_LENGTH[family], _token_count(source, "tokenizer_2" if family == "flux" else
+                                                      "tokenizer_3" if family == "sd3" else "tokenizer", 512))
+    tokens = t5_length + (_token_count(source) if family == "sd3" else 0)
+    return ModelConfigs(str(source), None, vae, encoders, tokens, family, transformer, native)
+
+
+def _token_count(source: str, folder: str = "tokenizer", default: int = 77) -> int:
+    """The tokenizer's sequence length from a local folder's tokenizer config (77, as SD's CLIP, otherwise)."""
+    path = Path(source) / folder / "tokenizer_config.json"
+    try:
+        return int(json.loads(path.read_text()).get("model_max_length", default))
     except (OSError, ValueError, TypeError):
-        return 77
+        return default
 
 
 def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
-    """(UNet, VAE, text encoders) on the meta device in ``dtype``; the UNet converted by ``method``. A VAE whose
+    """(UNet or transformer, VAE, text encoders) on the meta device in ``dtype``; the denoiser converted by
+    ``method``. A VAE whose
     config asks for float32 (``force_upcast``, SDXL) is kept in float32 for half dtypes, as its pipeline runs it."""
+    import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from ..linearize import linearize
     from ..linearize.twin import _quiet_diffusers
 
     with torch.device("meta"), _quiet_diffusers():
-        unet = UNet2DConditionModel.from_config(configs.unet).eval()
+        if configs.transformer is not None:
+            denoiser_class = getattr(diffusers, configs.transformer["_class_name"])
+            unet = denoiser_class.from_config(configs.transformer).eval()
+        else:
+            unet = UNet2DConditionModel.from_config(configs.unet).eval()
         if method is not None:
             linearize(unet, method=method)
         unet = unet.to(dtype)
@@ -129,13 +188,16 @@ def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
 
 
 def _text_encoder(config):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     if isinstance(config, dict):
         architecture = config.get("architectures", ["CLIPTextModel"])[0]
-        config = CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
+        config_class = T5Config if architecture.startswith("T5") else CLIPTextConfig
+        config = config_class(**{k: v for k, v in config.items() if k != "architectures"})
     else:
         architecture = (config.architectures or ["CLIPTextModel"])[0]
+    if architecture.startswith("T5") or getattr(config, "model_type", "") == "t5":
+        return T5EncoderModel(config).eval()
     model_class = CLIPTextModelWithProjection if "Projection" in architecture else CLIPTextModel
     return model_class(config).eval()
 
@@ -192,7 +254,7 @@ class JobPlan:
 
 
 def estimate_job(model: str, width: int, height: int, *, memory: int, host_memory: int | None = None,
-                 dtype: str = "fp16", device: str = "cuda", method: str | None = "linfusion",
+                 dtype: str = "fp16", device: str = "cuda", method: str | None = "auto",
                  memory_mode: str = "auto", guidance: float = 7.5, tile: int = 64,
                  find_largest: bool = True) -> JobPlan:
     """Plan one image of ``width``×``height`` (see the module docstring); every argument checked first.
@@ -203,18 +265,25 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
     if device not in DEVICES:
         raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
     check_memory_mode(memory_mode)
-    if method is not None:
+    if method not in (None, "auto"):
         from ..linearize import get_method
 
         get_method(method)
     host_memory = host_memory if host_memory is not None else host_available()
     configs = load_configs(model)
-    unet, vae, encoders = meta_models(configs, DTYPES[dtype], method)
+    if method == "auto":
+        method = default_method(configs.family)
     factor = 2 ** (len(configs.vae["block_out_channels"]) - 1)
-    memory_model = MemoryModel(unet=unet, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
-                               device_type=device)
+    check_dit_size(configs, factor, width, height)
+    unet, vae, encoders = meta_models(configs, DTYPES[dtype], method)
+    if configs.transformer is not None:
+        memory_model = DiTMemoryModel(transformer=unet, vae=vae, family=configs.family, vae_factor=factor,
+                                      text_tokens=configs.tokenizer_max_length, device_type=device)
+    else:
+        memory_model = MemoryModel(unet=unet, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
+                                   device_type=device)
     weights = model_bytes(unet, vae, *encoders)
-    native = unet.config.sample_size * factor
+    native = configs.native_size or unet.config.sample_size * factor
     guided = guidance > 1.0
     device_room = max(0, memory - weights / SAFETY)  # what the stages may use, the weights resident
 
@@ -228,9 +297,32 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         return all(estimate(part).fits for part in (stages[-1:], stages))
 
     job = estimate(job_stages(width, height, native))
-    largest = last_fitting(candidate_sizes(*_top_size(width, height)), fits) if find_largest else None
+    largest = last_fitting(search_sizes(configs, factor, width, height), fits) if find_largest else None
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
                    host_memory, largest)
+
+
+def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) -> None:
+    """A DiT's sides must be multiples of its patch (FLUX: its 2×2 packing) and within its position table."""
+    if configs.transformer is None:
+        return
+    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
+    limit = max_side(configs.transformer, factor)
+    for name, side in (("width", width), ("height", height)):
+        if side % multiple or (limit and side > limit):
+            raise InvalidArgumentError(f"size: the {name} must be a multiple of {multiple}"
+                                       f"{f' up to {limit}' if limit else ''} for {configs.name}; got {side}")
+
+
+def search_sizes(configs: ModelConfigs, factor: int, width: int, height: int) -> list[tuple[int, int]]:
+    """Sizes of W:H the search for the largest fit tries: every candidate up to MAX_SIDE (a DiT: within its
+    position table, in multiples of its patch)."""
+    sizes = candidate_sizes(*_top_size(width, height))
+    if configs.transformer is None:
+        return sizes
+    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
+    limit = max_side(configs.transformer, factor) or MAX_SIDE
+    return [(w, h) for w, h in sizes if not w % multiple and not h % multiple and max(w, h) <= limit]
 
 
 def _top_size(width: int, height: int) -> tuple[int, int]:

@@ -194,6 +194,14 @@ class MemoryModel:
         self._cache: dict = {}
         self._lock = threading.Lock()
 
+    def ladder(self, memory: str) -> list:
+        """The denoiser settings ``memory`` may run, cheapest first."""
+        return lean_ladder(memory, self.device_type)
+
+    def denoiser_batch(self, batch: int, guidance: bool) -> int:
+        """Samples in one denoiser call: both classifier-free-guidance halves at once."""
+        return batch * (2 if guidance else 1)
+
     def _unet_inputs(self, batch: int, height: int, width: int):
         config = self.unet.config
         meta = {"device": "meta", "dtype": self.dtype}
@@ -284,8 +292,8 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
                     estimate: "MemoryEstimate | None" = None) -> list[StageMemory]:
     """The memory of every stage of a progressive job (a single image: ``stages`` with one base stage); with
     ``memory="auto"`` each denoising stage takes the first setting that fits ``estimate``'s free memory."""
-    ladder = lean_ladder(memory, model.device_type)
-    unet_batch = batch * (2 if guidance else 1)
+    ladder = model.ladder(memory)
+    unet_batch = model.denoiser_batch(batch, guidance)
     runtime = CPU_RUNTIME_BYTES if model.device_type == "cpu" else 0
     out = []
     previous = None
