@@ -103,3 +103,28 @@ def test_bad_options_for_dits_are_refused_before_work(folders):
         HighResOptions(ntk_factor=0.5).validate()
     with pytest.raises(InvalidArgumentError, match="multiple of 4"):
         generate(flux, params(30), progress=False)
+
+
+def test_lean_memory_mode_gives_the_same_dit_result(folders):
+    from linfuse.pipelines.highres import checked_stages
+    from linfuse.pipelines.lean.dit import DiTLeanSettings
+
+    pipe = load(folders["sd3"], radius=3)  # SD3 batches its two guidance halves: lean runs them one at a time
+    job = params(2 * NATIVE["sd3"])
+    plain = highres_latents(pipe, job, HighResOptions(memory="plain"), progress=False)
+    lean = highres_latents(pipe, job, HighResOptions(memory="lean"), progress=False)
+    torch.testing.assert_close(lean, plain, atol=1e-5, rtol=1e-5)
+    assert all(isinstance(s.lean, DiTLeanSettings) for s in checked_stages(pipe, job, HighResOptions(memory="lean")))
+    assert all(s.lean is None for s in checked_stages(pipe, job, HighResOptions(memory="auto")))  # it fits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_img2img_takes_the_picture_size_rounded_to_the_family_multiple(folders, kind):
+    from PIL import Image
+
+    from linfuse.pipelines.img2img import img2img
+
+    pipe = load(folders[kind])
+    picture = Image.new("RGB", (2 * NATIVE[kind] + 3, 2 * NATIVE[kind]), (200, 30, 30))
+    out = img2img(pipe, picture, params(0), strength=0.3)
+    assert out.size == (2 * NATIVE[kind], 2 * NATIVE[kind])  # rounded down to the family's multiple

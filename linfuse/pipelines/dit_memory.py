@@ -17,20 +17,35 @@ from .preflight import LATENT_BUFFERS, MemoryModel, check_memory_mode
 DIT_LEAN = DiTLeanSettings()
 
 
+def dit_ladder(memory: str) -> list:
+    """The transformer settings ``memory`` may run, cheapest first (None = the plain forwards)."""
+    check_memory_mode(memory)
+    return {"plain": [None], "lean": [DIT_LEAN]}.get(memory, [None, DIT_LEAN])
+
+
 class DiTMemoryModel(MemoryModel):
     """Meta transformer and VAE of a DiT pipeline; ``family`` is "flux", "sd3" or "pixart"."""
 
     def __init__(self, *, transformer, vae, family: str, vae_factor: int, text_tokens: int | None = None,
-                 device_type: str = "cuda", true_cfg: bool = False):
+                 device_type: str = "cuda"):
         self.transformer, self.family = transformer, family
         self.text_tokens = text_tokens or (TEXT_LENGTH[family] + (77 if family == "sd3" else 0))
-        self.true_cfg = true_cfg
         super().__init__(unet=transformer, vae=vae, vae_factor=vae_factor, text_tokens=self.text_tokens,
                          device_type=device_type)
 
+    @classmethod
+    def of(cls, pipe) -> "DiTMemoryModel":
+        """The model of a loaded DiT pipeline: meta twins of its transformer and VAE, its text length."""
+        from ..linearize.twin import meta_twin
+        from .families import family, text_length
+
+        kind = family(pipe)
+        tokens = (text_length(pipe) or 0) + (pipe.tokenizer.model_max_length if kind == "sd3" else 0)
+        return cls(transformer=meta_twin(pipe.transformer), vae=meta_twin(pipe.vae), family=kind,
+                   vae_factor=pipe.vae_scale_factor, text_tokens=tokens, device_type=pipe.transformer.device.type)
+
     def ladder(self, memory: str) -> list:
-        check_memory_mode(memory)
-        return {"plain": [None], "lean": [DIT_LEAN]}.get(memory, [None, DIT_LEAN])
+        return dit_ladder(memory)
 
     def denoiser_batch(self, batch: int, guidance: bool) -> int:
         """FLUX calls its transformer once per CFG half (or has no CFG); SD3 and PixArt batch both halves."""

@@ -30,6 +30,7 @@ from ..linearize.dit import CLEAR_MODELS, window_attention_layers
 from ..linearize.registry import processor_classes
 from .families import call_arguments, family, is_dit, size_multiple, text_length, unpack_latents
 from .lean import lean_mode
+from .lean.dit import dit_lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
 from .preflight import (
@@ -164,8 +165,6 @@ def check_dit_options(pipe, options: HighResOptions) -> None:
     if options.proportional_attention and not clear_processors(pipe):
         raise InvalidArgumentError("proportional_attention is an option of CLEAR attention; convert the model with "
                                    "method clear (linfuse.linearize(pipe, method='clear'), --method clear) first")
-    if options.memory == "lean":
-        raise InvalidArgumentError("the lean memory mode runs UNets; a DiT runs with memory='plain' or 'auto'")
 
 
 def clear_processors(pipe) -> list:
@@ -180,10 +179,7 @@ def denoiser_of(pipe):
 
 
 def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):
-    """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit.
-    DiTs are planned by ``linfuse estimate`` (:mod:`.planner`), not here: None."""
-    if is_dit(pipe):
-        return None
+    """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit."""
     guidance = params.guidance > 1.0
     model = model or memory_model_for(pipe)
     estimate = estimate_memory(pipe, stages, guidance=guidance, upscale=options.upscale, tile=options.vae_tile,
@@ -263,8 +259,6 @@ def checked_stages(pipe, params: GenerationParams, options: HighResOptions) -> l
     stages = plan_job(pipe, params, options)
     check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
     estimate = preflight_job(pipe, params, options, stages)
-    if estimate is None:
-        return stages
     modes = [s.lean for s in estimate.stages if s.denoising]
     return [replace(stage, lean=lean) for stage, lean in zip(stages, modes, strict=True)]
 
@@ -328,14 +322,16 @@ def sdedit_through(pipe):
 
 @contextmanager
 def stage_mode(pipe, stage: Stage, options: HighResOptions, native: tuple[int, int]):
-    """How the denoiser runs one stage: the UNet's lean setting; a DiT above its native size with NTK-scaled RoPE
-    and CLEAR's proportional attention (softmax scale for the native token count) when the options ask."""
+    """How the denoiser runs one stage: in its lean setting (the preflight's choice); a DiT above its native size
+    with NTK-scaled RoPE and CLEAR's proportional attention (softmax scale for the native token count) when the
+    options ask."""
     if not is_dit(pipe):
         with lean_mode(pipe.unet, stage.lean):
             yield
         return
     above = stage.width * stage.height > native[0] * native[1]
     with ExitStack() as stack:
+        stack.enter_context(dit_lean_mode(pipe.transformer, stage.lean))
         if above and options.ntk_factor != 1:
             stack.enter_context(ntk_scaled_rope(pipe.transformer, options.ntk_factor))
         if options.proportional_attention:

@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidArgumentError
-from .highres import HighResOptions, check_softmax, to_pil
-from .lean import lean_mode
+from .families import call_arguments, family, is_dit, native_size, size_multiple, unpack_latents
+from .highres import HighResOptions, check_dit_options, check_softmax, sdedit_through, stage_mode, to_pil
 from .parameters import GenerationParams
 from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
-from .preflight import InsufficientMemoryError, estimate_memory
+from .preflight import InsufficientMemoryError, denoiser_of, estimate_memory
 from .tiled_vae import tiled_decode, tiled_encode
 
 
 def target_size(image: Image.Image, size: tuple[int, int] | None, multiple: int = 8) -> tuple[int, int]:
-    """``size``, or (None) the picture's own size rounded down to a multiple of 8."""
+    """``size``, or (None) the picture's own size rounded down to a multiple of ``multiple``."""
     if size is not None:
         return size
     width, height = image.width // multiple * multiple, image.height // multiple * multiple
@@ -62,9 +62,12 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
 
     options = (options or HighResOptions()).validate()
     strength = check_strength(strength)
-    params.width, params.height = target_size(image, size)
-    params.validate(multiple_of=8)
+    multiple = size_multiple(pipe)
+    params.width, params.height = target_size(image, size, multiple)
+    params.validate(multiple_of=multiple)
     check_steps(params.steps, strength)
+    if is_dit(pipe):
+        check_dit_options(pipe, options)
     batch = 2 if params.guidance > 1.0 else 1
     check_softmax(pipe, params, options, batch=batch)
     estimate = estimate_memory(pipe, [Stage(params.width, params.height, strength)], guidance=batch == 2,
@@ -74,12 +77,17 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
                                       f"{estimate.describe()}; use a smaller size or free memory")
     tiling = {"tile": options.vae_tile, "overlap": options.vae_overlap}
     pixels = to_pixels(image, params.width, params.height).to(pipe.vae.device, pipe.vae.dtype)
-    latents = tiled_encode(pipe.vae, pixels, **tiling).to(pipe.unet.device, pipe.unet.dtype)
-    refine = AutoPipelineForImage2Image.from_pipe(pipe)
-    refine.set_progress_bar_config(desc="img2img")
+    denoiser = denoiser_of(pipe)
+    latents = tiled_encode(pipe.vae, pixels, **tiling).to(denoiser.device, denoiser.dtype)
+    refine = sdedit_through(pipe) if family(pipe) == "pixart" else AutoPipelineForImage2Image.from_pipe(pipe)
+    if hasattr(refine, "set_progress_bar_config"):
+        refine.set_progress_bar_config(desc="img2img")
     generator = torch.Generator("cpu").manual_seed(params.seed)
-    with lean_mode(pipe.unet, estimate.stages[0].lean):
-        latents = refine(prompt=params.prompt, negative_prompt=params.negative_prompt or None, image=latents,
-                         strength=strength, num_inference_steps=params.steps, guidance_scale=params.guidance,
-                         generator=generator, output_type="latent").images
+    stage = Stage(params.width, params.height, strength, lean=estimate.stages[0].lean)
+    size = {"width": params.width, "height": params.height} if is_dit(pipe) else {}
+    with stage_mode(pipe, stage, options, native_size(pipe)):
+        latents = refine(prompt=params.prompt, image=latents, strength=strength, num_inference_steps=params.steps,
+                         generator=generator, output_type="latent", **size,
+                         **call_arguments(pipe, params.guidance, params.negative_prompt)).images
+    latents = unpack_latents(pipe, latents, params.width, params.height)
     return to_pil(tiled_decode(pipe.vae, latents, **tiling))[0]

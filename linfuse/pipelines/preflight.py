@@ -274,17 +274,31 @@ _MODELS_LOCK = threading.Lock()
 
 
 def memory_model_for(pipe) -> MemoryModel:
-    """A pipeline's MemoryModel, built once and rebuilt when its UNet's dtype, device or processors (their classes
-    and options) change; what the pipelines, the UI and the CLI estimate with."""
-    unet = pipe.unet
+    """A pipeline's MemoryModel (a DiT's: :class:`~.dit_memory.DiTMemoryModel`), built once and rebuilt when its
+    denoiser's dtype, device or processors (their classes and options) change; what the pipelines, the UI and the
+    CLI estimate with."""
+    denoiser = denoiser_of(pipe)
     processors = tuple((type(m).__name__, repr(m.layer_config()) if hasattr(m, "layer_config") else "")
-                       for m in unet.attn_processors.values())
-    signature = (unet.dtype, unet.device.type, processors)
+                       for m in denoiser.attn_processors.values())
+    signature = (denoiser.dtype, denoiser.device.type, processors)
     with _MODELS_LOCK:
-        cached = _MODELS.get(unet)
+        cached = _MODELS.get(denoiser)
         if cached is None or cached[0] != signature:
-            cached = _MODELS[unet] = (signature, MemoryModel(pipe))
+            cached = _MODELS[denoiser] = (signature, _memory_model(pipe))
         return cached[1]
+
+
+def denoiser_of(pipe):
+    """The pipeline's UNet, or its transformer."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def _memory_model(pipe) -> MemoryModel:
+    if getattr(pipe, "unet", None) is not None:
+        return MemoryModel(pipe)
+    from .dit_memory import DiTMemoryModel
+
+    return DiTMemoryModel.of(pipe)
 
 
 def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, guidance: bool = True,
@@ -322,7 +336,8 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
     if limit is not None:
         free_device, free_host = limit, limit
     else:
-        free_device, free_host = free_memory(pipe.unet.device if pipe is not None else torch.device(model.device_type))
+        free_device, free_host = free_memory(denoiser_of(pipe).device if pipe is not None
+                                             else torch.device(model.device_type))
     if host_limit is not None:
         free_host = host_limit
     estimate = MemoryEstimate(model.device_type, [], free_device, free_host)

@@ -1,7 +1,5 @@
 """Text-to-image generation with a (linearized) diffusers pipeline."""
 
-from contextlib import nullcontext
-
 import torch
 
 from .. import __version__
@@ -32,6 +30,7 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
     (the memory preflight picks: plain when it fits, else the cheapest lean setting that does).
     """
     from .lean import lean_mode
+    from .lean.dit import dit_lean_mode
 
     params.validate(multiple_of=size_multiple(pipe))
     settings = unet_mode(pipe, params, memory)
@@ -41,20 +40,18 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
         from .preflight import mode_name
 
         tqdm.write(f"memory: {params.width}x{params.height} {mode_name(settings)}")
-    with nullcontext() if is_dit(pipe) else lean_mode(pipe.unet, settings):
+    with dit_lean_mode(pipe.transformer, settings) if is_dit(pipe) else lean_mode(pipe.unet, settings):
         return _run(pipe, params, progress, callback_on_step_end)
 
 
 def unet_mode(pipe, params: GenerationParams, memory: str):
-    """The UNet's LeanSettings (None: plain) for one text-to-image call, as ``memory`` asks."""
+    """The denoiser's lean settings (None: plain) for one text-to-image call, as ``memory`` asks."""
+    from .dit_memory import dit_ladder
     from .plan import Stage
     from .preflight import check_memory_mode, estimate_memory, lean_ladder
 
-    if is_dit(pipe):  # DiTs run plain here; their memory is planned by `linfuse estimate`
-        check_memory_mode(memory)
-        return None
     if check_memory_mode(memory) != "auto":
-        return lean_ladder(memory, pipe.unet.device.type)[0]
+        return dit_ladder(memory)[0] if is_dit(pipe) else lean_ladder(memory, pipe.unet.device.type)[0]
     estimate = estimate_memory(pipe, [Stage(params.width, params.height, 1.0)], guidance=params.guidance > 1.0)
     return estimate.stages[0].lean
 
