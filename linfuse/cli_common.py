@@ -55,13 +55,11 @@ def default_params(args, prompt: str = ""):
 def resolve_method(args):
     """(method or None, weights) from --method / --weights; an unknown method fails before any loading."""
     from .linearize import get_method
-    from .pipelines.families import default_method, family_of_folder
-    from .pipelines.loading import check_model_source, is_bundled_teacher, resolve_model, resolve_weights
+    from .pipelines.loading import auto_method, check_model_source, resolve_model, resolve_weights
 
     check_model_source(resolve_model(args.model))  # a missing model is named before anything about weights
     if args.method == "auto":
-        args.method = "none" if is_bundled_teacher(args.model) else default_method(
-            family_of_folder(resolve_model(args.model)))
+        args.method = auto_method(args.model)
     if args.method != "none":
         get_method(args.method)
     method = None if args.method == "none" else args.method

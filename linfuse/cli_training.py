@@ -32,7 +32,7 @@ def add_training_commands(commands) -> None:
                           help="also generate one image per glyph with each model and score them with the bundled "
                                "classifiers (prompt accuracy, student-teacher agreement, Fréchet distance on "
                                "classifier features) and the nearest-template rule (default: on for the bundled "
-                               "teacher, whose domain the classifiers know)")
+                               "UNet teacher, whose domain and 64 px size the classifiers know)")
     evaluate.set_defaults(run=run_eval)
 
 
@@ -73,6 +73,7 @@ def parse_seeds(text: str) -> list[int]:
 def run_eval(args) -> int:
     from .distill.evaluate import compare, read_prompts, sample_sheet, summarize, write_report
     from .pipelines import load_pipeline
+    from .pipelines.families import family
     from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
 
     seeds = parse_seeds(args.seeds)
@@ -81,7 +82,8 @@ def run_eval(args) -> int:
         raise InvalidArgumentError(f"--steps must be >= 1; got {args.steps}")
     student_model = resolve_model(args.student)
     weights = resolve_weights(args.student_weights, student_model)
-    student = load_pipeline(student_model, method="linfusion", weights=weights, device=args.device, dtype="fp32")
+    # the family's own conversion (linfusion for UNets, clear for DiTs), even for a bundled teacher as student
+    student = load_pipeline(student_model, method="auto", weights=weights, device=args.device, dtype="fp32")
     teacher = load_pipeline(resolve_model(args.teacher), method=None, device=args.device, dtype="fp32")
     scores, images = compare(student, teacher, prompts, seeds, steps=args.steps, guidance=args.guidance)
     out = Path(args.out)
@@ -95,7 +97,7 @@ def run_eval(args) -> int:
     print(f"mean PSNR {summary['mean_psnr']:.2f} dB, mean latent distance {summary['mean_latent_distance']:.4f} "
           f"over {summary['pairs']} pairs; wrote {out / 'scores.jsonl'} and {out / 'sheet.png'} "
           "(each row: teacher images, then student images)")
-    if args.classify or (args.classify is None and is_bundled_teacher(args.teacher)):
+    if args.classify or (args.classify is None and is_bundled_teacher(args.teacher) and family(teacher) == "unet"):
         report_classification(student, teacher, args, out)
     return 0
 

@@ -10,7 +10,8 @@ token states, both built from scratch on the caption vocabulary and trained with
 with captions dropped to "" at ``caption_dropout`` so that classifier-free guidance (FluxPipeline's
 ``true_cfg_scale``) works. An exponential moving average of all three networks is exported as a plain diffusers
 ``FluxPipeline`` folder (fp16 on disk) with a ``FlowMatchEulerDiscreteScheduler`` that shifts its timesteps by the
-image's token count, as FLUX's does. Resumable from ``output_dir/transformer-train/checkpoints``.
+image's token count, as FLUX's does, and a ``linfuse.json`` naming the native size and the CLEAR radius a
+conversion defaults to (``clear_radius``). Resumable from ``output_dir/transformer-train/checkpoints``.
 """
 
 import copy
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..pipelines.families import write_sidecar
 from .config import from_mapping
 from .data import DataConfig, build_source
 from .teacher import _save_folder, teacher_tokenizer, warmed_up_decay
@@ -56,6 +58,7 @@ class DiTTeacherConfig:
                                                                        learning_rate=3e-4))
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
+    clear_radius: int = 4  # the CLEAR window a conversion of this model defaults to (its linfuse.json)
 
     def validate(self) -> None:
         if self.family != "flux":
@@ -200,4 +203,6 @@ def export_flux_pipeline(config: DiTTeacherConfig, vae, ema: FluxDenoiser) -> Pa
                         tokenizer_2=copy.deepcopy(ema.tokenizer), transformer=ema.transformer)
     out = Path(config.export)
     _save_folder(pipe.to(torch.float16), out)
+    side = config.data.resolution
+    write_sidecar(out, native_size=(side, side), method_options={"clear": {"radius": config.clear_radius}})
     return out

@@ -2,7 +2,7 @@
 
 * native size: UNet and SD3/PixArt ``sample_size`` × the VAE factor; FLUX has no such field (FluxPipeline's 128 is
   hard-coded), so a model folder may say its own in ``linfuse.json`` ({"native_size": [w, h]}), else 1024;
-* size multiple: the VAE factor, times 2 for FLUX's 2×2 latent packing and SD3/PixArt's patch size;
+* size multiple: UNets 8 (or the VAE factor if larger); DiTs the VAE factor, times 2 for FLUX's 2×2 latent packing and SD3/PixArt's patch size;
 * guidance: classifier-free guidance is ``guidance_scale`` everywhere except FLUX, where it is ``true_cfg_scale``
   with a negative prompt (FLUX.1-dev's ``guidance_scale`` feeds its distilled guidance embedding instead);
 * text length: T5 prompts are padded to ``max_sequence_length``; a model whose tokenizer is shorter gets its own;
@@ -61,6 +61,15 @@ def read_sidecar(pipe) -> dict:
     return json.loads(path.read_text()) if folder.name and path.is_file() else {}
 
 
+def write_sidecar(folder, *, native_size: tuple[int, int], method_options: dict | None = None) -> Path:
+    """``linfuse.json`` of a model folder: its native size and the options a conversion defaults to."""
+    from ..fileio import atomic_write
+
+    data = {"native_size": list(native_size), **({"method_options": method_options} if method_options else {})}
+    path = Path(folder) / SIDECAR
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+
+
 def native_size(pipe) -> tuple[int, int]:
     """The resolution the model was trained at (see the module docstring)."""
     sidecar = read_sidecar(pipe)
@@ -80,8 +89,8 @@ def native_size(pipe) -> tuple[int, int]:
 def size_multiple(pipe) -> int:
     """Width and height must be multiples of this."""
     kind = family(pipe)
-    if kind == "unet":
-        return pipe.vae_scale_factor
+    if kind == "unet":  # the UNet's own down-sampling as well: 8 pixels at least, as before DiTs came
+        return max(8, pipe.vae_scale_factor)
     if kind == "flux":
         return pipe.vae_scale_factor * 2
     return pipe.vae_scale_factor * pipe.transformer.config.patch_size

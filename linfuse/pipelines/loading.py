@@ -74,6 +74,16 @@ def is_bundled_teacher(model) -> bool:
     return model is not None and str(model) in [*BUNDLED_TEACHERS, *(str(BUNDLED_MODELS[t]) for t in BUNDLED_TEACHERS)]
 
 
+def auto_method(model) -> str:
+    """What method "auto" means for ``model``: "none" for the bundled teachers, else the family's own conversion
+    (:func:`~.families.default_method`, read from a local folder's model_index.json; linfusion when unknown)."""
+    from .families import family_of_folder
+
+    if is_bundled_teacher(model):
+        return "none"
+    return default_method(family_of_folder(resolve_model(model)))
+
+
 def is_bundled(model) -> bool:
     """None (the default student) or a name or folder of BUNDLED_MODELS."""
     return model is None or str(model) in [*BUNDLED_MODELS, *map(str, BUNDLED_MODELS.values())]

@@ -7,7 +7,8 @@ import gradio as gr
 from ..pipelines.parameters import MAX_SEED, MAX_SIZE, MAX_STEPS
 from .validation import method_choices
 
-MODEL_CHOICES = {"bundled student": "student", "bundled teacher": "teacher", "local path or Hub id": ""}
+MODEL_CHOICES = {"bundled student": "student", "bundled teacher": "teacher", "bundled DiT student": "dit-student",
+                 "bundled DiT teacher": "dit-teacher", "local path or Hub id": ""}
 DEFAULT_PROMPT = "red apple on a blue background"
 BUNDLED_GUIDANCE = 5.0
 
@@ -63,10 +64,12 @@ def model_inputs(prefix: str) -> tuple[gr.Textbox, gr.Dropdown, object]:
     local pipeline folder or a Hub id."""
     choice = gr.Radio(list(MODEL_CHOICES), value="bundled student", label="model", elem_id=f"{prefix}-model-choice")
     model = gr.Textbox("student", label="model name, folder or Hub id", elem_id=f"{prefix}-model",
-                       info="'student' / 'teacher' (bundled, 64×64), a diffusers pipeline folder, or owner/name")
+                       info="'student' / 'teacher' (bundled UNets, 64×64), 'dit-student' / 'dit-teacher' (bundled "
+                            "FLUX-style DiTs, 128×128), a diffusers pipeline folder, or owner/name")
     # allow_custom_value: a wrong name reaches check_method, whose message names the parameter (gradio's does not)
     method = gr.Dropdown(method_choices(), value="auto", label="attention method", elem_id=f"{prefix}-method",
-                         info="auto: softmax for the bundled teacher, linfusion otherwise; none: softmax",
+                         info="auto: softmax for the bundled teachers, clear for FLUX/SD3/PixArt, linfusion "
+                              "otherwise; none: softmax",
                          allow_custom_value=True)
     picked = choice.input(lambda name, current: MODEL_CHOICES.get(name) or current, [choice, model], model,
                           api_visibility="private", queue=False)

@@ -14,7 +14,7 @@ import torch
 
 from ..linearize import get_method
 from ..pipelines import load_pipeline, native_size
-from ..pipelines.loading import is_bundled_teacher, resolve_device, resolve_dtype, resolve_model, resolve_weights
+from ..pipelines.loading import auto_method, resolve_device, resolve_dtype, resolve_model, resolve_weights
 from ..pipelines.preflight import MemoryModel, memory_model_for
 
 
@@ -63,9 +63,10 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def key(self, model: str, method: str) -> ModelKey:
-        """Resolve 'auto' (none for the bundled teacher, linfusion otherwise) and the weights, without loading."""
+        """Resolve 'auto' (none for the bundled teachers, else the family's own: linfusion for UNets, clear for
+        FLUX/SD3/PixArt) and the weights, without loading."""
         if method == "auto":
-            method = "none" if is_bundled_teacher(model) else "linfusion"
+            method = auto_method(model)
         if method != "none":
             get_method(method)  # an unknown name fails here with the list of known ones
         chosen = None if method == "none" else method

@@ -15,7 +15,7 @@ from ..linearize import method_names
 from ..pipelines import GenerationParams, HighResOptions
 from ..pipelines.parameters import check_side
 
-BUNDLED = ("student", "teacher")
+BUNDLED = ("student", "teacher", "dit-student", "dit-teacher")
 SPECIAL_METHODS = ("auto", "none")
 
 
@@ -97,17 +97,17 @@ def check_params(prompt, negative, width, height, steps, guidance, seed) -> Gene
 
 
 def check_model(model) -> str:
-    """'student', 'teacher', an existing pipeline folder, or a Hub id like owner/name."""
+    """A bundled model's name (``BUNDLED``), an existing pipeline folder, or a Hub id like owner/name."""
     text = (model or "").strip() if isinstance(model, str) else model
     if not isinstance(text, str) or not text:
-        raise InvalidArgumentError("model is empty; use 'student' or 'teacher' (the bundled models), a local "
+        raise InvalidArgumentError(f"model is empty; use one of {', '.join(BUNDLED)} (the bundled models), a local "
                                    "diffusers pipeline folder, or a Hub id like owner/name")
     if text in BUNDLED or looks_like_hub_id(text):
         return text
     path = Path(text).expanduser()
     if not path.is_dir():
         raise InvalidArgumentError(f"model {text!r} is not a folder on this machine, nor a Hub id like owner/name, "
-                                   "nor 'student' / 'teacher'")
+                                   f"nor one of {', '.join(BUNDLED)}")
     if not (path / "model_index.json").exists():
         raise InvalidArgumentError(f"model folder {text!r} has no model_index.json; point it at a diffusers "
                                    "pipeline folder (the one that holds unet/, vae/, …)")
