@@ -1,14 +1,8 @@
 """CLEAR's distillation on a tiny FLUX pipeline: what trains, the loss terms, the export, resume after a kill."""
 
-import math
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from linfuse.distill.clear_recipe import flow_noising
@@ -16,6 +10,8 @@ from linfuse.distill.recipe import distill, load_distill_config
 from linfuse.distill.trainer import read_log
 from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines import load_pipeline
+from tests.distill_runs import assert_resumes_exactly
+from tests.distill_runs import write_config as write_yaml
 from tests.tiny_dit_pipelines import save_pipeline
 
 
@@ -28,13 +24,7 @@ def write_config(path, teacher, out, **overrides):
     config = {"model": str(teacher), "output_dir": str(out), "method": "clear", "options": {"radius": 2},
               "data": {"source": "teacher_samples", "resolution": 32, "num_samples": 16, "sample_steps": 2},
               "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "learning_rate": 1e-3, "seed": 5}}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            config.setdefault(key, {}).update(value)
-        else:
-            config[key] = value
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(path, config, overrides)
 
 
 def test_flow_noising_interpolates_and_targets_the_velocity():
@@ -74,23 +64,8 @@ def test_killed_clear_run_resumes_and_matches_an_uninterrupted_run(flux_dir, tmp
     reference = read_log(tmp_path / "whole" / "loss_log.jsonl")
 
     cfg = write_config(tmp_path / "killed.yaml", flux_dir, tmp_path / "killed", **steps)
-    log_path = tmp_path / "killed" / "loss_log.jsonl"
-    command = [sys.executable, "-m", "linfuse", "distill", str(cfg)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(read_log(log_path) if log_path.exists() else []) < 5:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert 5 <= len(read_log(log_path)) < 10
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming distill from" in resumed.stdout
-    log = read_log(log_path)
-    assert [r["step"] for r in log] == list(range(1, 11))
-    for ours, theirs in zip(log, reference, strict=True):
-        for key in ("loss", "task", "kd", "feat"):
-            assert math.isclose(ours[key], theirs[key], rel_tol=1e-5, abs_tol=1e-9), (ours, theirs)
+    assert_resumes_exactly(cfg, tmp_path / "killed" / "loss_log.jsonl", reference)
+    assert [r["step"] for r in reference] == list(range(1, 11))
     weights = load_file(tmp_path / "killed" / "linear_attention" / "linear_attention.safetensors")
     for key, value in reference_weights.items():
         torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)

@@ -3,14 +3,13 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-import yaml
+from distill_runs import assert_resumes_exactly
+from distill_runs import write_config as write_yaml
 from safetensors.torch import load_file
 from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
@@ -31,13 +30,7 @@ def teacher_dir(tmp_path_factory):
 def write_config(path, teacher, out, **overrides):
     config = {"model": str(teacher), "output_dir": str(out), "data": {"resolution": 64},
               "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "learning_rate": 1e-3, "seed": 5}}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            config.setdefault(key, {}).update(value)
-        else:
-            config[key] = value
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(path, config, overrides)
 
 
 def test_loss_is_task_plus_half_kd_plus_half_feat():
@@ -107,23 +100,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(teacher_dir, tmp_pa
     reference = read_log(tmp_path / "whole" / "loss_log.jsonl")
 
     cfg = write_config(tmp_path / "killed.yaml", teacher_dir, tmp_path / "killed", **steps)
-    log_path = tmp_path / "killed" / "loss_log.jsonl"
-    command = [sys.executable, "-m", "linfuse", "distill", str(cfg)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(read_log(log_path) if log_path.exists() else []) < 5:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert 5 <= len(read_log(log_path)) < 10
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming distill from" in resumed.stdout
-    log = read_log(log_path)
-    assert [r["step"] for r in log] == list(range(1, 11))
-    for ours, theirs in zip(log, reference, strict=True):
-        for key in ("loss", "task", "kd", "feat"):
-            assert math.isclose(ours[key], theirs[key], rel_tol=1e-5, abs_tol=1e-9), (ours, theirs)
+    assert_resumes_exactly(cfg, tmp_path / "killed" / "loss_log.jsonl", reference)
+    assert [r["step"] for r in reference] == list(range(1, 11))
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path):

@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError
 from ..pipelines.families import write_sidecar
 from .config import from_mapping
 from .data import DataConfig, build_source
-from .teacher import _save_folder, teacher_tokenizer, warmed_up_decay
+from .teacher import TextArchitecture, _save_folder, build_text_encoder, ema_update, teacher_tokenizer, training_batch
 from .trainer import Trainer, TrainSettings, make_accelerator
 
 FLOW_SCHEDULER = {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.5,
@@ -34,16 +34,12 @@ FLOW_SCHEDULER = {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifti
 
 
 @dataclass
-class DiTArchitecture:
+class DiTArchitecture(TextArchitecture):
     heads: int = 4
     head_dim: int = 32
     double_layers: int = 4  # FLUX's joint (text and image streams apart) blocks
     single_layers: int = 4  # FLUX's single-stream blocks over [text; image]
     rope_axes: tuple[int, ...] = (8, 12, 12)  # RoPE dims per id axis (unused, y, x); sums to head_dim
-    text_width: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    max_tokens: int = 16
 
 
 @dataclass
@@ -105,13 +101,6 @@ def build_t5(arch: DiTArchitecture, tokenizer):
     return T5EncoderModel(config)
 
 
-def build_clip(arch: DiTArchitecture, tokenizer):
-    from .teacher import Architecture, build_text_encoder
-
-    return build_text_encoder(Architecture(text_width=arch.text_width, text_layers=arch.text_layers,
-                                           text_heads=arch.text_heads, max_tokens=arch.max_tokens), tokenizer)
-
-
 class FluxDenoiser(nn.Module):
     """Transformer + both text encoders as one module (accelerate wraps and synchronises them together); the
     prompt is encoded as FluxPipeline encodes it (CLIP pooled output, T5 token states, same token ids)."""
@@ -156,21 +145,15 @@ def train_flux_teacher(config: DiTTeacherConfig) -> Path:
     tokenizer = teacher_tokenizer(config, source)
     arch = config.architecture
     torch.manual_seed(config.train.seed)
-    denoiser = FluxDenoiser(build_transformer(arch, vae.config.latent_channels), build_clip(arch, tokenizer),
+    denoiser = FluxDenoiser(build_transformer(arch, vae.config.latent_channels), build_text_encoder(arch, tokenizer),
                             build_t5(arch, tokenizer), tokenizer)
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.train.learning_rate,
                                   weight_decay=config.train.weight_decay)
     model, optimizer = accelerator.prepare(denoiser, optimizer)
-    scale = vae.config.scaling_factor
 
     def step(_, generator):
-        batch = source.batch(generator, config.train.batch_size)
-        with torch.no_grad():
-            posterior = vae.encode(batch["pixels"].to(accelerator.device)).latent_dist
-            latents = posterior.sample(generator=generator) * scale
-        drop = torch.rand(len(latents), generator=generator) < config.caption_dropout
-        captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist(), strict=True)]
+        latents, captions = training_batch(source, vae, config.train.batch_size, config.caption_dropout, generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         sigmas = torch.sigmoid(torch.randn(len(latents), generator=generator)).to(latents)
         noisy, velocity = flow_targets(latents, noise, sigmas)
@@ -179,15 +162,9 @@ def train_flux_teacher(config: DiTTeacherConfig) -> Path:
             prediction = model(packed, sigmas, captions, image_ids)
         return {"loss": F.mse_loss(prediction.float(), pack(velocity)[0])}
 
-    def update_ema(step):
-        decay = warmed_up_decay(config.ema_decay, step)
-        with torch.no_grad():
-            for average, live in zip(ema.parameters(), denoiser.parameters(), strict=True):
-                average.lerp_(live.detach(), 1 - decay)
-
     Trainer(Path(config.output_dir) / "transformer-train", config.train, accelerator, model, optimizer,
             denoiser.parameters(), {"denoiser": denoiser, "ema": ema}, step, description="DiT teacher",
-            on_step_end=update_ema).run()
+            on_step_end=ema_update(ema, denoiser, config.ema_decay)).run()
     if not accelerator.is_main_process:
         return Path(config.export)
     return export_flux_pipeline(config, vae, ema)

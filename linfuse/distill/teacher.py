@@ -29,16 +29,22 @@ SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.0
 
 
 @dataclass
-class Architecture:
+class TextArchitecture:
+    """The text encoder(s) trained from scratch with a teacher: width, layers, heads, tokens."""
+
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    max_tokens: int = 16
+
+
+@dataclass
+class Architecture(TextArchitecture):
     vae_channels: tuple[int, ...] = (32, 64, 64)
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (64, 128, 128)
     layers_per_block: int = 1
     attention_heads: int = 8
-    text_width: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    max_tokens: int = 16
 
 
 @dataclass
@@ -99,7 +105,7 @@ def build_unet(arch: Architecture, latent_size: int):
                                 norm_num_groups=min(32, arch.unet_channels[0]))
 
 
-def build_text_encoder(arch: Architecture, tokenizer):
+def build_text_encoder(arch: TextArchitecture, tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=arch.text_width,
@@ -183,15 +189,9 @@ def train_denoiser(config: TeacherConfig, source, vae, accelerator):
                                   weight_decay=config.unet.weight_decay)
     model, optimizer = accelerator.prepare(denoiser, optimizer)
     vae = vae.to(accelerator.device).requires_grad_(False)
-    scale = vae.config.scaling_factor
 
     def step(_, generator):
-        batch = source.batch(generator, config.unet.batch_size)
-        with torch.no_grad():
-            posterior = vae.encode(batch["pixels"].to(accelerator.device)).latent_dist
-            latents = posterior.sample(generator=generator) * scale
-        drop = torch.rand(len(latents), generator=generator) < config.caption_dropout
-        captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist(), strict=True)]
+        latents, captions = training_batch(source, vae, config.unet.batch_size, config.caption_dropout, generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps.to(latents.device))
@@ -200,16 +200,33 @@ def train_denoiser(config: TeacherConfig, source, vae, accelerator):
         loss = F.mse_loss(prediction.float(), noise)
         return {"loss": loss}
 
-    def update_ema(step):
-        decay = warmed_up_decay(config.ema_decay, step)
-        with torch.no_grad():
-            for average, live in zip(ema.parameters(), denoiser.parameters(), strict=True):
-                average.lerp_(live.detach(), 1 - decay)
-
     Trainer(Path(config.output_dir) / "unet-train", config.unet, accelerator, model, optimizer,
             denoiser.parameters(), {"denoiser": denoiser, "ema": ema}, step, description="teacher UNet",
-            on_step_end=update_ema).run()
+            on_step_end=ema_update(ema, denoiser, config.ema_decay)).run()
     return ema
+
+
+def training_batch(source, vae, size: int, caption_dropout: float, generator: torch.Generator):
+    """(latents, captions) of one step: images encoded and sampled from the VAE posterior, scaled as the denoiser
+    sees them, and each caption replaced by "" with probability ``caption_dropout`` (for classifier-free guidance)."""
+    batch = source.batch(generator, size)
+    with torch.no_grad():
+        posterior = vae.encode(batch["pixels"].to(vae.device)).latent_dist
+        latents = posterior.sample(generator=generator) * vae.config.scaling_factor
+    drop = torch.rand(len(latents), generator=generator) < caption_dropout
+    return latents, ["" if d else c for c, d in zip(batch["captions"], drop.tolist(), strict=True)]
+
+
+def ema_update(ema: nn.Module, live: nn.Module, target_decay: float):
+    """The per-step callback that moves ``ema``'s parameters towards ``live``'s with the warmed-up decay."""
+
+    def update(step: int) -> None:
+        decay = warmed_up_decay(target_decay, step)
+        with torch.no_grad():
+            for average, current in zip(ema.parameters(), live.parameters(), strict=True):
+                average.lerp_(current.detach(), 1 - decay)
+
+    return update
 
 
 def warmed_up_decay(target: float, step: int) -> float:

@@ -2,7 +2,8 @@
 
 * native size: UNet and SD3/PixArt ``sample_size`` × the VAE factor; FLUX has no such field (FluxPipeline's 128 is
   hard-coded), so a model folder may say its own in ``linfuse.json`` ({"native_size": [w, h]}), else 1024;
-* size multiple: UNets 8 (or the VAE factor if larger); DiTs the VAE factor, times 2 for FLUX's 2×2 latent packing and SD3/PixArt's patch size;
+* size multiple: UNets 8 (or the VAE factor if larger); DiTs the VAE factor times 2 for FLUX's 2×2 latent
+  packing, times the patch size for SD3/PixArt;
 * guidance: classifier-free guidance is ``guidance_scale`` everywhere except FLUX, where it is ``true_cfg_scale``
   with a negative prompt (FLUX.1-dev's ``guidance_scale`` feeds its distilled guidance embedding instead);
 * text length: T5 prompts are padded to ``max_sequence_length``; a model whose tokenizer is shorter gets its own;

@@ -87,21 +87,27 @@ def lean_settings_of(unet) -> LeanSettings | None:
     return unet.__dict__.get("_linfuse_lean")
 
 
-@contextmanager
 def lean_mode(unet, settings: LeanSettings | None):
     """Run the block with the lean forward (``settings`` None: the plain forward), then restore what was before."""
-    before = lean_settings_of(unet)
+    return installed_mode(unet, settings, enable_lean, disable_lean, lean_settings_of)
+
+
+@contextmanager
+def installed_mode(model, settings, enable, disable, settings_of):
+    """``enable(model, settings)`` (``disable(model)`` for None) for the block; then what ``settings_of`` said
+    was installed before is installed again."""
+    before = settings_of(model)
     if settings is None:
-        disable_lean(unet)
+        disable(model)
     else:
-        enable_lean(unet, settings)
+        enable(model, settings)
     try:
-        yield unet
+        yield model
     finally:
         if before is None:
-            disable_lean(unet)
+            disable(model)
         else:
-            enable_lean(unet, before)
+            enable(model, before)
 
 
 __all__ = ["LeanSettings", "disable_lean", "enable_lean", "lean_mode", "lean_settings_of"]

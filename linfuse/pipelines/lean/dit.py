@@ -18,7 +18,6 @@ windows run as they are). With autograd on (training) the model's own forwards r
 
 import functools
 import inspect
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -84,21 +83,11 @@ def dit_lean_settings_of(transformer) -> DiTLeanSettings | None:
     return transformer.__dict__.get("_linfuse_lean")
 
 
-@contextmanager
 def dit_lean_mode(transformer, settings: DiTLeanSettings | None):
     """Run the block with the lean forwards (``settings`` None: the plain ones), then restore what was before."""
-    before = dit_lean_settings_of(transformer)
-    if settings is None:
-        disable_dit_lean(transformer)
-    else:
-        enable_dit_lean(transformer, settings)
-    try:
-        yield transformer
-    finally:
-        if before is None:
-            disable_dit_lean(transformer)
-        else:
-            enable_dit_lean(transformer, before)
+    from . import installed_mode
+
+    return installed_mode(transformer, settings, enable_dit_lean, disable_dit_lean, dit_lean_settings_of)
 
 
 def _install(module, lean, settings: DiTLeanSettings) -> None:
