@@ -1,6 +1,8 @@
 """Public entry point of 2-D local softmax attention, with argument checks and backend dispatch."""
 
 import math
+import threading
+from contextlib import contextmanager
 
 import torch
 
@@ -12,6 +14,7 @@ from .local_attention_reference import local_attention_chunked, local_attention_
 WINDOWS = ("circle", "square")
 BACKEND_ENV = "LINFUSE_LOCAL_ATTENTION_BACKEND"
 MAX_TRITON_HEAD_DIM = 128  # one padded 128-wide feature block per tile
+_PLANNING = threading.local()
 DENSE_REFERENCE_MAX_TOKENS = 4096  # above this the CPU reference works in row bands instead of an N×N mask
 
 
@@ -44,16 +47,17 @@ def local_attention(
         num_global: leading tokens every query sees and that see everything, >= 0.
         scale: softmax scale; default 1/√d.
         backend: "auto" (Triton on CUDA, PyTorch otherwise), "reference" or "triton"; None reads
-            LINFUSE_LOCAL_ATTENTION_BACKEND. On the meta device (the memory planner's traces) only the output is
-            allocated, as the Triton kernel does. The reference materialises an N×N mask up to 4096 tokens and works in
-            bands of image rows above that, so memory stays O(rows × W × window) on any grid.
+            LINFUSE_LOCAL_ATTENTION_BACKEND. Inside :func:`output_only` (the memory planner's traces) a call on
+            the meta device allocates only the output, as the Triton kernel does. The reference materialises an
+            N×N mask up to 4096 tokens and works in bands of image rows above that, so memory stays
+            O(rows × W × window) on any grid.
     """
     seq_dim = _check(q, k, v, grid=grid, radius=radius, window=window, num_global=num_global, layout=layout)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise InvalidArgumentError(f"scale must be a positive finite number; got {scale!r}")
     options = dict(grid=tuple(grid), radius=int(radius), window=window, num_global=int(num_global), scale=scale)
-    if q.device.type == "meta":  # memory planning: what the fused kernel allocates, its output (d_v = d_k)
+    if q.device.type == "meta" and getattr(_PLANNING, "active", False):  # a memory trace: the kernel's output
         return torch.empty_like(q)
     backend = resolve_backend(backend, BACKEND_ENV)
 
@@ -71,6 +75,17 @@ def local_attention(
         return triton_or_reference(backend, lambda: local_attention_triton(q, k, v, layout=layout, **options),
                                    reference)
     return reference()
+
+
+@contextmanager
+def output_only():
+    """Meta-device calls in this thread allocate only their output, as the fused kernel does (memory traces)."""
+    before = getattr(_PLANNING, "active", False)
+    _PLANNING.active = True
+    try:
+        yield
+    finally:
+        _PLANNING.active = before
 
 
 def _check(q, k, v, *, grid, radius, window, num_global, layout) -> int:

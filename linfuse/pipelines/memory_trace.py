@@ -20,6 +20,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..kernels.local_attention import output_only
+
 
 def storage_key(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage()._cdata
@@ -126,9 +128,11 @@ class FusedAttention(TorchFunctionMode):
 
 def trace(function, *inputs, existing=()) -> LiveBytes:
     """Run ``function(*inputs)`` under no_grad and :class:`LiveBytes` (beyond ``existing`` tensors and the inputs;
-    the result freed) and return the finished trace."""
+    the result freed) and return the finished trace. Attention counts as the fused kernels that run it: SDPA
+    (:class:`FusedAttention`) and local attention (:func:`~linfuse.kernels.local_attention.output_only`) allocate
+    only their outputs."""
     known = [*existing, *(t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor))]
-    with torch.no_grad(), FusedAttention(), LiveBytes(known) as recorder:
+    with torch.no_grad(), FusedAttention(), output_only(), LiveBytes(known) as recorder:
         result = function(*inputs)
         del result
     return recorder
