@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from linfuse.distill.clear_recipe import flow_noising
+from linfuse.distill.flow import flow_noising
 from linfuse.distill.recipe import distill, load_distill_config
 from linfuse.distill.trainer import read_log
 from linfuse.errors import InvalidArgumentError

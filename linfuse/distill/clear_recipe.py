@@ -16,18 +16,11 @@ import torch
 
 from ..errors import InvalidArgumentError
 from ..pipelines.families import family, text_length
+from .flow import flow_noising, pack
 from .losses import linfusion_loss
 from .recipe import Distillation
 
 FLOW_FAMILIES = ("flux", "sd3")
-
-
-def flow_noising(latents: torch.Tensor, generator: torch.Generator):
-    """(noise, t, x_t, v) with t logit-normal, x_t = (1 − t)·x₀ + t·ε and v = ε − x₀."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    sigmas = torch.sigmoid(torch.randn(len(latents), generator=generator)).to(latents)
-    t = sigmas.view(-1, *([1] * (latents.dim() - 1)))
-    return noise, sigmas, (1 - t) * latents + t * noise, noise - latents
 
 
 class FlowConditioning:
@@ -56,9 +49,8 @@ class FlowConditioning:
             return transformer(hidden_states=noisy, timestep=sigmas * 1000, **condition).sample
         from diffusers import FluxPipeline
 
-        batch, channels, height, width = noisy.shape
-        packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, noisy.device, noisy.dtype)
+        batch, _, height, width = noisy.shape
+        packed, image_ids = pack(noisy)
         extra = {}
         if self.pipe.transformer.config.guidance_embeds:  # FLUX.1-dev: the distilled guidance the teacher samples used
             extra["guidance"] = torch.full((batch,), 3.5, device=noisy.device)

@@ -1,17 +1,14 @@
 """``linfuse train-teacher`` for ``family: flux``: a small FLUX-style flow-matching DiT trained from scratch, offline.
 
 The model is a diffusers ``FluxTransformer2DModel`` (double- and single-stream MMDiT blocks, 3-axis RoPE) on the
-2×2-packed latents of an existing VAE (the bundled UNet teacher's, given as ``vae``; its latents are used as
-``(z − shift)·scale`` with shift 0), conditioned like FLUX: a CLIP text encoder's pooled output and a T5 encoder's
-token states, both built from scratch on the caption vocabulary and trained with the transformer. Rectified flow:
-
-    x_t = (1 − t)·x₀ + t·ε,   the transformer predicts v = ε − x₀,   t = sigmoid(n), n ~ N(0, 1)  (logit-normal)
-
-with captions dropped to "" at ``caption_dropout`` so that classifier-free guidance (FluxPipeline's
-``true_cfg_scale``) works. An exponential moving average of all three networks is exported as a plain diffusers
-``FluxPipeline`` folder (fp16 on disk) with a ``FlowMatchEulerDiscreteScheduler`` that shifts its timesteps by the
-image's token count, as FLUX's does, and a ``linfuse.json`` naming the native size and the CLEAR radius a
-conversion defaults to (``clear_radius``). Resumable from ``output_dir/transformer-train/checkpoints``.
+2×2-packed latents of an existing VAE (the bundled UNet teacher's, given as ``vae``; its latents are used as ``(z −
+shift)·scale`` with shift 0), conditioned like FLUX: a CLIP text encoder's pooled output and a T5 encoder's token
+states, both built from scratch on the caption vocabulary and trained with the transformer to predict the rectified-
+flow velocity v = ε − x₀ (:mod:`.flow`), with captions dropped to "" at ``caption_dropout`` so that classifier-free
+guidance (FluxPipeline's ``true_cfg_scale``) works. An exponential moving average of all three networks is exported
+as a plain diffusers ``FluxPipeline`` folder (fp16 on disk) with a ``FlowMatchEulerDiscreteScheduler`` that shifts
+its timesteps by the image's token count, as FLUX's does, and a ``linfuse.json`` naming the native size and the CLEAR
+radius a conversion defaults to (``clear_radius``). Resumable from ``output_dir/transformer-train/checkpoints``.
 """
 
 import copy
@@ -26,6 +23,7 @@ from ..errors import InvalidArgumentError
 from ..pipelines.families import write_sidecar
 from .config import from_mapping
 from .data import DataConfig, build_source
+from .flow import flow_noising, pack
 from .teacher import TextArchitecture, _save_folder, build_text_encoder, ema_update, teacher_tokenizer, training_batch
 from .trainer import Trainer, TrainSettings, make_accelerator
 
@@ -120,22 +118,6 @@ class FluxDenoiser(nn.Module):
                                 encoder_hidden_states=states, txt_ids=text_ids, img_ids=image_ids).sample
 
 
-def pack(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FluxPipeline's 2×2 packing of (B, C, H, W) latents and the matching image position ids."""
-    from diffusers import FluxPipeline
-
-    batch, channels, height, width = latents.shape
-    packed = FluxPipeline._pack_latents(latents, batch, channels, height, width)
-    ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
-    return packed, ids
-
-
-def flow_targets(latents, noise, sigmas):
-    """(x_t, v): the rectified-flow interpolation at t = sigmas and its velocity ε − x₀."""
-    t = sigmas.view(-1, *([1] * (latents.dim() - 1)))
-    return (1 - t) * latents + t * noise, noise - latents
-
-
 def train_flux_teacher(config: DiTTeacherConfig) -> Path:
     from diffusers import AutoencoderKL
 
@@ -154,9 +136,7 @@ def train_flux_teacher(config: DiTTeacherConfig) -> Path:
 
     def step(_, generator):
         latents, captions = training_batch(source, vae, config.train.batch_size, config.caption_dropout, generator)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        sigmas = torch.sigmoid(torch.randn(len(latents), generator=generator)).to(latents)
-        noisy, velocity = flow_targets(latents, noise, sigmas)
+        _, sigmas, noisy, velocity = flow_noising(latents, generator)
         packed, image_ids = pack(noisy)
         with accelerator.autocast():
             prediction = model(packed, sigmas, captions, image_ids)

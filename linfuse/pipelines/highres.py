@@ -271,13 +271,9 @@ def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, 
     ``stages`` come from :func:`checked_stages` (computed here when not given); ``generator`` is the random stream
     (default: a CPU generator seeded with ``params.seed``); ``callback_on_step_end`` is diffusers' per-step callback,
     called in every stage (after the skip residual)."""
-    from diffusers import AutoPipelineForImage2Image
-
     stages = stages or checked_stages(pipe, params, options)
-    refine = sdedit_through(pipe) if family(pipe) == "pixart" else AutoPipelineForImage2Image.from_pipe(pipe)
-    for part in (pipe, refine):
-        if hasattr(part, "set_progress_bar_config"):
-            part.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)
+    refine = image_to_image(pipe, disable=True)
     generator = generator or torch.Generator("cpu").manual_seed(params.seed)
     common = {"prompt": params.prompt, "num_inference_steps": params.steps, "generator": generator,
               "output_type": "latent", **call_arguments(pipe, params.guidance, params.negative_prompt)}
@@ -297,13 +293,30 @@ def highres_latents(pipe, params: GenerationParams, options: HighResOptions, *, 
         skip = skip_residual_callback(upscaled, options.skip_residual, generator) if options.skip_residual > 0 \
             else None
         with stage_mode(pipe, stage, options, native_size(pipe)):
-            size = {"width": stage.width, "height": stage.height} if is_dit(pipe) else {}
-            latents = refine(image=upscaled, strength=stage.strength, **size, **common,
+            latents = refine(image=upscaled, strength=stage.strength, width=stage.width, height=stage.height, **common,
                              **_callbacks(skip, callback_on_step_end, inputs)).images
         latents = unpack_latents(pipe, latents, stage.width, stage.height)
         bar.update(1)
     bar.close()
     return latents
+
+
+def image_to_image(pipe, **progress):
+    """``refine(image=latents, strength=s, width=W, height=H, **call)``: the family's image-to-image pipeline over
+    the same components (SDEdit through the pipeline itself for PixArt, which has none); UNet img2img pipelines
+    take their size from the latents, DiT ones are told it. ``progress``: its progress-bar settings."""
+    from diffusers import AutoPipelineForImage2Image
+
+    if family(pipe) == "pixart":
+        return sdedit_through(pipe)
+    img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+    img2img.set_progress_bar_config(**progress)
+    dit = is_dit(pipe)
+
+    def refine(*, width: int, height: int, **call):
+        return img2img(**call, **({"width": width, "height": height} if dit else {}))
+
+    return refine
 
 
 def sdedit_through(pipe):

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidArgumentError
-from .families import call_arguments, family, is_dit, native_size, size_multiple, unpack_latents
-from .highres import HighResOptions, check_dit_options, check_softmax, sdedit_through, stage_mode, to_pil
+from .families import call_arguments, is_dit, native_size, size_multiple, unpack_latents
+from .highres import HighResOptions, check_dit_options, check_softmax, image_to_image, stage_mode, to_pil
 from .parameters import GenerationParams
 from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
 from .preflight import InsufficientMemoryError, denoiser_of, estimate_memory
@@ -58,8 +58,6 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     """SDEdit of ``image`` towards ``params.prompt`` at ``size`` (default: the picture's own, rounded down to
     multiples of 8; see the module docstring). ``params.width/height`` are set to the size used; the UNet runs as
     ``options.memory`` says (auto: plain if it fits, else lean)."""
-    from diffusers import AutoPipelineForImage2Image
-
     options = (options or HighResOptions()).validate()
     strength = check_strength(strength)
     multiple = size_multiple(pipe)
@@ -79,15 +77,12 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     pixels = to_pixels(image, params.width, params.height).to(pipe.vae.device, pipe.vae.dtype)
     denoiser = denoiser_of(pipe)
     latents = tiled_encode(pipe.vae, pixels, **tiling).to(denoiser.device, denoiser.dtype)
-    refine = sdedit_through(pipe) if family(pipe) == "pixart" else AutoPipelineForImage2Image.from_pipe(pipe)
-    if hasattr(refine, "set_progress_bar_config"):
-        refine.set_progress_bar_config(desc="img2img")
+    refine = image_to_image(pipe, desc="img2img")
     generator = torch.Generator("cpu").manual_seed(params.seed)
     stage = Stage(params.width, params.height, strength, lean=estimate.stages[0].lean)
-    size = {"width": params.width, "height": params.height} if is_dit(pipe) else {}
     with stage_mode(pipe, stage, options, native_size(pipe)):
         latents = refine(prompt=params.prompt, image=latents, strength=strength, num_inference_steps=params.steps,
-                         generator=generator, output_type="latent", **size,
+                         generator=generator, output_type="latent", width=params.width, height=params.height,
                          **call_arguments(pipe, params.guidance, params.negative_prompt)).images
     latents = unpack_latents(pipe, latents, params.width, params.height)
     return to_pil(tiled_decode(pipe.vae, latents, **tiling))[0]

@@ -302,16 +302,22 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
                    host_memory, largest)
 
 
+def dit_size_rule(configs: ModelConfigs, factor: int) -> tuple[int, int]:
+    """(multiple, largest side) of a DiT's sizes: its patch (FLUX: the 2×2 packing) times the VAE factor, and its
+    position table's reach (SD3) or MAX_SIDE."""
+    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
+    return multiple, max_side(configs.transformer, factor) or MAX_SIDE
+
+
 def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) -> None:
     """A DiT's sides must be multiples of its patch (FLUX: its 2×2 packing) and within its position table."""
     if configs.transformer is None:
         return
-    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
-    limit = max_side(configs.transformer, factor)
+    multiple, limit = dit_size_rule(configs, factor)
     for name, side in (("width", width), ("height", height)):
-        if side % multiple or (limit and side > limit):
+        if side % multiple or side > limit:
             raise InvalidArgumentError(f"size: the {name} must be a multiple of {multiple}"
-                                       f"{f' up to {limit}' if limit else ''} for {configs.name}; got {side}")
+                                       f" up to {limit} for {configs.name}; got {side}")
 
 
 def search_sizes(configs: ModelConfigs, factor: int, width: int, height: int) -> list[tuple[int, int]]:
@@ -320,8 +326,7 @@ def search_sizes(configs: ModelConfigs, factor: int, width: int, height: int) ->
     sizes = candidate_sizes(*_top_size(width, height))
     if configs.transformer is None:
         return sizes
-    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
-    limit = max_side(configs.transformer, factor) or MAX_SIDE
+    multiple, limit = dit_size_rule(configs, factor)
     return [(w, h) for w, h in sizes if not w % multiple and not h % multiple and max(w, h) <= limit]
 
 
