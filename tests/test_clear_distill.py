@@ -76,3 +76,28 @@ def test_clear_refuses_frozen_projections(flux_dir, tmp_path):
                                               train_projections=False))
     with pytest.raises(InvalidArgumentError, match="q/k/v/out"):
         distill(config)
+
+
+def test_caption_dropout_trains_the_unconditional_branch(flux_dir, tmp_path, monkeypatch):
+    from linfuse.distill.clear_recipe import FlowConditioning
+
+    seen, encode = [], FlowConditioning.encode
+    monkeypatch.setattr(FlowConditioning, "encode", lambda self, captions, device: seen.extend(captions)
+                        or encode(self, captions, device))
+    distill(load_distill_config(write_config(tmp_path / "d.yaml", flux_dir, tmp_path / "d", caption_dropout=0.5,
+                                             train={"steps": 8, "batch_size": 4})))
+    assert len(seen) == 32
+    assert 4 <= seen.count("") <= 28 and all(c.strip() for c in seen if c)  # both branches train
+
+
+def test_drop_captions_rate_and_config_range(flux_dir, tmp_path):
+    from linfuse.distill.data import drop_captions
+
+    dropped = drop_captions(["a cat"] * 4000, 0.25, torch.Generator().manual_seed(0))
+    assert abs(dropped.count("") / 4000 - 0.25) < 0.03
+    assert set(dropped) == {"", "a cat"}
+    with pytest.raises(InvalidArgumentError, match=r"caption_dropout must be in \[0, 1\); got 1.0"):
+        load_distill_config(write_config(tmp_path / "r.yaml", flux_dir, tmp_path / "r", caption_dropout=1.0))
+    with pytest.raises(InvalidArgumentError, match="class-conditional"):
+        load_distill_config(write_config(tmp_path / "l.yaml", flux_dir, tmp_path / "l", caption_dropout=0.1,
+                                         method="lit"))

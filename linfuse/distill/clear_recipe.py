@@ -74,7 +74,7 @@ class ClearDistillation(Distillation):
 
     def step(self, model, step: int, generator: torch.Generator) -> dict:
         config, device = self.config, self.accelerator.device
-        batch = self.source.batch(generator, config.train.batch_size)
+        batch = self.captioned_batch(generator)
         latents = self.latents(batch, generator)
         _, sigmas, noisy, velocity = flow_noising(latents, generator)
         condition = self.conditioning.encode(batch["captions"], device)

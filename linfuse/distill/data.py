@@ -180,6 +180,12 @@ class TeacherSampleBatches:
         return {"latents": self.latents[index], "captions": [self.captions[i] for i in index]}
 
 
+def drop_captions(captions: list[str], probability: float, generator: torch.Generator) -> list[str]:
+    """Each caption replaced by "" with ``probability``: the unconditional branch classifier-free guidance reads."""
+    drop = torch.rand(len(captions), generator=generator) < probability
+    return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+
+
 def build_source(config: DataConfig, *, pipe=None, cache_dir: Path | None = None):
     config.validate()
     if config.source == "emoji":

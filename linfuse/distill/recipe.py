@@ -24,7 +24,7 @@ from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import get_method
 from ..pipelines.families import SIDECAR
 from .config import from_mapping, read_yaml
-from .data import DataConfig, build_source
+from .data import DataConfig, build_source, drop_captions
 from .lora import LORA_DIR, add_projection_lora, save_lora, take_lora
 from .losses import AttentionOutputs, linfusion_loss, task_target
 from .trainer import Trainer, TrainSettings, make_accelerator
@@ -49,6 +49,7 @@ class DistillConfig:
     feat_weight: float = 0.5
     variance_weight: float = 0.1  # lit: KD weight of the learned variance (the noise's is kd_weight)
     warmup_steps: int = 0  # task loss only for this many first steps (LinFusion's advice against early NaNs)
+    caption_dropout: float = 0.0  # share of captions trained as "" (the unconditional branch that CFG reads)
 
     def validate(self) -> None:
         if not self.model:
@@ -66,6 +67,10 @@ class DistillConfig:
         for name in ("kd_weight", "feat_weight", "variance_weight"):
             if getattr(self, name) < 0:
                 raise InvalidArgumentError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not 0 <= self.caption_dropout < 1:
+            raise InvalidArgumentError(f"caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        if self.caption_dropout and self.method == "lit":
+            raise InvalidArgumentError("caption_dropout applies to text-conditioned models; LiT is class-conditional")
         if not 0 <= self.warmup_steps <= self.train.steps:
             raise InvalidArgumentError(f"warmup_steps must be in [0, train.steps={self.train.steps}]; "
                                        f"got {self.warmup_steps}")
@@ -143,9 +148,17 @@ class Distillation:
             shift = getattr(vae.config, "shift_factor", None) or 0.0
             return (posterior.sample(generator=generator) - shift) * vae.config.scaling_factor
 
+    def captioned_batch(self, generator: torch.Generator) -> dict:
+        """The source's next batch, its captions dropped to "" at ``caption_dropout`` (no draw when it is 0, so
+        configs without it keep their random stream)."""
+        batch = self.source.batch(generator, self.config.train.batch_size)
+        if self.config.caption_dropout:
+            batch["captions"] = drop_captions(batch["captions"], self.config.caption_dropout, generator)
+        return batch
+
     def noisy_batch(self, generator: torch.Generator):
         """(batch, clean latents, noise, timesteps, noisy latents): timesteps uniform, DDPM forward noising."""
-        batch = self.source.batch(generator, self.config.train.batch_size)
+        batch = self.captioned_batch(generator)
         latents = self.latents(batch, generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..fileio import atomic_folder
 from .config import from_mapping, read_yaml
-from .data import DataConfig, EmojiBatches, build_source
+from .data import DataConfig, EmojiBatches, build_source, drop_captions
 from .tokenizer import build_tokenizer, caption_words
 from .trainer import Trainer, TrainSettings, make_accelerator
 
@@ -213,8 +213,7 @@ def training_batch(source, vae, size: int, caption_dropout: float, generator: to
     with torch.no_grad():
         posterior = vae.encode(batch["pixels"].to(vae.device)).latent_dist
         latents = posterior.sample(generator=generator) * vae.config.scaling_factor
-    drop = torch.rand(len(latents), generator=generator) < caption_dropout
-    return latents, ["" if d else c for c, d in zip(batch["captions"], drop.tolist(), strict=True)]
+    return latents, drop_captions(batch["captions"], caption_dropout, generator)
 
 
 def ema_update(ema: nn.Module, live: nn.Module, target_decay: float):
