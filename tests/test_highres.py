@@ -33,6 +33,14 @@ def test_plan_halves_down_to_the_native_side_with_linfusion_strengths():
     assert plan_stages(64, 64, 64) == plan_stages(64, 64, 64, strengths=[]) and len(plan_stages(64, 64, 64)) == 1
 
 
+def test_plan_rounds_stages_to_the_models_size_multiple():
+    """FLUX's sides are multiples of 16 (8× VAE, 2×2 packing): 1040 halves to 520 for a UNet, not for FLUX."""
+    unet = plan_stages(1040, 400, 128)
+    assert [(s.width, s.height) for s in unet] == [(128, 48), (256, 96), (520, 200), (1040, 400)]
+    flux = plan_stages(1040, 400, 128, multiple=16)
+    assert [(s.width, s.height) for s in flux] == [(128, 48), (256, 96), (512, 192), (1040, 400)]
+
+
 @pytest.mark.parametrize("width, strengths, message", [
     (20000, None, "width must be a multiple of 8 from 8 to 16384"),
     (100, None, "width must be a multiple of 8"),

@@ -151,7 +151,8 @@ def plan_job(pipe, params: GenerationParams, options: HighResOptions) -> list[St
     options.validate()
     if is_dit(pipe):
         check_dit_options(pipe, options)
-    stages = plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths)
+    stages = plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths,
+                         multiple=size_multiple(pipe))
     check_refinement_steps(params.steps, stages)
     return stages
 

@@ -29,15 +29,16 @@ class Stage:
         return self.strength >= 1.0
 
 
-def _round8(value: float) -> int:
-    return max(8, int(round(value / 8)) * 8)
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def stage_sizes(width: int, height: int, native_side: int) -> list[tuple[int, int]]:
+def stage_sizes(width: int, height: int, native_side: int, multiple: int = 8) -> list[tuple[int, int]]:
+    """W×H, then halved (rounded to ``multiple``: the model's size multiple, FLUX 16) until within the native side."""
     sizes = [(width, height)]
     while max(sizes[-1]) > native_side:
         w, h = sizes[-1]
-        sizes.append((_round8(w / 2), _round8(h / 2)))
+        sizes.append((_round_to(w / 2, multiple), _round_to(h / 2, multiple)))
     return sizes[::-1]
 
 
@@ -49,12 +50,13 @@ def default_strengths(count: int, first: float = DEFAULT_STRENGTHS[0], last: flo
     return [round(first + (last - first) * i / (count - 1), 4) for i in range(count)]
 
 
-def plan_stages(width: int, height: int, native_side: int, strengths=None) -> list[Stage]:
-    """The stages for a W×H image (see the module docstring); ``strengths`` overrides the refinement schedule."""
+def plan_stages(width: int, height: int, native_side: int, strengths=None, *, multiple: int = 8) -> list[Stage]:
+    """The stages for a W×H image (see the module docstring); ``strengths`` overrides the refinement schedule, and
+    the stages' sides are multiples of ``multiple``."""
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= MAX_SIDE or value % 8:
             raise InvalidArgumentError(f"{name} must be a multiple of 8 from 8 to {MAX_SIDE}; got {value!r}")
-    sizes = stage_sizes(width, height, native_side)
+    sizes = stage_sizes(width, height, native_side, multiple)
     refinements = len(sizes) - 1
     if strengths is None:
         strengths = default_strengths(refinements)
@@ -104,9 +106,11 @@ def is_progressive(width: int, height: int, native_side: int) -> bool:
 
 
 def job_stages(width: int, height: int, native_side: int, *, progressive: bool | None = None,
-               strengths=None) -> list[Stage]:
+               strengths=None, multiple: int = 8) -> list[Stage]:
     """The stages of one image: the progressive ones (``progressive=None``: as :func:`is_progressive` decides), or
     a single text-to-image stage."""
     if progressive is None:
         progressive = is_progressive(width, height, native_side)
-    return plan_stages(width, height, native_side, strengths) if progressive else [Stage(width, height, 1.0)]
+    if not progressive:
+        return [Stage(width, height, 1.0)]
+    return plan_stages(width, height, native_side, strengths, multiple=multiple)

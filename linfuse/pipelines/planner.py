@@ -284,6 +284,7 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
                                    device_type=device)
     weights = model_bytes(unet, vae, *encoders)
     native = configs.native_size or unet.config.sample_size * factor
+    multiple = dit_size_rule(configs, factor)[0] if configs.transformer is not None else 8
     guided = guidance > 1.0
     device_room = max(0, memory - weights / SAFETY)  # what the stages may use, the weights resident
 
@@ -293,10 +294,10 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
 
     def fits(size: tuple[int, int]) -> bool:
         """The largest stage first (most sizes that fail, fail there), then the whole job."""
-        stages = job_stages(*size, native)
+        stages = job_stages(*size, native, multiple=multiple)
         return all(estimate(part).fits for part in (stages[-1:], stages))
 
-    job = estimate(job_stages(width, height, native))
+    job = estimate(job_stages(width, height, native, multiple=multiple))
     largest = last_fitting(search_sizes(configs, factor, width, height), fits) if find_largest else None
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
                    host_memory, largest)

@@ -31,6 +31,7 @@ import torch
 
 from ..errors import InvalidArgumentError, LinfuseError
 from ..linearize.twin import meta_twin
+from .families import size_multiple
 from .lean import LeanSettings, lean_mode
 from .memory_trace import trace
 from .plan import Stage, default_strengths, plan_stages
@@ -346,18 +347,18 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
     return estimate
 
 
-def candidate_sizes(width: int, height: int) -> list[tuple[int, int]]:
-    """Sizes up to W×H, multiples of 8, small to large: of exactly W:H when that leaves at least 8 sizes to choose
-    from, else of W:H to within a rounding to 8 pixels."""
+def candidate_sizes(width: int, height: int, multiple: int = 8) -> list[tuple[int, int]]:
+    """Sizes up to W×H, multiples of ``multiple``, small to large: of exactly W:H when that leaves at least 8 sizes
+    to choose from, else of W:H to within a rounding to ``multiple`` pixels."""
     divisor = gcd(width, height)
     unit_w, unit_h = width // divisor, height // divisor
     exact = [(m * unit_w, m * unit_h) for m in range(1, divisor + 1)
-             if (m * unit_w) % 8 == 0 and (m * unit_h) % 8 == 0]
+             if (m * unit_w) % multiple == 0 and (m * unit_h) % multiple == 0]
     if len(exact) >= 8:
         return exact
-    longer = max(width, height)
-    sizes = {(max(8, width * side // longer // 8 * 8), max(8, height * side // longer // 8 * 8))
-             for side in range(8, longer + 1, 8)}
+    longer, step = max(width, height), multiple
+    sizes = {(max(step, width * side // longer // step * step), max(step, height * side // longer // step * step))
+             for side in range(step, longer + 1, step)}
     return sorted(sizes)
 
 
@@ -365,13 +366,15 @@ def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, str
                          ) -> tuple[int, int] | None:
     """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does."""
     model = kwargs.pop("model", None) or memory_model_for(pipe)
-    sizes = candidate_sizes(width, height)
+    multiple = size_multiple(pipe)
+    sizes = candidate_sizes(width, height, multiple)
 
     def fits(size: tuple[int, int]) -> bool:
         w, h = size
-        count = len(plan_stages(w, h, native_side)) - 1
+        count = len(plan_stages(w, h, native_side, multiple=multiple)) - 1
         schedule = None if strengths is None else _resample(list(strengths), count)
-        return estimate_memory(pipe, plan_stages(w, h, native_side, schedule), model=model, **kwargs).fits
+        stages = plan_stages(w, h, native_side, schedule, multiple=multiple)
+        return estimate_memory(pipe, stages, model=model, **kwargs).fits
 
     return last_fitting(sizes, fits)
 
