@@ -131,10 +131,15 @@ def _check_unet(unet) -> list:
 
 @contextmanager
 def patch_parallel(pipe):
-    """Split every UNet call of ``pipe`` across the ranks of the default process group (see the module docstring)."""
+    """Split every UNet call of ``pipe`` across the ranks of the default process group (see the module docstring);
+    a FLUX pipeline with CLEAR attention splits its transformer calls (:mod:`.patch_parallel_dit`). Yields the
+    band of this rank: {"rows": (start, end)}, latent rows for a UNet, token rows for FLUX."""
     if not dist.is_available() or not dist.is_initialized():
         raise InvalidArgumentError("patch_parallel needs torch.distributed initialised: launch with torchrun (or "
                                    "accelerate launch) and call torch.distributed.init_process_group first")
+    if getattr(pipe, "unet", None) is None:
+        yield from _flux_patch_parallel(pipe)
+        return
     unet = pipe.unet
     processors = _check_unet(unet)
     align = 2 ** sum(1 for block in unet.down_blocks if getattr(block, "downsamplers", None))
@@ -175,3 +180,14 @@ def patch_parallel(pipe):
                 del module.attend
             else:
                 del module.forward
+
+
+def _flux_patch_parallel(pipe):
+    from .patch_parallel_dit import flux_patch_parallel
+
+    bounds = {}
+    undo = flux_patch_parallel(pipe, bounds)
+    try:
+        yield bounds
+    finally:
+        undo()
