@@ -86,3 +86,30 @@ def test_type_prompt_click_generate_see_image(app_url, tmp_path):
     with Image.open(shot) as picture:
         assert picture.format == "PNG" and picture.width > 0 and picture.height > 0
         picture.verify()
+
+
+def test_pick_the_bundled_dit_and_generate(app_url):
+    """The model radio's DiT student fills the model box; the image comes back at 128 px and names CLEAR."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(app_url)
+            page.locator("#generate-model-choice").get_by_label("bundled DiT student").check()
+            page.wait_for_function("() => document.querySelector('#generate-model textarea, #generate-model input')"
+                                   "?.value === 'dit-student'")
+            for side in ("#generate-width input", "#generate-height input"):
+                page.locator(side).fill("128")
+            page.locator("#generate-steps input").fill("4")
+            page.locator("#generate-button").click()
+            page.wait_for_function("() => (document.querySelector('#generate-parameters textarea')?.value ?? '')"
+                                   ".includes('dit-student')")
+            page.wait_for_function(IMAGE_LOADED)
+            natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
+            parameters = page.locator("#generate-parameters textarea").input_value()
+        finally:
+            browser.close()
+    assert natural_width == 128
+    assert "Linear attention: clear" in parameters and "Model: dit-student" in parameters
