@@ -17,8 +17,10 @@ Sections, each timed against the budget and written out as soon as it ends (a ru
    128², 256², 512², 1024²;
 6. a 16384² SD-1.5 lean job (full width, random weights, fp16, LinFusion): the largest UNet call of the 16K stage,
    batch 2 (guidance), in the lean memory mode with skips parked in host memory: time, finiteness, and
-   torch.cuda.max_memory_allocated against the preflight's trace of the same call (and of the plain forward).
---dry-run runs sections 2–6 on the CPU with the reference path at tiny sizes (what the test suite runs).
+   torch.cuda.max_memory_allocated against the preflight's trace of the same call (and of the plain forward);
+7. the FLUX.1-dev transformer (its config, random weights, bf16): forward time with SDPA vs CLEAR r = 16 at images
+   of 1024², 2048² and 4096² (4,096 to 65,536 image tokens, plus 512 text tokens).
+--dry-run runs sections 2–7 on the CPU with the reference path at tiny sizes (what the test suite runs).
 """
 
 import argparse
@@ -42,7 +44,8 @@ from linfuse.kernels.local_attention_reference import count_visible_pairs  # noq
 from linfuse.kernels.model_shapes import MODEL_PROBLEMS, AttentionProblem  # noqa: E402
 
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5}  # RMS error / RMS of the reference
-SECTION_SHARE = {"configs": 0.35, "linear_bandwidth": 0.10, "local_flux4k": 0.15, "unet_sd15": 0.25, "lean_16k": 0.15}
+SECTION_SHARE = {"configs": 0.30, "linear_bandwidth": 0.08, "local_flux4k": 0.12, "unet_sd15": 0.20, "lean_16k": 0.15,
+                 "flux_clear": 0.15}
 
 
 class Check:
@@ -284,6 +287,62 @@ def _forward_ms(check: Check, fn) -> float:
     return sorted(measured)[len(measured) // 2]
 
 
+def flux_clear(check: Check, deadline: float) -> dict:
+    """The FLUX.1-dev transformer (its config, random weights, bf16, batch 1, 512 text tokens): one forward with
+    diffusers' SDPA attention, then converted to CLEAR (radius 16), at image sizes 1024² … 4096²."""
+    from diffusers import FluxTransformer2DModel
+
+    import linfuse
+
+    config = json.loads((Path(linfuse.__file__).parent / "pipelines" / "configs" / "flux.json").read_text())
+    config = {k: v for k, v in config["transformer"].items() if not k.startswith("_")}
+    if check.dry_run:
+        config.update(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                      joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=[4, 6, 6])
+    sides, text, dtype = ((128, 256), 8, torch.float32) if check.dry_run else ((1024, 2048, 4096), 512, torch.bfloat16)
+    with torch.device(check.device):
+        transformer = FluxTransformer2DModel.from_config(config).to(dtype).eval()
+    generator = torch.Generator(check.device).manual_seed(0)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.normal_(0.0, 0.02, generator=generator)
+    rows, skipped = [], []
+    for method in ("sdpa", "clear"):
+        if method == "clear":
+            linfuse.linearize(transformer, "clear", radius=16)
+        for side in sides:
+            if check.elapsed() > deadline:
+                skipped.append(f"{method} {side}²")
+                continue
+            inputs = _flux_inputs(transformer, side, text, check.device, dtype)
+            with torch.no_grad():
+                ms = _forward_ms(check, lambda inputs=inputs: transformer(**inputs).sample)
+            rows.append({"method": method, "image_px": side, "tokens": (side // 16) ** 2, "ms": ms})
+    speedups = {}
+    for row in rows:
+        base = [r["ms"] for r in rows if r["method"] == "sdpa" and r["image_px"] == row["image_px"]]
+        if row["method"] == "clear" and base:
+            speedups[str(row["image_px"])] = base[0] / row["ms"]
+    return {"rows": rows, "speedup_vs_sdpa": speedups, "skipped": skipped,
+            "target": "CLEAR r=16 faster than SDPA at 2048², and the gap growing with the size (CLEAR: 6.3x at 8K)"}
+
+
+def _flux_inputs(transformer, side: int, text: int, device: str, dtype) -> dict:
+    from diffusers import FluxPipeline
+
+    config, rows = transformer.config, side // 16
+    g = torch.Generator(device).manual_seed(1)
+    inputs = {"hidden_states": torch.randn(1, rows * rows, config.in_channels, generator=g, device=device),
+              "encoder_hidden_states": torch.randn(1, text, config.joint_attention_dim, generator=g, device=device),
+              "pooled_projections": torch.randn(1, config.pooled_projection_dim, generator=g, device=device),
+              "timestep": torch.tensor([0.5], device=device),
+              "img_ids": FluxPipeline._prepare_latent_image_ids(1, rows, rows, device, dtype),
+              "txt_ids": torch.zeros(text, 3, device=device)}
+    if config.guidance_embeds:
+        inputs["guidance"] = torch.tensor([3.5], device=device)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+
+
 def lean_16k(check: Check, deadline: float) -> dict:
     import linfuse
     from linfuse.linearize.twin import meta_twin
@@ -327,7 +386,7 @@ def lean_16k(check: Check, deadline: float) -> dict:
 
 
 SECTIONS = {"environment": environment, "configs": configs, "linear_bandwidth": linear_bandwidth,
-            "local_flux4k": local_flux4k, "unet_sd15": unet_sd15, "lean_16k": lean_16k}
+            "local_flux4k": local_flux4k, "unet_sd15": unet_sd15, "lean_16k": lean_16k, "flux_clear": flux_clear}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,6 +435,13 @@ def markdown(results: dict) -> str:
         lines += [f"| estimate, {name} | | {_gib(e['device_bytes'])} | {_gib(e['host_bytes'])} | "
                   f"{e['max_elements']:.3g} |" for name, e in est.items()]
         lines += ["", f"finite: {lean['finite']}; measured / estimate: {_num(lean['measured_over_estimate'])}", ""]
+    if "flux_clear" in sections and "rows" in sections["flux_clear"]:
+        flux = sections["flux_clear"]
+        lines += ["## FLUX.1-dev transformer forward (random weights, batch 1, 512 text tokens)", "",
+                  "| method | image | image tokens | ms |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['method']} | {r['image_px']}² | {r['tokens']} | {r['ms']:.1f} |" for r in flux["rows"]]
+        lines += ["", "CLEAR (r = 16) speed-up over SDPA: " + ", ".join(
+            f"{k}²: {v:.2f}×" for k, v in flux["speedup_vs_sdpa"].items()), ""]
     for name, section in sections.items():
         for key in ("error", "skipped"):
             if section.get(key):

@@ -17,7 +17,8 @@ def test_dry_run_writes_every_section(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     sections = results["sections"]
-    assert list(sections) == ["environment", "configs", "linear_bandwidth", "local_flux4k", "unet_sd15", "lean_16k"]
+    assert list(sections) == ["environment", "configs", "linear_bandwidth", "local_flux4k", "unet_sd15", "lean_16k",
+                              "flux_clear"]
     assert not [name for name, section in sections.items() if "error" in section]
     rows = sections["configs"]["rows"]
     assert {r["problem"] for r in rows} == {p.name for p in MODEL_PROBLEMS} and {r["rank"] for r in rows} == {0, 1}
@@ -34,5 +35,10 @@ def test_dry_run_writes_every_section(tmp_path):
     lean = sections["lean_16k"]
     assert lean["finite"] and lean["seconds"] > 0 and lean["image_px"] == 256
     assert lean["estimates"]["lean"]["device_bytes"] < lean["estimates"]["plain"]["device_bytes"]
+    flux = sections["flux_clear"]
+    expected = {(method, side) for method in ("sdpa", "clear") for side in (128, 256)}
+    assert {(r["method"], r["image_px"]) for r in flux["rows"]} == expected
+    assert set(flux["speedup_vs_sdpa"]) == {"128", "256"} and all(r["ms"] > 0 for r in flux["rows"])
     report = (tmp_path / "results.md").read_text()
     assert "| SDXL |" in report and "## SD-1.5 UNet forward" in report and "| estimate, lean |" in report
+    assert "## FLUX.1-dev transformer forward" in report
