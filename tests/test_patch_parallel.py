@@ -17,25 +17,25 @@ SCRIPT = Path(__file__).parent / "scripts" / "patch_parallel_job.py"
 DIT_SCRIPT = Path(__file__).parent / "scripts" / "patch_parallel_dit_job.py"
 
 
-def test_two_gloo_processes_reproduce_the_single_process_latents():
+def run_ranks(script: Path, processes: int, *args: str) -> dict:
+    """``torchrun --nproc_per_node processes script args`` on CPU threads; the JSON line rank 0 printed last."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", str(SCRIPT), "96", "144"], capture_output=True,
+    result = subprocess.run([torchrun, "--nproc_per_node", str(processes), str(script), *args], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_two_gloo_processes_reproduce_the_single_process_latents():
+    report = run_ranks(SCRIPT, 2, "96", "144")
     assert report["bands"] == [[0, 20], [20, 36]]  # 36 latent rows: 5 and 4 blocks of 4 rows
     assert report["max_abs_difference"] < 1e-4 and report["scale"] > 0.5
 
 
 def test_three_gloo_processes_reproduce_a_clear_flux_image():
     """Bands of 6, 5 and 5 token rows (the middle one has a halo on both sides) against one process."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([torchrun, "--nproc_per_node", "3", str(DIT_SCRIPT), "96", "128"], capture_output=True,
-                            text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_ranks(DIT_SCRIPT, 3, "96", "128")
     assert report["bundled"]["bands"] == [[0, 6], [6, 11], [11, 16]]  # 128 px: 16 rows of 12 packed tokens
     assert report["pooled"]["bands"] == [[0, 6], [6, 12], [12, 16]]  # pool 2: bands of whole 2-row blocks
     for run in report.values():
