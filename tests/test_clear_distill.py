@@ -52,6 +52,9 @@ def test_clear_distillation_trains_image_side_projections_only_and_exports_a_stu
     student = load_pipeline(str(tmp_path / "student"), device="cpu", dtype="fp32")  # method auto: clear
     assert student.linfuse_report.method == "clear"
     assert (tmp_path / "student" / "linfuse.json").exists()  # the native size travels with the student
+    for name in ("tokenizer", "tokenizer_2"):  # the teacher's, not the padding the run's encoding left behind
+        path = f"{name}/tokenizer.json"
+        assert (tmp_path / "student" / path).read_bytes() == (flux_dir / path).read_bytes()
     image = student("red apple on a blue background", num_inference_steps=2, height=32, width=32,
                     max_sequence_length=8).images[0]
     assert image.size == (32, 32)

@@ -219,6 +219,7 @@ def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Pa
     (diffusers' format, for ``pipe.load_lora_weights``): loadable by ``load_pipeline``."""
 
     def write(folder: Path) -> None:
+        _reset_tokenizers(job.pipe)
         job.pipe.save_pretrained(folder, safe_serialization=True)
         sidecar = Path(job.config.model) / SIDECAR
         if sidecar.is_file():  # the model's native size and default options (see pipelines.families)
@@ -229,6 +230,16 @@ def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Pa
             save_lora(type(job.pipe), lora, folder / LORA_DIR)
 
     return atomic_folder(out, write)
+
+
+def _reset_tokenizers(pipe) -> None:
+    """Clear the padding and truncation that encoding left on fast tokenizers, so that the exported tokenizer.json
+    is the teacher's whatever the run encoded (a resumed run encodes nothing before the export)."""
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        backend = getattr(getattr(pipe, name, None), "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
 
 
 def _to_half_on_disk(folder: Path) -> None:
