@@ -75,7 +75,7 @@ def _grids_of_call(module, args: tuple, kwargs: dict) -> list[tuple[int, int]]:
     name = type(module).__name__
     if name.startswith("Flux"):
         ids = kwargs.get("img_ids")
-        return [] if ids is None else [_raster_grid(ids)]
+        return [] if ids is None else [raster_grid(ids)]
     latent = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
     if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
         return []
@@ -90,7 +90,7 @@ def _grids_of_call(module, args: tuple, kwargs: dict) -> list[tuple[int, int]]:
     return sizes
 
 
-def _raster_grid(ids: torch.Tensor) -> tuple[int, int]:
+def raster_grid(ids: torch.Tensor) -> tuple[int, int]:
     """(rows, columns) of FLUX ``img_ids`` (N, 3) whose tokens are in raster order; an error otherwise."""
     ids = ids[0] if ids.ndim == 3 else ids
     rows, cols = ids[:, 1].long(), ids[:, 2].long()

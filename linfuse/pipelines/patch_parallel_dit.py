@@ -24,6 +24,8 @@ import torch.distributed as dist
 
 from ..errors import InvalidArgumentError
 from ..kernels import local_attention
+from ..linearize.clear import ClearAttnProcessor
+from ..linearize.grid import raster_grid
 
 KEY_CHUNK = 8192  # image keys per step of the text queries' running softmax
 
@@ -154,8 +156,6 @@ def flux_bands(height: int, parts: int, align: int, min_rows: int) -> list[tuple
 
 def check_flux_transformer(transformer) -> list:
     """Every attention of the transformer must be CLEAR's (softmax layers would need the whole sequence)."""
-    from ..linearize.clear import ClearAttnProcessor
-
     if type(transformer).__name__ != "FluxTransformer2DModel":
         raise InvalidArgumentError(f"patch parallelism for DiTs supports FLUX transformers (RoPE from img_ids); "
                                    f"this pipeline has {type(transformer).__name__}")
@@ -170,8 +170,6 @@ def check_flux_transformer(transformer) -> list:
 def flux_patch_parallel(pipe, bounds: dict):
     """Install the band split on ``pipe.transformer``; each call sets ``bounds["rows"]`` to this rank's token rows.
     Returns the function that removes it."""
-    from ..linearize.grid import _raster_grid
-
     transformer = pipe.transformer
     processors = check_flux_transformer(transformer)
     band = BandState()
@@ -186,7 +184,7 @@ def flux_patch_parallel(pipe, bounds: dict):
             raise InvalidArgumentError("patch parallelism calls the FLUX transformer with keyword arguments and no "
                                        "ControlNet residuals")
         ids = kwargs["img_ids"]
-        band.height, band.width = _raster_grid(ids)
+        band.height, band.width = raster_grid(ids)
         band.start, band.end = flux_bands(band.height, dist.get_world_size(), align, halo)[dist.get_rank()]
         bounds["rows"] = (band.start, band.end)
         tokens = slice(band.start * band.width, band.end * band.width)
