@@ -31,6 +31,11 @@ def add_model_arguments(parser) -> None:
                              "model's native size)")
     parser.add_argument("--upscale", choices=("latent", "pixel"), default="latent",
                         help="how the progressive mode upscales between stages")
+    parser.add_argument("--ntk-factor", type=float, default=1.0,
+                        help="FLUX, progressive mode: RoPE base θ·α in the refinements above the native size "
+                             "(CLEAR's high-res recipe: 10; 1 = off)")
+    parser.add_argument("--proportional-attention", action="store_true",
+                        help="CLEAR, progressive mode: softmax scale for the token count above the native size")
     parser.add_argument("--memory-mode", choices=("auto", "plain", "lean"), default="auto",
                         help="how the UNet runs: plain, lean (one sample at a time, in bands and chunks, skips parked "
                              "in host memory on CUDA: for 8K-16K), or auto: plain when the memory preflight says it "
@@ -49,7 +54,16 @@ def default_params(args, prompt: str = ""):
     if args.size:
         params.width, params.height = parse_size(args.size)
     params.validate()
+    highres_options(args).validate()
     return params
+
+
+def highres_options(args):
+    """The progressive mode's options from --upscale, --memory-mode, --ntk-factor and --proportional-attention."""
+    from .pipelines.highres import HighResOptions
+
+    return HighResOptions(upscale=args.upscale, memory=args.memory_mode, ntk_factor=args.ntk_factor,
+                          proportional_attention=args.proportional_attention)
 
 
 def resolve_method(args):
@@ -80,7 +94,7 @@ def load_model(args, method, weights):
 def renderer(args, pipe):
     """``render(pipe, params)``: plain generation, or progressive when --highres asks for it."""
     from .pipelines import generate, native_size
-    from .pipelines.highres import HighResOptions, generate_highres
+    from .pipelines.highres import generate_highres
     from .pipelines.plan import is_progressive
 
     native = max(native_size(pipe))
@@ -89,7 +103,7 @@ def renderer(args, pipe):
         progressive = args.highres == "on" or (args.highres == "auto" and is_progressive(params.width, params.height,
                                                                                           native))
         if progressive:
-            return generate_highres(pipe, params, HighResOptions(upscale=args.upscale, memory=args.memory_mode))
+            return generate_highres(pipe, params, highres_options(args))
         return generate(pipe, params, memory=args.memory_mode)
 
     return render

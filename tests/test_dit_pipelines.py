@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines import GenerationParams, generate, load_pipeline, native_size
@@ -165,3 +166,22 @@ def test_tiled_vae_round_trips_a_16_channel_flux_style_vae():
     torch.testing.assert_close(one_tile.clamp(-1, 1), whole.clamp(-1, 1), atol=1e-5, rtol=1e-5)
     tiled = tiled_decode(vae, latents, tile=16, overlap=8)
     assert tiled.shape == (1, 3, 48, 48) and torch.isfinite(tiled).all()
+
+
+def test_cli_ntk_and_proportional_attention_reach_the_progressive_stages(folders, tmp_path, capsys):
+    from linfuse.cli import main
+
+    base = ["generate", "red apple on a blue background", "--model", str(folders["flux"]), "--weights", "none",
+            "--steps", "10", "--size", f"{4 * NATIVE['flux']}x{4 * NATIVE['flux']}"]  # 4× native: progressive
+    assert main(base + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert main(base + ["--ntk-factor", "10", "--proportional-attention", "--out", str(tmp_path / "ntk.png")]) == 0
+    plain, ntk = (np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.int16) for name in ("plain", "ntk"))
+    assert plain.shape == ntk.shape == (4 * NATIVE["flux"], 4 * NATIVE["flux"], 3)
+    assert np.abs(plain - ntk).max() > 0  # the options changed the refinements
+    capsys.readouterr()
+    assert main(base + ["--ntk-factor", "0.5"]) == 2
+    assert "ntk_factor must be in [1, 100]" in capsys.readouterr().err
+    sd3 = ["generate", "a cat", "--model", str(folders["sd3"]), "--weights", "none", "--steps", "10", "--size",
+           f"{4 * NATIVE['sd3']}x{4 * NATIVE['sd3']}", "--ntk-factor", "10", "--out", str(tmp_path / "sd3.png")]
+    assert main(sd3) == 2
+    assert "ntk_factor scales FLUX's RoPE; sd3 has none" in capsys.readouterr().err
