@@ -18,7 +18,9 @@ come back as ``gradio_client.exceptions.AppError`` whose message names the param
                outputs: (image file (PNG), parameters text, PNG file with the parameters embedded, gallery).
 ``/highres``   inputs: those of /generate, then upscale ('latent' | 'pixel'), strengths (text: one value in (0, 1)
                per ×2 refinement, comma-separated; '' = 0.4 down to 0.1), skip_residual (float, 0 = off, up to 10),
-               memory ('auto' | 'plain' | 'lean': how the UNet runs; auto = plain where it fits, else lean).
+               memory ('auto' | 'plain' | 'lean': how the UNet runs; auto = plain where it fits, else lean),
+               ntk_factor (float, 1 = off, up to 100: FLUX's RoPE base θ·α above the native size; CLEAR uses 10),
+               proportional_attention (bool: CLEAR's softmax scale for the token count); both optional.
                outputs: as /generate.
 ``/estimate``  inputs: width, height, guidance, model, method.  output: Markdown text: the memory preflight of the
                job /generate would run (peak MiB, free MiB, fits or not, the largest size of that shape that fits,

@@ -112,6 +112,21 @@ def test_highres_endpoint_makes_the_target_size(client):
         client.predict("x", "", 128, 96, 3, 5.0, 1, "student", "auto", "nearest", "", 0, "auto", api_name="/highres")
 
 
+def test_highres_endpoint_takes_ntk_and_proportional_attention_for_the_dit(client):
+    image, _, _, gallery = client.predict(
+        "red apple on a blue background", "", 256, 256, 10, 5.0, 1, "dit-student", "auto", "latent", "", 0, "auto",
+        10, True, api_name="/highres")
+    with Image.open(image) as shown:
+        assert shown.size == (256, 256)
+    assert "NTK 10, proportional attention on" in gallery[0]["caption"]
+    with pytest.raises(AppError, match="ntk_factor must be in \\[1, 100\\]"):
+        client.predict("x", "", 256, 256, 10, 5.0, 1, "dit-student", "auto", "latent", "", 0, "auto", 0.5, False,
+                       api_name="/highres")
+    with pytest.raises(AppError, match="ntk_factor scales FLUX's RoPE; unet has none"):
+        client.predict("x", "", 128, 128, 10, 5.0, 1, "student", "auto", "latent", "", 0, "auto", 10, False,
+                       api_name="/highres")
+
+
 def test_img2img_works_at_the_input_size(client, emoji, tmp_path):
     wide = Image.new("RGB", (128, 64))
     wide.paste(emoji, (0, 0))

@@ -175,6 +175,18 @@ def test_too_few_steps_for_a_refinement_are_refused_before_any_work(student, siz
     assert [minimum_steps(s) for s in (0.1, 0.3, 0.4, 1 / 3, 0.25, 1.0)] == [10, 4, 3, 3, 4, 1]
 
 
+def test_dit_options_are_refused_on_a_unet_before_any_work(student):
+    calls, handle = count_unet_calls(student)
+    try:
+        with pytest.raises(InvalidArgumentError, match="ntk_factor scales FLUX's RoPE; unet has none"):
+            generate_highres(student, params((256, 256)), HighResOptions(ntk_factor=10), progress=False)
+        with pytest.raises(InvalidArgumentError, match="proportional_attention is an option of CLEAR attention"):
+            generate_highres(student, params((256, 256)), HighResOptions(proportional_attention=True), progress=False)
+    finally:
+        handle.remove()
+    assert not calls
+
+
 def test_a_job_that_cannot_fit_is_refused_with_the_largest_size_that_fits(student):
     request, options = params((2048, 1024)), HighResOptions(memory_limit=200 * 2**20)
     stages = plan_job(student, request, options)

@@ -149,17 +149,17 @@ def plan_job(pipe, params: GenerationParams, options: HighResOptions) -> list[St
     least one denoising step."""
     params.validate(multiple_of=size_multiple(pipe))
     options.validate()
-    if is_dit(pipe):
-        check_dit_options(pipe, options)
+    check_family_options(pipe, options)
     stages = plan_stages(params.width, params.height, max(native_size(pipe)), options.strengths,
                          multiple=size_multiple(pipe))
     check_refinement_steps(params.steps, stages)
     return stages
 
 
-def check_dit_options(pipe, options: HighResOptions) -> None:
-    """What the DiT path runs: no skip residual, NTK RoPE only on FLUX, proportional attention only with CLEAR."""
-    if options.skip_residual:
+def check_family_options(pipe, options: HighResOptions) -> None:
+    """Options of one family only: the skip residual for UNets, NTK RoPE for FLUX, proportional attention for
+    CLEAR layers."""
+    if options.skip_residual and is_dit(pipe):
         raise InvalidArgumentError("skip_residual is for UNet pipelines; use skip_residual=0 with a DiT")
     if options.ntk_factor != 1 and family(pipe) != "flux":
         raise InvalidArgumentError(f"ntk_factor scales FLUX's RoPE; {family(pipe)} has none: use ntk_factor=1")

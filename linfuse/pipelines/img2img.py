@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidArgumentError
-from .families import call_arguments, is_dit, native_size, size_multiple, unpack_latents
-from .highres import HighResOptions, check_dit_options, check_softmax, image_to_image, stage_mode, to_pil
+from .families import call_arguments, native_size, size_multiple, unpack_latents
+from .highres import HighResOptions, check_family_options, check_softmax, image_to_image, stage_mode, to_pil
 from .parameters import GenerationParams
 from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
 from .preflight import InsufficientMemoryError, denoiser_of, estimate_memory
@@ -64,8 +64,7 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     params.width, params.height = target_size(image, size, multiple)
     params.validate(multiple_of=multiple)
     check_steps(params.steps, strength)
-    if is_dit(pipe):
-        check_dit_options(pipe, options)
+    check_family_options(pipe, options)
     batch = 2 if params.guidance > 1.0 else 1
     check_softmax(pipe, params, options, batch=batch)
     estimate = estimate_memory(pipe, [Stage(params.width, params.height, strength)], guidance=batch == 2,

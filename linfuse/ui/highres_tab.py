@@ -24,11 +24,11 @@ TAB_ID = "highres"
 
 
 def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths,
-                  skip_residual, memory, history, progress):
+                  skip_residual, memory, ntk_factor, proportional, history, progress):
     """Validate the form, then :func:`linfuse.pipelines.generate_highres`, which refuses before any work what
     cannot run (too few steps for a refinement's strength, a job that does not fit: its memory preflight)."""
     params = check_params(prompt, negative, width, height, steps, guidance, seed)
-    options = check_highres(upscale, strengths, skip_residual, memory)
+    options = check_highres(upscale, strengths, skip_residual, memory, ntk_factor, proportional)
     options.memory_limit = ctx.settings.memory_limit
     model, method = check_model(model), check_method(method)
     progress(0, desc=f"loading {model}")
@@ -39,6 +39,9 @@ def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, m
     schedule = ", ".join(f"{s:g}" for s in options.strengths) if options.strengths else "default strengths"
     extra = (f"progressive, {options.upscale} upscaling, {schedule}, skip residual {options.skip_residual:g}, "
              f"memory {options.memory}")
+    if options.ntk_factor != 1 or options.proportional_attention:
+        state = "on" if options.proportional_attention else "off"
+        extra += f", NTK {options.ntk_factor:g}, proportional attention {state}"
     return finish(ctx, image, params, history, extra=extra)
 
 
@@ -56,6 +59,14 @@ def option_inputs() -> tuple[gr.Dropdown, gr.Textbox, gr.Number, gr.Dropdown]:
     return upscale, strengths, skip, memory
 
 
+def dit_option_inputs() -> tuple[gr.Number, gr.Checkbox]:
+    ntk = gr.Number(1, label="ntk_factor", elem_id=f"{TAB_ID}-ntk-factor",
+                    info="FLUX: RoPE base θ·α in the refinements above the native size; 1 = off, CLEAR uses 10")
+    proportional = gr.Checkbox(False, label="proportional attention", elem_id=f"{TAB_ID}-proportional",
+                               info="CLEAR models: softmax scale for the token count above the native size")
+    return ntk, proportional
+
+
 def build(ctx) -> None:
     """Add the High-res tab; call inside the app's ``gr.Tabs()``."""
     with gr.Tab("High-res", id=TAB_ID):
@@ -64,6 +75,8 @@ def build(ctx) -> None:
                 form = generation_form(TAB_ID, side=256, steps=20)
                 with gr.Row():
                     upscale, strengths, skip, memory = option_inputs()
+                with gr.Row():
+                    ntk, proportional = dit_option_inputs()
                 form.preflight.render()
                 button = gr.Button("Generate high-res image", variant="primary", elem_id=f"{TAB_ID}-button")
             with gr.Column():
@@ -71,16 +84,16 @@ def build(ctx) -> None:
 
     @shown_to_people
     def run(prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths, skip_residual,
-            memory, history, progress=PROGRESS):
+            memory, ntk_factor, proportional, history, progress=PROGRESS):
         return highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale,
-                             strengths, skip_residual, memory, history, progress)
+                             strengths, skip_residual, memory, ntk_factor, proportional, history, progress)
 
     def estimate(width, height, guidance, model, method, upscale, strengths, memory):
         return estimate_markdown(ctx.models, width, height, guidance, model, method, progressive=True,
                                  upscale=upscale, strengths=strengths, memory_limit=ctx.settings.memory_limit,
                                  memory=memory)
 
-    button.click(run, [*form.inputs(), upscale, strengths, skip, memory, ctx.history],
+    button.click(run, [*form.inputs(), upscale, strengths, skip, memory, ntk, proportional, ctx.history],
                  [*area.outputs(), ctx.history, ctx.gallery], api_name="highres", concurrency_id="denoise",
                  concurrency_limit=1)
     preflight = {"inputs": [*form.estimate_inputs(), upscale, strengths, memory], "outputs": form.preflight,

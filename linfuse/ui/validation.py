@@ -131,10 +131,14 @@ def parse_strengths(text) -> tuple[float, ...] | None:
     return values  # their range and count are checked where the stages are planned (plan_stages)
 
 
-def check_highres(upscale, strengths, skip_residual, memory: str = "auto") -> HighResOptions:
-    """The options, checked by :meth:`HighResOptions.validate` (strengths by the stage plan)."""
+def check_highres(upscale, strengths, skip_residual, memory: str = "auto", ntk_factor=1.0,
+                  proportional_attention: bool = False) -> HighResOptions:
+    """The options, checked by :meth:`HighResOptions.validate` (strengths by the stage plan; NTK and proportional
+    attention against the model by the job)."""
     return HighResOptions(upscale=upscale, strengths=parse_strengths(strengths),
-                          skip_residual=as_float("skip_residual", skip_residual), memory=memory).validate()
+                          skip_residual=as_float("skip_residual", skip_residual), memory=memory,
+                          ntk_factor=as_float("ntk_factor", ntk_factor),
+                          proportional_attention=bool(proportional_attention)).validate()
 
 
 def people_message(exc: BaseException) -> str:
