@@ -45,16 +45,19 @@ def band_bounds(height: int, parts: int, align: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _gather_rows(local: torch.Tensor, group=None) -> list[torch.Tensor]:
-    """Every rank's tensor, padded along dim 2 to the largest for all_gather, trimmed back."""
-    world = dist.get_world_size(group)
+def gather_along(local: torch.Tensor, dim: int) -> torch.Tensor:
+    """Every rank's tensor joined along ``dim`` in rank order (sizes along ``dim`` may differ: padded to the
+    largest for all_gather, trimmed back)."""
+    world = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([local.shape[2]], dtype=torch.int64), group=group)
+    dist.all_gather(sizes, torch.tensor([local.shape[dim]], dtype=torch.int64))
     largest = int(max(s.item() for s in sizes))
-    padded = F.pad(local, (0, 0, 0, largest - local.shape[2])).contiguous()
+    pad = list(local.shape)
+    pad[dim] = largest - local.shape[dim]
+    padded = torch.cat([local, local.new_zeros(pad)], dim=dim).contiguous()
     gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded, group=group)
-    return [g[:, :, :int(s.item())] for g, s in zip(gathered, sizes, strict=True)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g.narrow(dim, 0, int(s.item())) for g, s in zip(gathered, sizes, strict=True)], dim=dim)
 
 
 def _halo(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -162,7 +165,7 @@ def patch_parallel(pipe):
 
     def gather(module, args, kwargs, output):
         first = output[0] if isinstance(output, tuple) else output.sample
-        full = torch.cat(_gather_rows(first.contiguous()), dim=2)
+        full = gather_along(first.contiguous(), 2)
         if isinstance(output, tuple):
             return (full, *output[1:])
         output.sample = full

@@ -26,22 +26,9 @@ from ..errors import InvalidArgumentError
 from ..kernels import local_attention
 from ..linearize.clear import ClearAttnProcessor
 from ..linearize.grid import raster_grid
+from .patch_parallel import gather_along
 
 KEY_CHUNK = 8192  # image keys per step of the text queries' running softmax
-
-
-def gather_along(local: torch.Tensor, dim: int) -> torch.Tensor:
-    """Every rank's tensor joined along ``dim`` in rank order (sizes along ``dim`` may differ)."""
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([local.shape[dim]], dtype=torch.int64))
-    largest = int(max(s.item() for s in sizes))
-    pad = list(local.shape)
-    pad[dim] = largest - local.shape[dim]
-    padded = torch.cat([local, local.new_zeros(pad)], dim=dim).contiguous()
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g.narrow(dim, 0, int(s.item())) for g, s in zip(gathered, sizes, strict=True)], dim=dim)
 
 
 def row_halo(tokens: torch.Tensor, width: int, rows: int) -> tuple[torch.Tensor, int, int]:
