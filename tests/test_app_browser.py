@@ -8,6 +8,7 @@ either is a failure, not a skip. ``LINFUSE_CHROMIUM`` names another Chromium bin
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import app_server
 import pytest
@@ -46,6 +47,22 @@ def sync_playwright():
     return start()
 
 
+@contextmanager
+def app_page(url: str):
+    """A page of the app in headless Chromium (the system's), closed after the block."""
+    executable = chromium_path()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def saving_for_readme() -> bool:
     return os.environ.get("LINFUSE_SAVE_SCREENSHOT") == "1"
 
@@ -55,31 +72,22 @@ def screenshot_path(tmp_path):
 
 
 def test_type_prompt_click_generate_see_image(app_url, tmp_path):
-    executable = chromium_path()
     shot = screenshot_path(tmp_path)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(app_url)
-            page.locator("#generate-prompt textarea").fill("dog face on a yellow background")
-            page.locator("#generate-steps input").fill("25" if saving_for_readme() else "4")  # 4: fast
-            page.locator("#generate-seed input").fill("3")
-            page.wait_for_function("() => document.querySelector('#generate-preflight')?.innerText.includes('MiB')")
-            page.locator("#generate-button").click()
-            page.wait_for_function(IMAGE_LOADED)
-            natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
-            page.locator("#gallery img").first.wait_for()
-            page.screenshot(path=str(shot), full_page=True)
-            shown = []
-            for tab, button in NEW_TABS:  # the other tabs render with their forms
-                page.get_by_role("tab", name=tab, exact=True).click()
-                page.locator(button).wait_for(state="visible")
-                shown.append(tab)
-        finally:
-            browser.close()
+    with app_page(app_url) as page:
+        page.locator("#generate-prompt textarea").fill("dog face on a yellow background")
+        page.locator("#generate-steps input").fill("25" if saving_for_readme() else "4")  # 4: fast
+        page.locator("#generate-seed input").fill("3")
+        page.wait_for_function("() => document.querySelector('#generate-preflight')?.innerText.includes('MiB')")
+        page.locator("#generate-button").click()
+        page.wait_for_function(IMAGE_LOADED)
+        natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
+        page.locator("#gallery img").first.wait_for()
+        page.screenshot(path=str(shot), full_page=True)
+        shown = []
+        for tab, button in NEW_TABS:  # the other tabs render with their forms
+            page.get_by_role("tab", name=tab, exact=True).click()
+            page.locator(button).wait_for(state="visible")
+            shown.append(tab)
     assert natural_width == 64
     assert shown == [tab for tab, _ in NEW_TABS]
     assert shot.exists() and shot.stat().st_size > 0
@@ -90,26 +98,18 @@ def test_type_prompt_click_generate_see_image(app_url, tmp_path):
 
 def test_pick_the_bundled_dit_and_generate(app_url):
     """The model radio's DiT student fills the model box; the image comes back at 128 px and names CLEAR."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(app_url)
-            page.locator("#generate-model-choice").get_by_label("bundled DiT student").check()
-            page.wait_for_function("() => document.querySelector('#generate-model textarea, #generate-model input')"
-                                   "?.value === 'dit-student'")
-            for side in ("#generate-width input", "#generate-height input"):
-                page.locator(side).fill("128")
-            page.locator("#generate-steps input").fill("4")
-            page.locator("#generate-button").click()
-            page.wait_for_function("() => (document.querySelector('#generate-parameters textarea')?.value ?? '')"
-                                   ".includes('dit-student')")
-            page.wait_for_function(IMAGE_LOADED)
-            natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
-            parameters = page.locator("#generate-parameters textarea").input_value()
-        finally:
-            browser.close()
+    with app_page(app_url) as page:
+        page.locator("#generate-model-choice").get_by_label("bundled DiT student").check()
+        page.wait_for_function("() => document.querySelector('#generate-model textarea, #generate-model input')"
+                               "?.value === 'dit-student'")
+        for side in ("#generate-width input", "#generate-height input"):
+            page.locator(side).fill("128")
+        page.locator("#generate-steps input").fill("4")
+        page.locator("#generate-button").click()
+        page.wait_for_function("() => (document.querySelector('#generate-parameters textarea')?.value ?? '')"
+                               ".includes('dit-student')")
+        page.wait_for_function(IMAGE_LOADED)
+        natural_width = page.locator("#generate-output img").evaluate("image => image.naturalWidth")
+        parameters = page.locator("#generate-parameters textarea").input_value()
     assert natural_width == 128
     assert "Linear attention: clear" in parameters and "Model: dit-student" in parameters

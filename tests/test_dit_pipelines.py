@@ -121,8 +121,6 @@ def test_lean_memory_mode_gives_the_same_dit_result(folders):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_img2img_takes_the_picture_size_rounded_to_the_family_multiple(folders, kind):
-    from PIL import Image
-
     from linfuse.pipelines.img2img import img2img
 
     pipe = load(folders[kind])
@@ -132,8 +130,6 @@ def test_img2img_takes_the_picture_size_rounded_to_the_family_multiple(folders, 
 
 
 def test_cli_generate_and_batch_take_a_dit_folder_and_record_clear(folders, tmp_path):
-    from PIL import Image
-
     from linfuse.cli import main
 
     out = tmp_path / "one.png"

@@ -134,10 +134,8 @@ def unpack_latents(pipe, latents, width: int, height: int):
     return FluxPipeline._unpack_latents(latents, height, width, pipe.vae_scale_factor)
 
 
-def max_side(transformer_config, vae_factor: int) -> int | None:
-    """The largest side a transformer's position embedding reaches (SD3 crops a fixed table), None: no limit."""
-    table = getattr(transformer_config, "pos_embed_max_size", None)
-    if isinstance(transformer_config, dict):
-        table = transformer_config.get("pos_embed_max_size")
-    patch = transformer_config["patch_size"] if isinstance(transformer_config, dict) else transformer_config.patch_size
-    return table * patch * vae_factor if table else None
+def max_side(transformer_config: dict, vae_factor: int) -> int | None:
+    """The largest side a transformer's position embedding reaches (SD3 crops a fixed table), None: no limit.
+    ``transformer_config``: its config as a mapping (a JSON config, or diffusers' FrozenDict)."""
+    table = transformer_config.get("pos_embed_max_size")
+    return table * transformer_config["patch_size"] * vae_factor if table else None

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError
 from ..linearize.dit import CLEAR_MODELS, window_attention_layers
+from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import processor_classes
 from .families import call_arguments, family, is_dit, size_multiple, text_length, unpack_latents
-from .lean import lean_mode
-from .lean.dit import dit_lean_mode
+from .lean import denoiser_lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
 from .preflight import (
@@ -132,7 +132,7 @@ def _depth_of(unet, name: str) -> int:
 
 
 def check_softmax(pipe, params: GenerationParams, options: HighResOptions, batch: int) -> None:
-    layers = softmax_layers(denoiser_of(pipe))
+    layers = softmax_layers(resolve_denoiser(pipe))
     pixels = params.width * params.height
     if layers and pixels > options.max_softmax_pixels:
         need = softmax_attention_bytes(pipe, params.width, params.height, batch)
@@ -171,12 +171,8 @@ def check_family_options(pipe, options: HighResOptions) -> None:
 def clear_processors(pipe) -> list:
     from ..linearize.clear import ClearAttnProcessor
 
-    return [m.processor for m in denoiser_of(pipe).modules() if isinstance(getattr(m, "processor", None),
+    return [m.processor for m in resolve_denoiser(pipe).modules() if isinstance(getattr(m, "processor", None),
                                                                           ClearAttnProcessor)]
-
-
-def denoiser_of(pipe):
-    return pipe.transformer if is_dit(pipe) else pipe.unet
 
 
 def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):
@@ -339,14 +335,10 @@ def stage_mode(pipe, stage: Stage, options: HighResOptions, native: tuple[int, i
     """How the denoiser runs one stage: in its lean setting (the preflight's choice); a DiT above its native size
     with NTK-scaled RoPE and CLEAR's proportional attention (softmax scale for the native token count) when the
     options ask."""
-    if not is_dit(pipe):
-        with lean_mode(pipe.unet, stage.lean):
-            yield
-        return
     above = stage.width * stage.height > native[0] * native[1]
     with ExitStack() as stack:
-        stack.enter_context(dit_lean_mode(pipe.transformer, stage.lean))
-        if above and options.ntk_factor != 1:
+        stack.enter_context(denoiser_lean_mode(pipe, stage.lean))
+        if above and options.ntk_factor != 1:  # FLUX only (check_family_options)
             stack.enter_context(ntk_scaled_rope(pipe.transformer, options.ntk_factor))
         if options.proportional_attention:
             stack.enter_context(proportional_attention(pipe, native))

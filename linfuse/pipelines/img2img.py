@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidArgumentError
+from ..linearize.layers import resolve_denoiser
 from .families import call_arguments, native_size, size_multiple, unpack_latents
 from .highres import HighResOptions, check_family_options, check_softmax, image_to_image, stage_mode, to_pil
 from .parameters import GenerationParams
 from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
-from .preflight import InsufficientMemoryError, denoiser_of, estimate_memory
+from .preflight import InsufficientMemoryError, estimate_memory
 from .tiled_vae import tiled_decode, tiled_encode
 
 
@@ -74,7 +75,7 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
                                       f"{estimate.describe()}; use a smaller size or free memory")
     tiling = {"tile": options.vae_tile, "overlap": options.vae_overlap}
     pixels = to_pixels(image, params.width, params.height).to(pipe.vae.device, pipe.vae.dtype)
-    denoiser = denoiser_of(pipe)
+    denoiser = resolve_denoiser(pipe)
     latents = tiled_encode(pipe.vae, pixels, **tiling).to(denoiser.device, denoiser.dtype)
     refine = image_to_image(pipe, desc="img2img")
     generator = torch.Generator("cpu").manual_seed(params.seed)

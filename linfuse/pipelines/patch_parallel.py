@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..kernels import linear_attention_readout, linear_attention_state
 from ..linearize.registry import processor_classes
+from .families import is_dit
 
 SUPPORTED_METHODS = ("linfusion", "sana")  # the built-in ones with a chunk form and no local term (for messages)
 
@@ -32,10 +33,10 @@ SUPPORTED_METHODS = ("linfusion", "sana")  # the built-in ones with a chunk form
 def band_bounds(height: int, parts: int, align: int) -> list[tuple[int, int]]:
     """[start, end) rows of ``parts`` bands of ``height`` rows, each a multiple of ``align``, sizes within ``align``."""
     if height % align:
-        raise InvalidArgumentError(f"latent height {height} must be a multiple of {align} to split into bands")
+        raise InvalidArgumentError(f"a grid of {height} rows must be a multiple of {align} to split into bands")
     units = height // align
     if units < parts:
-        raise InvalidArgumentError(f"latent height {height} gives {units} bands of {align} rows, fewer than the "
+        raise InvalidArgumentError(f"a grid of {height} rows gives {units} bands of {align} rows, fewer than the "
                                    f"{parts} processes; use a larger image or fewer processes")
     sizes = [units // parts + (1 if r < units % parts else 0) for r in range(parts)]
     bounds, start = [], 0
@@ -60,16 +61,23 @@ def gather_along(local: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([g.narrow(dim, 0, int(s.item())) for g, s in zip(gathered, sizes, strict=True)], dim=dim)
 
 
-def _halo(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """x with ``rows`` rows of the neighbouring bands above and below (zeros at the image border)."""
+def neighbour_rows(x: torch.Tensor, rows: int, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The last ``rows`` entries along ``dim`` of the rank above and the first of the rank below (None at the
+    image's top and bottom): one all_gather of every rank's two edges."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    edges = torch.cat([x[:, :, :rows], x[:, :, -rows:]], dim=2).contiguous()
+    edges = torch.cat([x.narrow(dim, 0, rows), x.narrow(dim, x.shape[dim] - rows, rows)], dim=dim).contiguous()
     gathered = [torch.empty_like(edges) for _ in range(world)]
     dist.all_gather(gathered, edges)
+    above = gathered[rank - 1].narrow(dim, rows, rows) if rank > 0 else None
+    below = gathered[rank + 1].narrow(dim, 0, rows) if rank + 1 < world else None
+    return above, below
+
+
+def _halo(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with ``rows`` rows of the neighbouring bands above and below (zeros at the image border)."""
+    above, below = neighbour_rows(x, rows, 2)
     zeros = torch.zeros_like(x[:, :, :rows])
-    above = gathered[rank - 1][:, :, rows:] if rank > 0 else zeros
-    below = gathered[rank + 1][:, :, :rows] if rank + 1 < world else zeros
-    return torch.cat([above, x, below], dim=2)
+    return torch.cat([zeros if above is None else above, x, zeros if below is None else below], dim=2)
 
 
 def _conv_forward(conv: nn.Conv2d):
@@ -140,7 +148,7 @@ def patch_parallel(pipe):
     if not dist.is_available() or not dist.is_initialized():
         raise InvalidArgumentError("patch_parallel needs torch.distributed initialised: launch with torchrun (or "
                                    "accelerate launch) and call torch.distributed.init_process_group first")
-    if getattr(pipe, "unet", None) is None:
+    if is_dit(pipe):
         yield from _flux_patch_parallel(pipe)
         return
     unet = pipe.unet

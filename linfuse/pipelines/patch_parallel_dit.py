@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError
 from ..kernels import local_attention
 from ..linearize.clear import ClearAttnProcessor
 from ..linearize.grid import raster_grid
-from .patch_parallel import gather_along
+from .patch_parallel import band_bounds, gather_along, neighbour_rows
 
 KEY_CHUNK = 8192  # image keys per step of the text queries' running softmax
 
@@ -34,21 +34,11 @@ KEY_CHUNK = 8192  # image keys per step of the text queries' running softmax
 def row_halo(tokens: torch.Tensor, width: int, rows: int) -> tuple[torch.Tensor, int, int]:
     """(B, band·W, …) image tokens with ``rows`` rows of the neighbouring bands above and below (none at the image
     border); returns them and how many rows were added above and below."""
-    rank, world = dist.get_rank(), dist.get_world_size()
     if rows == 0:
         return tokens, 0, 0
-    span = rows * width
-    edges = torch.cat([tokens[:, :span], tokens[:, -span:]], dim=1).contiguous()
-    gathered = [torch.empty_like(edges) for _ in range(world)]
-    dist.all_gather(gathered, edges)
-    parts, above, below = [tokens], 0, 0
-    if rank > 0:
-        parts.insert(0, gathered[rank - 1][:, span:])
-        above = rows
-    if rank + 1 < world:
-        parts.append(gathered[rank + 1][:, :span])
-        below = rows
-    return torch.cat(parts, dim=1), above, below
+    above, below = neighbour_rows(tokens, rows * width, 1)
+    parts = [part for part in (above, tokens, below) if part is not None]
+    return torch.cat(parts, dim=1), 0 if above is None else rows, 0 if below is None else rows
 
 
 def text_query_attention(q: torch.Tensor, keys: list[tuple[torch.Tensor, torch.Tensor]], scale: float) -> torch.Tensor:
@@ -97,15 +87,17 @@ def window_attention_forward(processor, band: BandState):
                                        f"{band.end - band.start}×{band.width}: call the whole transformer")
         scale = processor.softmax_scale(q.shape[-1], text + band.height * band.width)
         image_k, image_v = k[:, text:], v[:, text:]
-        wide_k, above, below = row_halo(image_k, width, halo_rows)
-        wide_v, _, _ = row_halo(image_v, width, halo_rows)
+        dim = k.shape[-1]
+        wide_kv, above, below = row_halo(torch.cat([image_k, image_v], -1), width, halo_rows)  # one exchange
+        wide_k, wide_v = wide_kv[..., :dim], wide_kv[..., dim:]
         zeros = q.new_zeros(q.shape[0], (above + below) * width, *q.shape[2:])
         wide_q = torch.cat([q[:, :text], zeros[:, :above * width], q[:, text:], zeros[:, above * width:]], 1)
         wide_k, wide_v = torch.cat([k[:, :text], wide_k], 1), torch.cat([v[:, :text], wide_v], 1)
         pooled = 0
         if processor.pool:
-            pooled_k = gather_along(processor.pool_tokens(image_k, grid), 1)
-            pooled_v = gather_along(processor.pool_tokens(image_v, grid), 1)
+            pooled_kv = gather_along(torch.cat([processor.pool_tokens(image_k, grid),
+                                                processor.pool_tokens(image_v, grid)], -1), 1)
+            pooled_k, pooled_v = pooled_kv[..., :dim], pooled_kv[..., dim:]
             pooled = pooled_k.shape[1]
             wide_q = torch.cat([wide_q[:, :text], q.new_zeros(pooled_k.shape), wide_q[:, text:]], 1)
             wide_k = torch.cat([wide_k[:, :text], pooled_k, wide_k[:, text:]], 1)
@@ -124,21 +116,16 @@ def window_attention_forward(processor, band: BandState):
 
 
 def flux_bands(height: int, parts: int, align: int, min_rows: int) -> list[tuple[int, int]]:
-    """[start, end) token rows of ``parts`` bands: multiples of ``align`` (the pool factor) but for the last, which
-    also takes the rows no whole pooling block covers; each at least ``min_rows`` (the halo) and 1."""
-    whole = height - height % align
-    units = whole // align
-    if units < parts:
-        raise InvalidArgumentError(f"the {height}-row token grid gives {units} bands of {align} rows, fewer than "
-                                   f"the {parts} processes; use a larger image or fewer processes")
-    sizes = [(units // parts + (1 if r < units % parts else 0)) * align for r in range(parts)]
-    sizes[-1] += height - whole
-    if min(sizes) < max(min_rows, 1):
-        raise InvalidArgumentError(f"the {height}-row token grid split {parts} ways gives bands of {min(sizes)} "
+    """[start, end) token rows of ``parts`` bands: :func:`band_bounds` over the rows whole pooling blocks of
+    ``align`` cover, the last band taking the rest too; each at least ``min_rows`` (the halo) and 1."""
+    bounds = band_bounds(height - height % align, parts, align)
+    bounds[-1] = (bounds[-1][0], height)
+    thinnest = min(end - start for start, end in bounds)
+    if thinnest < max(min_rows, 1):
+        raise InvalidArgumentError(f"the {height}-row token grid split {parts} ways gives bands of {thinnest} "
                                    f"rows, fewer than the {min_rows} halo rows the window radius needs; use a "
                                    "larger image or fewer processes")
-    starts = [sum(sizes[:r]) for r in range(parts)]
-    return [(s, s + n) for s, n in zip(starts, sizes, strict=True)]
+    return bounds
 
 
 def check_flux_transformer(transformer) -> list:

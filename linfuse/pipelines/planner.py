@@ -164,8 +164,8 @@ def _token_count(source: str, folder: str = "tokenizer", default: int = 77) -> i
 
 def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
     """(UNet or transformer, VAE, text encoders) on the meta device in ``dtype``; the denoiser converted by
-    ``method``. A VAE whose
-    config asks for float32 (``force_upcast``, SDXL) is kept in float32 for half dtypes, as its pipeline runs it."""
+    ``method``. A VAE whose config asks for float32 (``force_upcast``, SDXL) is kept in float32 for half dtypes, as
+    its pipeline runs it."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -175,16 +175,16 @@ def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
     with torch.device("meta"), _quiet_diffusers():
         if configs.transformer is not None:
             denoiser_class = getattr(diffusers, configs.transformer["_class_name"])
-            unet = denoiser_class.from_config(configs.transformer).eval()
+            denoiser = denoiser_class.from_config(configs.transformer).eval()
         else:
-            unet = UNet2DConditionModel.from_config(configs.unet).eval()
+            denoiser = UNet2DConditionModel.from_config(configs.unet).eval()
         if method is not None:
-            linearize(unet, method=method)
-        unet = unet.to(dtype)
+            linearize(denoiser, method=method)
+        denoiser = denoiser.to(dtype)
         vae_dtype = torch.float32 if configs.vae.get("force_upcast") and dtype != torch.float32 else dtype
         vae = AutoencoderKL.from_config(configs.vae).eval().to(vae_dtype)
         encoders = [_text_encoder(config).to(dtype) for config in configs.text_encoders]
-    return unet.requires_grad_(False), vae.requires_grad_(False), encoders
+    return denoiser.requires_grad_(False), vae.requires_grad_(False), encoders
 
 
 def _text_encoder(config):
@@ -275,16 +275,16 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         method = default_method(configs.family)
     factor = 2 ** (len(configs.vae["block_out_channels"]) - 1)
     check_dit_size(configs, factor, width, height)
-    unet, vae, encoders = meta_models(configs, DTYPES[dtype], method)
+    denoiser, vae, encoders = meta_models(configs, DTYPES[dtype], method)
     if configs.transformer is not None:
-        memory_model = DiTMemoryModel(transformer=unet, vae=vae, family=configs.family, vae_factor=factor,
+        memory_model = DiTMemoryModel(transformer=denoiser, vae=vae, family=configs.family, vae_factor=factor,
                                       text_tokens=configs.tokenizer_max_length, device_type=device)
     else:
-        memory_model = MemoryModel(unet=unet, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
+        memory_model = MemoryModel(unet=denoiser, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
                                    device_type=device)
-    weights = model_bytes(unet, vae, *encoders)
-    native = configs.native_size or unet.config.sample_size * factor
-    multiple = dit_size_rule(configs, factor)[0] if configs.transformer is not None else 8
+    weights = model_bytes(denoiser, vae, *encoders)
+    native = configs.native_size or denoiser.config.sample_size * factor
+    multiple = size_rule(configs, factor)[0]
     guided = guidance > 1.0
     device_room = max(0, memory - weights / SAFETY)  # what the stages may use, the weights resident
 
@@ -303,9 +303,11 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
                    host_memory, largest)
 
 
-def dit_size_rule(configs: ModelConfigs, factor: int) -> tuple[int, int]:
-    """(multiple, largest side) of a DiT's sizes: its patch (FLUX: the 2×2 packing) times the VAE factor, and its
-    position table's reach (SD3) or MAX_SIDE."""
+def size_rule(configs: ModelConfigs, factor: int) -> tuple[int, int]:
+    """(multiple, largest side) of a model's sizes: a UNet's 8 and MAX_SIDE; a DiT's patch (FLUX: the 2×2
+    packing) times the VAE factor, and its position table's reach (SD3) or MAX_SIDE."""
+    if configs.transformer is None:
+        return 8, MAX_SIDE
     multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
     return multiple, max_side(configs.transformer, factor) or MAX_SIDE
 
@@ -314,7 +316,7 @@ def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) 
     """A DiT's sides must be multiples of its patch (FLUX: its 2×2 packing) and within its position table."""
     if configs.transformer is None:
         return
-    multiple, limit = dit_size_rule(configs, factor)
+    multiple, limit = size_rule(configs, factor)
     for name, side in (("width", width), ("height", height)):
         if side % multiple or side > limit:
             raise InvalidArgumentError(f"size: the {name} must be a multiple of {multiple}"
@@ -324,11 +326,8 @@ def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) 
 def search_sizes(configs: ModelConfigs, factor: int, width: int, height: int) -> list[tuple[int, int]]:
     """Sizes of W:H the search for the largest fit tries: every candidate up to MAX_SIDE (a DiT: within its
     position table, in multiples of its patch)."""
-    sizes = candidate_sizes(*_top_size(width, height))
-    if configs.transformer is None:
-        return sizes
-    multiple, limit = dit_size_rule(configs, factor)
-    return [(w, h) for w, h in sizes if not w % multiple and not h % multiple and max(w, h) <= limit]
+    multiple, limit = size_rule(configs, factor)
+    return [size for size in candidate_sizes(*_top_size(width, height), multiple) if max(size) <= limit]
 
 
 def _top_size(width: int, height: int) -> tuple[int, int]:

@@ -25,13 +25,14 @@ path, so the host memory of parked skips and the largest tensor are counted, not
 import threading
 import weakref
 from dataclasses import dataclass, field
-from math import gcd
+from math import gcd, lcm
 
 import torch
 
 from ..errors import InvalidArgumentError, LinfuseError
+from ..linearize.layers import resolve_denoiser
 from ..linearize.twin import meta_twin
-from .families import size_multiple
+from .families import is_dit, size_multiple
 from .lean import LeanSettings, lean_mode
 from .memory_trace import trace
 from .plan import Stage, default_strengths, plan_stages
@@ -278,7 +279,7 @@ def memory_model_for(pipe) -> MemoryModel:
     """A pipeline's MemoryModel (a DiT's: :class:`~.dit_memory.DiTMemoryModel`), built once and rebuilt when its
     denoiser's dtype, device or processors (their classes and options) change; what the pipelines, the UI and the
     CLI estimate with."""
-    denoiser = denoiser_of(pipe)
+    denoiser = resolve_denoiser(pipe)
     processors = tuple((type(m).__name__, repr(m.layer_config()) if hasattr(m, "layer_config") else "")
                        for m in denoiser.attn_processors.values())
     signature = (denoiser.dtype, denoiser.device.type, processors)
@@ -289,13 +290,8 @@ def memory_model_for(pipe) -> MemoryModel:
         return cached[1]
 
 
-def denoiser_of(pipe):
-    """The pipeline's UNet, or its transformer."""
-    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-
-
 def _memory_model(pipe) -> MemoryModel:
-    if getattr(pipe, "unet", None) is not None:
+    if not is_dit(pipe):
         return MemoryModel(pipe)
     from .dit_memory import DiTMemoryModel
 
@@ -337,7 +333,7 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
     if limit is not None:
         free_device, free_host = limit, limit
     else:
-        free_device, free_host = free_memory(denoiser_of(pipe).device if pipe is not None
+        free_device, free_host = free_memory(resolve_denoiser(pipe).device if pipe is not None
                                              else torch.device(model.device_type))
     if host_limit is not None:
         free_host = host_limit
@@ -348,8 +344,9 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
 
 
 def candidate_sizes(width: int, height: int, multiple: int = 8) -> list[tuple[int, int]]:
-    """Sizes up to W×H, multiples of ``multiple``, small to large: of exactly W:H when that leaves at least 8 sizes
-    to choose from, else of W:H to within a rounding to ``multiple`` pixels."""
+    """Sizes up to W×H, multiples of 8 and of ``multiple`` (the model's), small to large: of exactly W:H when that
+    leaves at least 8 sizes to choose from, else of W:H to within that rounding."""
+    multiple = lcm(8, multiple)  # every planned size is a multiple of 8 (plan_stages)
     divisor = gcd(width, height)
     unit_w, unit_h = width // divisor, height // divisor
     exact = [(m * unit_w, m * unit_h) for m in range(1, divisor + 1)

@@ -29,8 +29,7 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
     display); by default none is passed. ``memory``: how the UNet runs (:mod:`.lean`): "plain", "lean", or "auto"
     (the memory preflight picks: plain when it fits, else the cheapest lean setting that does).
     """
-    from .lean import lean_mode
-    from .lean.dit import dit_lean_mode
+    from .lean import denoiser_lean_mode
 
     params.validate(multiple_of=size_multiple(pipe))
     settings = unet_mode(pipe, params, memory)
@@ -40,7 +39,7 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
         from .preflight import mode_name
 
         tqdm.write(f"memory: {params.width}x{params.height} {mode_name(settings)}")
-    with dit_lean_mode(pipe.transformer, settings) if is_dit(pipe) else lean_mode(pipe.unet, settings):
+    with denoiser_lean_mode(pipe, settings):
         return _run(pipe, params, progress, callback_on_step_end)
 
 

@@ -13,9 +13,10 @@ from ..errors import InvalidArgumentError, LinfuseError
 from ..fileio import looks_like_hub_id
 from ..linearize import method_names
 from ..pipelines import GenerationParams, HighResOptions
+from ..pipelines.loading import BUNDLED_MODELS
 from ..pipelines.parameters import check_side
 
-BUNDLED = ("student", "teacher", "dit-student", "dit-teacher")
+BUNDLED = tuple(BUNDLED_MODELS)  # the names load_pipeline knows
 SPECIAL_METHODS = ("auto", "none")
 
 

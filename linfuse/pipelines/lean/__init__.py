@@ -92,6 +92,18 @@ def lean_mode(unet, settings: LeanSettings | None):
     return installed_mode(unet, settings, enable_lean, disable_lean, lean_settings_of)
 
 
+def denoiser_lean_mode(pipe, settings):
+    """A pipeline's denoiser in its lean mode for the block: :func:`lean_mode` on a UNet, the DiT lean mode
+    (:func:`.dit.dit_lean_mode`) on a transformer; ``settings`` None: the plain forwards."""
+    from ..families import is_dit
+
+    if is_dit(pipe):
+        from .dit import dit_lean_mode
+
+        return dit_lean_mode(pipe.transformer, settings)
+    return lean_mode(pipe.unet, settings)
+
+
 @contextmanager
 def installed_mode(model, settings, enable, disable, settings_of):
     """``enable(model, settings)`` (``disable(model)`` for None) for the block; then what ``settings_of`` said
@@ -110,4 +122,4 @@ def installed_mode(model, settings, enable, disable, settings_of):
             enable(model, before)
 
 
-__all__ = ["LeanSettings", "disable_lean", "enable_lean", "lean_mode", "lean_settings_of"]
+__all__ = ["LeanSettings", "denoiser_lean_mode", "disable_lean", "enable_lean", "lean_mode", "lean_settings_of"]
