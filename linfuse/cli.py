@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_batch import add_batch_command
+from .cli_checks import check_environment, check_output_file
 from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
 from .cli_companions import add_companion_commands
 from .cli_estimate import add_estimate_command
@@ -39,6 +40,7 @@ def run_generate(args) -> int:
     from .pipelines import describe_run, native_size, save_png
 
     params = default_params(args, args.prompt)  # before loading anything: a bad argument costs no model load
+    check_output_file(args.out)
     method, weights = resolve_method(args)
     pipe = load_model(args, method, weights)
     if not args.size:
@@ -91,15 +93,22 @@ def _print_offline_models() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 refused input (one line on stderr, nothing written), 130 interrupted
+    (Ctrl-C: one line, no traceback; atomic writes leave no partial file); ``estimate`` uses 1 for a job that does
+    not fit."""
     from .notices import quiet_third_party_notices
 
-    args = build_parser().parse_args(argv)
-    quiet_third_party_notices()
     try:
+        args = build_parser().parse_args(argv)
+        quiet_third_party_notices()
+        check_environment()  # a bad LINFUSE_* value is named as such, before any command starts
         return args.run(args)
     except LinfuseError as exc:
         print(f"linfuse: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("linfuse: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``linfuse batch PROMPTS.(txt|jsonl) --out DIR``: many images, resumable; under ``accelerate launch -m linfuse
 batch …`` the prompts are split across the processes."""
 
+from .cli_checks import check_output_folder
 from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
 
 
@@ -21,6 +22,7 @@ def run_batch_command(args) -> int:
     if not args.size:
         defaults.width = defaults.height = 0  # the model's native size, filled in after loading
     jobs = read_jobs(args.prompts, defaults)  # every line checked before the model loads
+    check_output_folder(args.out)
     method, weights = resolve_method(args)
     pipe = load_model(args, method, weights)
     native_width, native_height = native_size(pipe)

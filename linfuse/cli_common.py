@@ -1,13 +1,15 @@
 """What the generating commands (generate, batch) share: model arguments, and loading the model they name."""
 
-import os
 import sys
+
+from .cli_checks import environment_model
+from .errors import InvalidArgumentError
 
 BUNDLED_GUIDANCE = 5.0
 
 
 def add_model_arguments(parser) -> None:
-    parser.add_argument("--model", default=os.environ.get("LINFUSE_MODEL"),
+    parser.add_argument("--model", default=None,
                         help="pipeline directory, Hub id, or student/teacher (UNet) / dit-student/dit-teacher "
                              "(FLUX-style) for the bundled emoji models (default: $LINFUSE_MODEL, else the bundled "
                              "student)")
@@ -47,6 +49,7 @@ def default_params(args, prompt: str = ""):
     from .pipelines import GenerationParams, parse_size
     from .pipelines.loading import is_bundled
 
+    take_model_from_environment(args)
     bundled = is_bundled(args.model)
     guidance = args.guidance if args.guidance is not None else (BUNDLED_GUIDANCE if bundled else 7.5)
     params = GenerationParams(prompt=prompt, negative_prompt=args.negative, steps=args.steps, guidance=guidance,
@@ -66,28 +69,74 @@ def highres_options(args):
                           proportional_attention=args.proportional_attention)
 
 
+def take_model_from_environment(args) -> None:
+    """--model defaults to $LINFUSE_MODEL; ``args.model_source`` remembers which of the two named the model."""
+    if getattr(args, "model_source", None):
+        return
+    args.model_source = "--model"
+    if args.model is None and environment_model():
+        args.model, args.model_source = environment_model(), "$LINFUSE_MODEL"
+
+
 def resolve_method(args):
-    """(method or None, weights) from --method / --weights; an unknown method fails before any loading."""
+    """(method or None, weights) from --method / --weights, with everything that can be said about them before the
+    model loads: an unknown or misspelt model (named with where it came from), an unknown method, weights without a
+    conversion, and options of another family."""
     from .linearize import get_method
     from .pipelines.loading import auto_method, check_model_source, resolve_model, resolve_weights
 
-    check_model_source(resolve_model(args.model))  # a missing model is named before anything about weights
+    take_model_from_environment(args)
+    try:
+        check_model_source(resolve_model(args.model))  # a missing model is named before anything about weights
+    except InvalidArgumentError as exc:
+        if args.model_source == "--model":
+            raise
+        raise InvalidArgumentError(f"{args.model_source}: {exc}; fix or unset the environment variable, or pass "
+                                   "--model") from exc
+    explicit_method = args.method != "auto"
     if args.method == "auto":
         args.method = auto_method(args.model)
     if args.method != "none":
         get_method(args.method)
     method = None if args.method == "none" else args.method
+    if method is None and args.weights not in ("auto", "none"):
+        raise InvalidArgumentError(
+            f"--weights {args.weights} needs a conversion, but " + ("--method none keeps" if explicit_method else
+                                                                     f"{args.model} runs by default with")
+            + " softmax attention; drop --weights or pass a --method (e.g. linfusion)")
+    check_family_options(args, method)
     return method, (resolve_weights(args.weights, resolve_model(args.model)) if method else None)
 
 
+def check_family_options(args, method: str | None, model_family: str | None = None) -> None:
+    """--ntk-factor is FLUX's, --proportional-attention CLEAR's: refused for another model at every size. The family
+    comes from the pipeline (after loading) or the folder's model_index.json (before); unknown = not checked yet."""
+    from .pipelines.families import family_of_folder
+    from .pipelines.loading import resolve_model
+
+    model_family = model_family or family_of_folder(resolve_model(args.model))
+    name = args.model or "the bundled student"
+    if args.ntk_factor != 1 and model_family not in (None, "flux"):
+        raise InvalidArgumentError(f"--ntk-factor scales FLUX's RoPE; {name} is a {model_family} model without it: "
+                                   "drop --ntk-factor")
+    if args.proportional_attention and method != "clear":
+        raise InvalidArgumentError(f"--proportional-attention is an option of CLEAR attention; {name} runs "
+                                   f"{method or 'softmax'} attention: drop it, or pass --method clear for a FLUX, SD3 "
+                                   "or PixArt model")
+
+
 def load_model(args, method, weights):
+    from .notices import shorten_truncation_notices
     from .pipelines import load_pipeline
+    from .pipelines.families import family
     from .pipelines.loading import resolve_model
 
     pipe = load_pipeline(resolve_model(args.model), method=method, weights=weights, device=args.device,
                          dtype=args.dtype)
+    shorten_truncation_notices()
     if pipe.linfuse_report:
         print(pipe.linfuse_report, file=sys.stderr)
+    check_family_options(args, method, family(pipe))  # a Hub id's family is known only now
     return pipe
 
 

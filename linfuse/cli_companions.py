@@ -37,18 +37,8 @@ def add_img2img_command(commands) -> None:
     img2img.set_defaults(run=run_img2img)
 
 
-def _open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise InvalidArgumentError(f"image {path} does not exist")
-    try:
-        return Image.open(path).convert("RGB")
-    except UnidentifiedImageError as exc:
-        raise InvalidArgumentError(f"image {path} is not a picture PIL can read") from exc
-
-
 def run_upscale(args) -> int:
+    from .cli_checks import check_output_file, open_picture
     from .companions.sr import load_sr, upscale_image
     from .companions.sr.zoo import check_model
     from .fileio import atomic_write
@@ -56,31 +46,31 @@ def run_upscale(args) -> int:
     check_model(args.model, args.scale)
     if args.tile < 16:
         raise InvalidArgumentError(f"--tile must be >= 16; got {args.tile}")
-    image = _open_image(args.image)
+    out = check_output_file(args.out or Path(args.image).with_name(f"{Path(args.image).stem}-x{args.scale}.png"))
+    image = open_picture(args.image)
     model = load_sr(args.model, args.scale, path=args.weights, device=args.device)
     result = upscale_image(image, model, tile=args.tile, progress=True)
-    out = Path(args.out or Path(args.image).with_name(f"{Path(args.image).stem}-x{args.scale}.png"))
     atomic_write(out, lambda tmp: result.save(tmp, format="PNG"))
     print(f"wrote {out} ({result.width}x{result.height}, {args.model} ×{args.scale})")
     return 0
 
 
 def run_img2img(args) -> int:
-    from .cli_common import default_params, load_model, resolve_method
+    from .cli_checks import check_output_file, open_picture
+    from .cli_common import default_params, highres_options, load_model, resolve_method
     from .pipelines import describe_run, save_png
-    from .pipelines.highres import HighResOptions
     from .pipelines.img2img import check_steps, check_strength, img2img
 
     check_strength(args.strength)
     params = default_params(args, args.prompt)
     check_steps(params.steps, args.strength)  # before loading anything, as img2img would refuse them
-    image = _open_image(args.image)
+    check_output_file(args.out)
+    image = open_picture(args.image)
     method, weights = resolve_method(args)
     pipe = load_model(args, method, weights)
     describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
     size = (params.width, params.height) if args.size else None
-    result = img2img(pipe, image, params, strength=args.strength, size=size,
-                     options=HighResOptions(memory=args.memory_mode))
+    result = img2img(pipe, image, params, strength=args.strength, size=size, options=highres_options(args))
     path = save_png(result, args.out, params)
     print(f"wrote {path} ({result.width}x{result.height}, strength {args.strength:g})")
     return 0

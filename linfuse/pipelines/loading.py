@@ -57,21 +57,35 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
 
 
+def bundled_name(model) -> str | None:
+    """The BUNDLED_MODELS key ``model`` names: the key itself, or its folder's name as `linfuse info` prints it
+    (``linfuse-emoji-student``) when no such path exists here; None for anything else."""
+    if not isinstance(model, str):
+        return None
+    if model in BUNDLED_MODELS:
+        return model
+    by_folder = {path.name: name for name, path in BUNDLED_MODELS.items()}
+    return by_folder.get(model) if not Path(model).exists() else None
+
+
 def resolve_model(model):
-    """None -> the bundled student; "student"/"teacher" -> the bundled pipeline folders; anything else unchanged."""
+    """None -> the bundled student; "student"/"teacher" (or their folder names) -> the bundled pipeline folders;
+    anything else unchanged."""
     if model is None:
         model = DEFAULT_MODEL
-    if isinstance(model, str) and model in BUNDLED_MODELS:
-        path = BUNDLED_MODELS[model]
+    name = bundled_name(model)
+    if name is not None:
+        path = BUNDLED_MODELS[name]
         if not (path / "model_index.json").exists():
-            raise LinfuseError(f"the bundled {model} model is missing at {path}; reinstall from a full clone of "
+            raise LinfuseError(f"the bundled {name} model is missing at {path}; reinstall from a full clone of "
                                "linfuse (assets/ ships with the repository) or pass --model")
         return str(path)
     return model
 
 
 def is_bundled_teacher(model) -> bool:
-    return model is not None and str(model) in [*BUNDLED_TEACHERS, *(str(BUNDLED_MODELS[t]) for t in BUNDLED_TEACHERS)]
+    return model is not None and (bundled_name(str(model)) in BUNDLED_TEACHERS
+                                  or str(model) in [str(BUNDLED_MODELS[t]) for t in BUNDLED_TEACHERS])
 
 
 def auto_method(model) -> str:
@@ -86,7 +100,7 @@ def auto_method(model) -> str:
 
 def is_bundled(model) -> bool:
     """None (the default student) or a name or folder of BUNDLED_MODELS."""
-    return model is None or str(model) in [*BUNDLED_MODELS, *map(str, BUNDLED_MODELS.values())]
+    return model is None or bundled_name(str(model)) is not None or str(model) in map(str, BUNDLED_MODELS.values())
 
 
 def resolve_weights(weights, model_id: str):
@@ -152,15 +166,31 @@ def load_pipeline(model=None, *, method: str | None = "auto", weights="default",
 
 
 def check_model_source(model_id: str) -> None:
-    """A model must be an existing pipeline directory or look like a Hub id (owner/name)."""
+    """A model must be a pipeline folder (holding model_index.json) or look like a Hub id (owner/name)."""
     path = Path(model_id).expanduser()
-    if path.is_dir() or looks_like_hub_id(model_id):
+    what = "a diffusers pipeline folder (save_pretrained's model_index.json and component folders)"
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            return
+        if (path / "linear_attention.json").is_file():
+            raise InvalidArgumentError(f"model {model_id!r} is a linear-attention weights folder; pass it as "
+                                       "--weights and the pipeline it was made for as --model")
+        raise InvalidArgumentError(f"model {model_id!r} has no model_index.json; pass {what}, a Hub id like "
+                                   f"owner/name, or one of {', '.join(BUNDLED_MODELS)}")
+    if looks_like_hub_id(model_id):
         return
     if path.exists():
-        raise InvalidArgumentError(f"model {model_id!r} is a file; pass a diffusers pipeline directory (the folder "
-                                   "holding model_index.json) or a Hub id like owner/name")
-    raise InvalidArgumentError(f"model {model_id!r} does not exist; pass a diffusers pipeline directory (the folder "
-                               "holding model_index.json) or a Hub id like owner/name")
+        raise InvalidArgumentError(f"model {model_id!r} is a file; pass {what} or a Hub id like owner/name")
+    raise InvalidArgumentError(f"model {model_id!r} does not exist{_did_you_mean(model_id)}; pass {what}, a Hub id "
+                               f"like owner/name, or one of {', '.join(BUNDLED_MODELS)}")
+
+
+def _did_you_mean(model_id: str) -> str:
+    import difflib
+
+    names = [*BUNDLED_MODELS, *(path.name for path in BUNDLED_MODELS.values())]
+    close = difflib.get_close_matches(Path(model_id).name, names, n=1, cutoff=0.6)
+    return f" (did you mean {bundled_name(close[0])!r}?)" if close else ""
 
 
 def _from_pretrained(model_id: str, dtype: torch.dtype):
