@@ -117,8 +117,8 @@ def check_family_options(args, method: str | None, model_family: str | None = No
     model_family = model_family or family_of_folder(resolve_model(args.model))
     name = args.model or "the bundled student"
     if args.ntk_factor != 1 and model_family not in (None, "flux"):
-        raise InvalidArgumentError(f"--ntk-factor scales FLUX's RoPE; {name} is a {model_family} model without it: "
-                                   "drop --ntk-factor")
+        raise InvalidArgumentError(f"--ntk-factor scales FLUX's RoPE; {model_family} has none ({name}): drop "
+                                   "--ntk-factor")
     if args.proportional_attention and method != "clear":
         raise InvalidArgumentError(f"--proportional-attention is an option of CLEAR attention; {name} runs "
                                    f"{method or 'softmax'} attention: drop it, or pass --method clear for a FLUX, SD3 "

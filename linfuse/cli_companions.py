@@ -98,10 +98,20 @@ def add_train_sr_command(commands) -> None:
     train.set_defaults(run=run_train_sr)
 
 
+def _check_weights_out(args) -> None:
+    """A training command's --out, checked before any training step (its writes are safetensors files)."""
+    from .cli_checks import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out, suffixes=(".safetensors",))
+
+
 def run_train_sr(args) -> int:
     from .companions.sr.train import SRTrainConfig, train_sr
 
-    print(f"wrote {train_sr(_config_from(args, SRTrainConfig), out=args.out)}")
+    config = _config_from(args, SRTrainConfig)
+    _check_weights_out(args)
+    print(f"wrote {train_sr(config, out=args.out)}")
     return 0
 
 
@@ -118,6 +128,8 @@ def add_train_classifier_command(commands) -> None:
 def run_train_classifier(args) -> int:
     from .companions.classify.train import ClassifierTrainConfig, train_classifier
 
-    path, score = train_classifier(_config_from(args, ClassifierTrainConfig), out=args.out)
+    config = _config_from(args, ClassifierTrainConfig)
+    _check_weights_out(args)
+    path, score = train_classifier(config, out=args.out)
     print(f"wrote {path} (validation top-1 {score:.1%})")
     return 0

@@ -105,6 +105,20 @@ def test_a_bad_batch_output_folder_is_refused_before_loading(case, needle, pipel
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("argv, needle", [(["train-sr", "--out", "sr.pt"], "writes .safetensors files only"),
+                                          (["train-classifier", "--out", "notes.txt/c.safetensors"], "is a file"),
+                                          (["eval", "--out", "notes.txt"], "is a file, not a folder")])
+def test_training_and_eval_outputs_are_refused_before_work(argv, needle, tmp_path, monkeypatch, capsys, loads):
+    import linfuse.companions.classify.train as classify_train
+    import linfuse.companions.sr.train as sr_train
+
+    monkeypatch.setattr(sr_train, "train_sr", lambda *a, **k: loads.append("train-sr"))
+    monkeypatch.setattr(classify_train, "train_classifier", lambda *a, **k: loads.append("train-classifier"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    refused(argv, capsys, loads, "--out", needle)
+
+
 def test_a_good_output_path_gets_through_and_the_probe_leaves_nothing(pipeline_dir, picture, tmp_path, capsys, loads):
     out = tmp_path / "new" / "deeper" / "x.png"
     with pytest.raises(Loaded):

@@ -180,4 +180,4 @@ def test_cli_ntk_and_proportional_attention_reach_the_progressive_stages(folders
     sd3 = ["generate", "a cat", "--model", str(folders["sd3"]), "--weights", "none", "--steps", "10", "--size",
            f"{4 * NATIVE['sd3']}x{4 * NATIVE['sd3']}", "--ntk-factor", "10", "--out", str(tmp_path / "sd3.png")]
     assert main(sd3) == 2
-    assert "ntk_factor scales FLUX's RoPE; sd3 has none" in capsys.readouterr().err
+    assert "--ntk-factor scales FLUX's RoPE; sd3 has none" in capsys.readouterr().err  # before loading

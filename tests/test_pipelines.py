@@ -56,6 +56,9 @@ def test_load_pipeline_refuses_bad_arguments_before_loading(tmp_path):
         linfuse.load_pipeline(tmp_path, device="cpu", dtype="int8")
     with pytest.raises(InvalidArgumentError, match="model .*missing/dir. does not exist; pass a diffusers pipeline"):
         linfuse.load_pipeline(tmp_path / "missing" / "dir", device="cpu")
+    with pytest.raises(InvalidArgumentError, match="has no model_index.json; pass a diffusers pipeline folder"):
+        linfuse.load_pipeline(str(tmp_path), weights="auto", device="cpu")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     with pytest.raises(InvalidArgumentError, match="weights='auto' knows published weights only for"):
         linfuse.load_pipeline(str(tmp_path), weights="auto", device="cpu")
     if not torch.cuda.is_available():
