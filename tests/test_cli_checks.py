@@ -92,6 +92,25 @@ def test_a_bad_output_file_is_refused_before_loading(name, case, needle, pipelin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "notes.txt", "pictures"]
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only filesystem (a tmpfs mounted ro): root ignores permission bits, not a read-only mount."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root in a privileged container)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("name", ["generate", "img2img", "upscale"])
+def test_an_output_on_a_read_only_filesystem_is_refused_before_loading(name, read_only_folder, pipeline_dir, picture,
+                                                                      capsys, loads):
+    refused(command(name, pipeline_dir, picture, read_only_folder / "x.png"), capsys, loads, "--out",
+            f"cannot write in {read_only_folder} (Read-only file system)")
+
+
 @pytest.mark.parametrize("case, needle", [("a_file", "is a file, not a folder"),
                                           ("under_a_file", "is a file, so no folder can be made under it"),
                                           ("proc", "cannot write in /proc")])
