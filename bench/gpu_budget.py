@@ -95,7 +95,8 @@ def launches():
 
     def run(launch):
         name = launch.name + (" backward" if launch.meta.get("BACKWARD") else "")
-        seen.setdefault(name, {k: list(v) if isinstance(v, tuple) else v for k, v in launch.config.items()})
+        seen[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in launch.config.items()}  # the last: after
+        # any autotuning probes, the config the call ran with
         return original(launch)
 
     triton_utils.Launch.run = run

@@ -217,7 +217,7 @@ def configs(check: Check, budget: gpu_budget.Budget) -> dict:
     finally:
         autoconfig.use_alternative(0)
         autoconfig.clear_choices()
-    return {"all_ok": all(r["ok"] for r in rows) and bool(rows)}
+    return {"all_ok": all(r["ok"] for r in rows), "checked": len(rows)}
 
 
 def _shape(problem) -> str:

@@ -20,6 +20,10 @@ SMALL_UNET = {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32,
 # Time of one forward ∝ tokens^power: linear attention and convolutions grow with the tokens, SDPA's attention
 # (at large sizes) with their square. Per doubling of the side: ×4, ×16.
 TOKEN_POWER = {"linfusion": 1, "clear": 1, "sdpa": 2}
+# Seconds to build a section's models before any case runs (imports, random init, conversion, the copy to the
+# device): a section starts building only when that much is left. Full width on a GPU host; tiny configs on the CPU.
+BUILD_S = {"unet_sd15": {"cuda": 30.0, "cpu": 5.0}, "lean_16k": {"cuda": 15.0, "cpu": 3.0},
+           "flux_clear": {"cuda": 20.0, "cpu": 3.0}}
 LEAN_PARKING_FACTOR = 3  # the 16K call parks its skips over PCIe, which the warm-up at a small latent barely does
 
 
@@ -97,14 +101,14 @@ def _build_unet(check, method: str, dtype):
 
 
 def unet_sd15(check, budget: gpu_budget.Budget) -> dict:
-    from linfuse.linearize.twin import meta_twin
-
     latents = (8, 16) if check.dry_run else (128, 256, 512, 1024)
     dtype = torch.float32 if check.dry_run else torch.float16
     cap = gpu_budget.memory_cap(check.device)
-    if not budget.allows("building the UNets"):
+    if not budget.allows("building the UNets", BUILD_S["unet_sd15"][check.device]):
         return {}
     began = time.perf_counter()
+    from linfuse.linearize.twin import meta_twin
+
     unets = {method: _build_unet(check, method, dtype) for method in ("linfusion", "sdpa")}
     twins = {method: meta_twin(unet) for method, unet in unets.items()}
     setup = time.perf_counter() - began  # the first case's prediction: no forward was timed yet
@@ -112,14 +116,14 @@ def unet_sd15(check, budget: gpu_budget.Budget) -> dict:
     for latent in latents:
         for method, unet in unets.items():
             case = f"{method} latent {latent}²"
+            grown = gpu_budget.grown(previous.get(method), latent, 2 * TOKEN_POWER[method], calls(check))
+            if not budget.allows(case, grown if method in previous else setup / 2):
+                continue
             inputs = _unet_inputs(check, unet, latent)
             estimate = traced_call(twins[method], inputs)
             why = refusal(estimate, cap)
             if why:
                 budget.refuse(case, why)
-                continue
-            grown = gpu_budget.grown(previous.get(method), latent, 2 * TOKEN_POWER[method], calls(check))
-            if not budget.allows(case, grown if method in previous else setup / 2):
                 continue
             with torch.no_grad():
                 ms, _ = forward_ms(check, lambda unet=unet, inputs=inputs: unet(**inputs).sample)
@@ -152,13 +156,13 @@ def compiled_unet(check, budget: gpu_budget.Budget) -> dict:
 def lean_16k(check, budget: gpu_budget.Budget) -> dict:
     """The largest UNet call of a 16384² SD-1.5 job (latent 2048², batch 2: guidance), LinFusion, in the lean mode
     with skips parked in host memory, after a warm-up at a small latent; its measured peak against the trace."""
+    latent, warm, dtype = (16, 8, torch.float32) if check.dry_run else (2048, 256, torch.float16)
+    if not budget.allows("building the UNet", BUILD_S["lean_16k"][check.device]):
+        return {}
     from linfuse.linearize.twin import meta_twin
     from linfuse.pipelines.lean import LeanSettings, lean_mode
 
-    latent, warm, dtype = (16, 8, torch.float32) if check.dry_run else (2048, 256, torch.float16)
     settings = LeanSettings(park_skips=not check.dry_run)
-    if not budget.allows("building the UNet"):
-        return {}
     unet = _build_unet(check, "linfusion", dtype)
     inputs = _unet_inputs(check, unet, latent, batch=2)
     twin = meta_twin(unet)
@@ -229,7 +233,7 @@ def flux_clear(check, budget: gpu_budget.Budget) -> dict:
     import linfuse
 
     sides, text, dtype = ((128, 256), 8, torch.float32) if check.dry_run else ((1024, 2048, 4096), 512, torch.bfloat16)
-    if not budget.allows("building the transformer"):
+    if not budget.allows("building the transformer", BUILD_S["flux_clear"][check.device]):
         return {}
     began = time.perf_counter()
     transformer = build_flux(check, dtype)

@@ -67,7 +67,7 @@ def bench_linear(device: str, tokens: list[int], heads: int = 16, d: int = 64) -
 
 
 def local_block_mask(grid, radius: int, num_global: int, *, block: int = 128, window: str = "circle", device=None,
-                     rows_per_band: int = 1 << 20):
+                     band_elements: int = 1 << 26):
     """FlexAttention's BlockMask of :func:`linfuse.kernels.local_attention`'s visibility, built from the tiles
     themselves: one band of query blocks at a time against every key, so memory stays O(band · N), never N².
 
@@ -86,7 +86,7 @@ def local_block_mask(grid, radius: int, num_global: int, *, block: int = 128, wi
     text, valid = index < num_global, index < n
     some = torch.zeros(blocks, blocks, dtype=torch.bool, device=device)
     every = torch.zeros_like(some)
-    band = max(1, rows_per_band // (blocks * block * block))  # query blocks per band
+    band = max(1, band_elements // (blocks * block * block))  # query blocks per band
     for first in range(0, blocks, band):
         rows = slice(first * block, min(blocks, first + band) * block)
         seen = window_contains(ys[rows, None], xs[rows, None], ys[None], xs[None], radius=radius, window=window,

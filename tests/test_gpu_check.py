@@ -99,9 +99,9 @@ def test_a_twenty_second_budget_ends_within_thirty_seconds(tmp_path):
 def test_local_block_mask_matches_the_kernels_visibility(bench_modules):
     for grid, radius, window, text, block in (((9, 13), 3, "circle", 5, 16), ((12, 12), 2, "square", 32, 32)):
         n = text + grid[0] * grid[1]
-        mask, _ = bench_modules.kernels.local_block_mask(grid, radius, text, block=block, window=window,
-                                                         rows_per_band=block * block * 2)  # bands of 2 blocks
         blocks = -(-n // block)
+        mask, _ = bench_modules.kernels.local_block_mask(grid, radius, text, block=block, window=window,
+                                                         band_elements=2 * block * blocks * block)  # 2 per band
         dense = torch.zeros(blocks * block, blocks * block, dtype=torch.bool)
         dense[:n, :n] = local_attention_mask(grid, radius, window, text)
         tiles = dense.view(blocks, block, blocks, block)
@@ -156,3 +156,13 @@ def test_compiled_unet_section_runs_compile_rows_when_present(bench_modules, mon
     assert seen == {"device": "cpu", "dtype": torch.float32, "latents": [8, 16], "methods": ["linfusion", "sdpa"],
                     "left": 100.0, "tiny": True}
     assert len(budget.partial["rows"]) == 2 and budget.cut_short
+
+
+def test_sizes_the_preflight_refuses_are_named_with_the_reason(bench_modules):
+    refusal = bench_modules.models.refusal
+    # full-width SD-1.5 at a 1024² latent: the GEGLU holds 2.68e9 elements (the planner's trace, fp16, batch 1)
+    assert "2.68e+09 elements reaches 2^31" in refusal({"max_elements": 2_684_354_560, "device_bytes": 19 << 30},
+                                                       70 << 30)
+    assert "needs 80.0 GiB, above the cap of 70.0 GiB" in refusal({"max_elements": 1 << 30, "device_bytes": 80 << 30},
+                                                                  70 << 30)
+    assert refusal({"max_elements": (1 << 31) - 1, "device_bytes": 70 << 30}, 70 << 30) is None
