@@ -27,19 +27,22 @@ results.md are rewritten after every section; results.md opens with the three ta
 8. the FLUX.1-dev transformer (its config, random weights made in bf16 on the device): SDPA, then CLEAR r = 16, at
    1024², 2048², 4096² (4,096 to 65,536 image tokens + 512 text), size by size like section 4.
 
-Device memory at each section's peak (H100/H200; weights + the largest case; sections release everything and reset
-the peak counter between them). Arithmetic, or the planner's trace (memory_trace.trace, × 1.1 allocator overhead)
-where noted; MEMORY_CAP (70 GiB) refuses any case above it before it runs:
+Device memory at each section's peak (weights + the largest case that runs; sections release everything and reset
+the peak counter between them), by arithmetic or by the planner's trace (memory_trace.trace on the meta device,
+× 1.1 allocator overhead, measured here for these configs); gpu_budget.MEMORY_CAP (70 GiB) refuses any traced case
+above it before it runs:
 
 | section | largest case | peak GiB |
 |---|---|---:|
-| configs | SD-1.5 level 0 at 4096 tokens, fp32 reference copies and gradients | < 1 |
-| linear_bandwidth | N = 2^20, d = 64, fp16: q, k, v, o 0.5 GiB each; the copy test 2 × 1 GiB | 3 |
-| unet_sd15 | two fp16 UNets (1.6 GiB each) + SDPA at latent 512² (trace: 15.6) | 19 |
-| local_flux4k | q, k, v, out 0.4 GiB each, SDPA out, Flex out; BlockMask bands 2^20 rows·cols (int32) | 3 |
-| compiled_unet | bench/compile.py's own (two fp16 UNets, latents ≤ 512²: as unet_sd15) | 19 |
-| lean_16k | fp16 UNet + batch-2 latent 2048² lean call, skips parked on the host (trace: 21.0) | 23 |
-| flux_clear | FLUX weights 22.2 GiB bf16 + 4096² SDPA forward (trace: 9.5) | 32 |
+| configs | scaled problems (≤ 4096 tokens, 2 heads): the fp32 reference's N×N scores at most | < 1 |
+| linear_bandwidth | N = 2^20, 16 heads, d = 64, fp16: q, k, v, o 2 GiB each (the 2 × 1 GiB copy test before) | 9 |
+| unet_sd15 | two fp16 UNets (1.7 + 1.6) + a latent-512² call (trace: 4.5); 1024² refused (2.7e9 elements) | 8 |
+| local_flux4k | q, k, v and three outputs, 0.38 GiB each; BlockMask bands of 2^26 int32 elements; Flex workspace | 4 |
+| compiled_unet | bench/compile.py's own cases (latents ≤ 512²; as unet_sd15) | 8 |
+| lean_16k | fp16 UNet 1.7 + the batch-2 latent-2048² lean call (trace: 11.9; 12.7 on the host)¹ | 14 |
+| flux_clear | weights 22.2 (bf16) + a 4096² block: 66,048 tokens × 3072, 0.38 GiB a tensor, ~16 alive | 29 |
+
+¹ plain's trace of the same call, 143 GiB and a tensor of 2.1e10 elements, is reported, never run.
 
 --dry-run runs every section on the CPU at tiny sizes, the kernels through Triton's interpreter (set
 TRITON_INTERPRET=1 before Python starts; the script sets it for itself when it is unset), so the launchers, the

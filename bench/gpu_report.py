@@ -136,7 +136,7 @@ def _lean(lean: dict) -> list[str]:
     lines = [f"## {lean['image_px']}² SD-1.5 UNet call in the lean mode ({lean['mode']}, batch 2, {lean['dtype']})",
              "", "| | seconds | device GiB | host GiB | largest tensor |", "|---|---:|---:|---:|---:|"]
     if "finite" in lean:
-        lines.append(f"| measured | {lean['seconds']:.1f} | {_gib(lean['measured_peak_bytes'])} | | |")
+        lines.append(f"| measured | {lean['call_seconds']:.1f} | {_gib(lean['measured_peak_bytes'])} | | |")
     lines += [f"| estimate, {name} | | {_gib(e['device_bytes'])} | {_gib(e['host_bytes'])} | {e['max_elements']:.3g} |"
               for name, e in est.items()]
     if "finite" in lean:

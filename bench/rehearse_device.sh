@@ -18,6 +18,10 @@ TORCH_WHEEL=${TORCH_WHEEL:-$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null |
 PYTHON=${REHEARSAL_PYTHON:-python3}
 DEVICE_PACKAGES=(triton==3.6.0 transformers==5.17.0 huggingface_hub safetensors numpy pillow regex requests filelock
                  pyyaml)
+# Triton 3.6's interpreter converts its scalars with int() on 1-element arrays, an error from NumPy 2.4 on (fixed in
+# later Triton: .squeeze()). The device has NumPy 2.5 but never interprets (its kernels compile); the dry run here
+# needs NumPy < 2.4 to interpret under Triton 3.6.
+INTERPRETER_NUMPY="numpy<2.4"
 CARRIED=(diffusers==0.42.1 importlib_metadata)  # README's "GPU check" download line
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -27,6 +31,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/python" -m pip install -q "$TORCH_WHEEL"
     "$VENV/bin/python" -m pip install -q "${DEVICE_PACKAGES[@]}"
 fi
+"$VENV/bin/python" -m pip install -q "$INTERPRETER_NUMPY"
 WHL=$WORK/whl SITE=$WORK/site
 rm -rf "$WHL" "$SITE" && mkdir -p "$WHL"
 "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
