@@ -71,7 +71,7 @@ import gpu_models  # noqa: E402  (the model sections: UNet, compiled UNet, 16K l
 import gpu_report  # noqa: E402  (results.md)
 
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5}  # RMS error / RMS of the reference
-FLEX_FIRST_CALL_S = {"cuda": 60.0, "cpu": 8.0}  # FlexAttention's first call: a compile on CUDA, tracing on the CPU
+FLEX_FIRST_CALL_S = {"cuda": 30.0, "cpu": 8.0}  # FlexAttention's first call: a compile on CUDA, tracing on the CPU
 
 
 class Check:
@@ -359,4 +359,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # everything is written: skip the interpreter's teardown of torch's modules (seconds under load)

@@ -123,7 +123,7 @@ def test_budget_shares_the_time_left_and_records_what_it_skips(bench_modules):
     gpu_budget = bench_modules.budget
     order = list(gpu_budget.SECTION_SHARE)
     first = gpu_budget.deadline_for(order[1], order[1:], now=10.0, budget_s=109.0)
-    assert first == pytest.approx(10 + 99 * 0.24 / 0.99)
+    assert first == pytest.approx(10 + 99 * gpu_budget.SECTION_SHARE[order[1]] / 0.99)
     assert gpu_budget.deadline_for(order[-1], order[-1:], now=50.0, budget_s=109.0) == 109.0
     assert gpu_budget.deadline_for(order[-1], order[-1:], now=120.0, budget_s=109.0) == 120.0  # spent: no time
     assert gpu_budget.grown(None, 256, 4) == 0.0
