@@ -39,19 +39,16 @@ def calls(check) -> int:
     return 1 if check.dry_run else 4
 
 
-def forward_ms(check, fn) -> tuple[float, float]:
-    """(ms of one forward, seconds spent). On CUDA one warm-up forward, then the median of up to three (one when a
-    forward takes over ten seconds); in a dry run one call."""
-    began = time.perf_counter()
-    if check.dry_run:
-        return 1e3 * gpu_budget.timed(fn)[1], time.perf_counter() - began
+def forward_ms(check, fn) -> float:
+    """ms of one forward: the median of the calls after the first (a warm-up), or of the first alone when it is
+    the only one (a dry run) or when a forward takes over ten seconds (then two calls in all)."""
     times = []
-    for _ in range(4):
+    for _ in range(calls(check)):
         times.append(1e3 * gpu_budget.timed(fn)[1])
         if len(times) >= 2 and times[-1] > 10_000:
             break
     measured = times[1:] or times
-    return sorted(measured)[len(measured) // 2], time.perf_counter() - began
+    return sorted(measured)[len(measured) // 2]
 
 
 def traced_call(twin, inputs: dict, lean=None) -> dict:
@@ -126,7 +123,7 @@ def unet_sd15(check, budget: gpu_budget.Budget) -> dict:
                 budget.refuse(case, why)
                 continue
             with torch.no_grad():
-                ms, _ = forward_ms(check, lambda unet=unet, inputs=inputs: unet(**inputs).sample)
+                ms = forward_ms(check, lambda unet=unet, inputs=inputs: unet(**inputs).sample)
             previous[method] = (latent, ms / 1e3)
             rows.append({"method": method, "latent": latent, "image_px": 8 * latent, "ms": ms,
                          "trace_gib": round(estimate["device_bytes"] / 2**30, 2)})
@@ -252,7 +249,7 @@ def flux_clear(check, budget: gpu_budget.Budget) -> dict:
                 linfuse.linearize(transformer, "clear", radius=16)
             try:
                 with torch.no_grad():
-                    ms, _ = forward_ms(check, lambda inputs=inputs: transformer(**inputs).sample)
+                    ms = forward_ms(check, lambda inputs=inputs: transformer(**inputs).sample)
             finally:
                 if method == "clear":
                     linfuse.unlinearize(transformer)
