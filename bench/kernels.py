@@ -15,6 +15,7 @@ Times are medians from triton.testing.do_bench on CUDA, of repeated calls on CPU
 """
 
 import argparse
+import inspect
 import statistics
 import time
 
@@ -65,21 +66,59 @@ def bench_linear(device: str, tokens: list[int], heads: int = 16, d: int = 64) -
             print(f"{n:>9} {n * heads:>10} {backend:>10} {ms:>9.3f} {gbs:>8.2f} {share}")
 
 
-def flex_attention_fn(q, k, v, grid, radius, num_global):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def local_block_mask(grid, radius: int, num_global: int, *, block: int = 128, window: str = "circle", device=None,
+                     band_elements: int = 1 << 26):
+    """FlexAttention's BlockMask of :func:`linfuse.kernels.local_attention`'s visibility, built from the tiles
+    themselves: one band of query blocks at a time against every key, so memory stays O(band · N), never N².
 
-    width = grid[1]
+    A (query block, key block) pair is *full* when every token pair in it is visible (FlexAttention skips the
+    mask there), *partial* when some are (``mask_mod`` decides per pair), and left out otherwise. Padding past N is
+    invisible to "some" and ignored by "every". Returns (block_mask, mask_mod).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from linfuse.kernels.local_attention_reference import window_contains
+
+    width, n = grid[1], num_global + grid[0] * grid[1]
+    blocks = -(-n // block)
+    index = torch.arange(blocks * block, device=device, dtype=torch.int32)
+    ys, xs = (index - num_global) // width, (index - num_global) % width
+    text, valid = index < num_global, index < n
+    some = torch.zeros(blocks, blocks, dtype=torch.bool, device=device)
+    every = torch.zeros_like(some)
+    band = max(1, band_elements // (blocks * block * block))  # query blocks per band
+    for first in range(0, blocks, band):
+        rows = slice(first * block, min(blocks, first + band) * block)
+        seen = window_contains(ys[rows, None], xs[rows, None], ys[None], xs[None], radius=radius, window=window,
+                               grid=grid) | text[rows, None] | text[None]
+        pad = ~(valid[rows, None] & valid[None])
+        some[first:first + band] = (seen & ~pad).view(-1, block, blocks, block).any(3).any(1)
+        every[first:first + band] = (seen | pad).view(-1, block, blocks, block).all(3).all(1)
+    partial = some & ~every
+
+    def listed(flags):  # (1, 1, Q blocks) counts and (1, 1, Q blocks, KV blocks) indices, listed ones first
+        order = torch.argsort(flags.to(torch.int8), dim=-1, descending=True, stable=True)
+        return flags.sum(-1, dtype=torch.int32)[None, None], order.to(torch.int32)[None, None]
 
     def mask_mod(b, h, q_idx, kv_idx):
         qy, qx = (q_idx - num_global) // width, (q_idx - num_global) % width
         ky, kx = (kv_idx - num_global) // width, (kv_idx - num_global) % width
-        local = (qy - ky) * (qy - ky) + (qx - kx) * (qx - kx) < radius * radius
+        local = window_contains(qy, qx, ky, kx, radius=radius, window=window, grid=grid)
         return (q_idx < num_global) | (kv_idx < num_global) | local
 
-    n = q.shape[-2]
-    block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=q.device)
-    compiled = torch.compile(flex_attention)
-    return lambda: compiled(q, k, v, block_mask=block_mask)
+    extra = {"seq_lengths": (n, n)} if "seq_lengths" in inspect.signature(BlockMask.from_kv_blocks).parameters else {}
+    mask = BlockMask.from_kv_blocks(*listed(partial), *listed(every), BLOCK_SIZE=block, mask_mod=mask_mod, **extra)
+    return mask, mask_mod
+
+
+def flex_attention_fn(q, k, v, grid, radius, num_global, *, compiled: bool = True, block: int = 128):
+    """FlexAttention with local attention's mask, as a zero-argument callable; the BlockMask comes from
+    :func:`local_block_mask` (no N² temporaries, unlike an eager ``create_block_mask``)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask, _ = local_block_mask(grid, radius, num_global, block=block, device=q.device)
+    attend = torch.compile(flex_attention) if compiled else flex_attention
+    return lambda: attend(q, k, v, block_mask=block_mask)
 
 
 def bench_local(device: str, grid: tuple[int, int], radius: int, heads: int, d: int, num_global: int) -> None:
