@@ -45,4 +45,4 @@ def save_lora(pipe_class, state: dict[str, torch.Tensor], folder: Path) -> Path:
     from ..fileio import atomic_folder
 
     return atomic_folder(Path(folder), lambda tmp: pipe_class.save_lora_weights(tmp, unet_lora_layers=state),
-                         made_by="distill", overwrite=True)
+                         made_by="distill", kind="a LoRA", overwrite=True)
