@@ -145,16 +145,24 @@ def atomic_folder(target: str | os.PathLike, write, *, made_by: str, kind: str, 
     temporary, old = (target.with_name(f".{target.name}.linfuse-{kind}") for kind in ("tmp", "old"))
     if old.exists() and not target.exists():
         old.rename(target)  # an earlier call stopped between its two renames: the old folder is still the current one
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(temporary, ignore_errors=True)
+    _remove(old)
+    _remove(temporary)
     temporary.mkdir()
     write(temporary)
     mark_folder(temporary, made_by, kind)
-    if target.exists():
+    if target.exists() or target.is_symlink():
         target.rename(old)
     temporary.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     return target
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder of linfuse's own (a link to one: the link only)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def looks_like_hub_id(text: str) -> bool:

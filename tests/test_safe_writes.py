@@ -237,3 +237,11 @@ def test_a_changed_prompt_line_makes_its_image_again_and_no_overwrite_refuses(tm
     # what only the loaded model says (here the method) is compared too, before any image is made
     assert main(["batch", str(prompts), "--out", str(out), "--method", "none", "--no-overwrite", *BATCH]) == 2
     assert "2 finished image(s)" in capsys.readouterr().err and contents(out) == now
+
+
+def test_eval_refuses_a_foreign_out_folder_before_loading(tmp_path, capsys):
+    kept = foreign_folder(tmp_path / "eval")
+    assert main(["eval", "--out", str(tmp_path / "eval"), "--student", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith(f"linfuse: error: --out {tmp_path / 'eval'} exists and was not made "
+                                              f"by linfuse (no {MARKER} file); it holds notes.txt, photos/;")
+    assert contents(tmp_path / "eval") == kept
