@@ -4,15 +4,21 @@ import argparse
 from pathlib import Path
 
 from .errors import InvalidArgumentError
+from .fileio import atomic_write, check_output_folder, mark_folder
+
+EVALUATION = "an evaluation"
+EVAL_FILES = frozenset({"scores.jsonl", "sheet.png", "classify.json"})  # what --out of linfuse eval holds
 
 
 def add_training_commands(commands) -> None:
     distill = commands.add_parser("distill", help="distill linear attention from a teacher (YAML config)")
     distill.add_argument("config", help="YAML config; see assets/configs/distill.yaml")
+    add_overwrite_argument(distill, "its output_dir or export folder")
     distill.set_defaults(run=run_distill)
 
     teacher = commands.add_parser("train-teacher", help="train a small text-to-image teacher from scratch (YAML)")
     teacher.add_argument("config", help="YAML config: assets/configs/teacher.yaml (UNet), dit-teacher.yaml (DiT)")
+    add_overwrite_argument(teacher, "its output_dir or export folder")
     teacher.set_defaults(run=run_train_teacher)
 
     evaluate = commands.add_parser("eval", help="student vs teacher: per-pair PSNR and latent distance")
@@ -27,6 +33,7 @@ def add_training_commands(commands) -> None:
     evaluate.add_argument("--steps", type=int, default=20)
     evaluate.add_argument("--guidance", type=float, default=5.0)
     evaluate.add_argument("--out", default="eval", help="folder for scores.jsonl and sheet.png")
+    add_overwrite_argument(evaluate, "--out")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--classify", action=argparse.BooleanOptionalAction, default=None,
                           help="also generate one image per glyph with each model and score them with the bundled "
@@ -36,10 +43,16 @@ def add_training_commands(commands) -> None:
     evaluate.set_defaults(run=run_eval)
 
 
+def add_overwrite_argument(parser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace or write into {what} even when it exists and linfuse did not make it (without "
+                             "it such a folder is refused before any work)")
+
+
 def run_distill(args) -> int:
     from .distill.recipe import distill, load_distill_config
 
-    out = distill(load_distill_config(args.config))
+    out = distill(load_distill_config(args.config), overwrite=args.overwrite)
     print(f"wrote linear-attention weights to {out}")
     return 0
 
@@ -51,11 +64,11 @@ def run_train_teacher(args) -> int:
     if "family" in mapping:  # a DiT teacher (assets/configs/dit-teacher.yaml)
         from .distill.dit_teacher import load_dit_teacher_config, train_flux_teacher
 
-        out = train_flux_teacher(load_dit_teacher_config(mapping))
+        out = train_flux_teacher(load_dit_teacher_config(mapping), overwrite=args.overwrite)
     else:
         from .distill.teacher import load_teacher_config, train_teacher
 
-        out = train_teacher(load_teacher_config(args.config))
+        out = train_teacher(load_teacher_config(args.config), overwrite=args.overwrite)
     print(f"wrote teacher pipeline to {out}")
     return 0
 
@@ -82,6 +95,8 @@ def run_eval(args) -> int:
     prompts = read_prompts(args.prompts)
     if args.steps < 1:
         raise InvalidArgumentError(f"--steps must be >= 1; got {args.steps}")
+    check_output_folder(args.out, what="--out", kind=EVALUATION, overwrite=args.overwrite,
+                        own_names=EVAL_FILES.__contains__)
     student_model = resolve_model(args.student)
     weights = resolve_weights(args.student_weights, student_model)
     # the family's own conversion (linfusion for UNets, clear for DiTs), even for a bundled teacher as student
@@ -89,10 +104,11 @@ def run_eval(args) -> int:
     teacher = load_pipeline(resolve_model(args.teacher), method=None, device=args.device, dtype="fp32")
     scores, images = compare(student, teacher, prompts, seeds, steps=args.steps, guidance=args.guidance)
     out = Path(args.out)
+    mark_folder(out, "eval", EVALUATION)
     write_report(scores, out / "scores.jsonl")
     per_prompt = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
     sheet = sample_sheet([[t for _, t in pairs] + [s for s, _ in pairs] for pairs in per_prompt], prompts)
-    sheet.save(out / "sheet.png")
+    atomic_write(out / "sheet.png", lambda tmp: sheet.save(tmp, format="PNG"))
     for score in scores:
         print(f"{score.psnr:6.2f} dB  {score.latent_distance:.4f}  seed {score.seed}  {score.prompt}")
     summary = summarize(scores)
@@ -112,7 +128,6 @@ def report_classification(student, teacher, args, out: Path) -> None:
     from .distill.data import DataConfig
     from .distill.emoji import EmojiSource
     from .distill.evaluate import glyph_pictures, template_accuracy
-    from .fileio import atomic_write
     from .pipelines import native_size
 
     source = EmojiSource(DataConfig(resolution=native_size(teacher)[0]).composition())

@@ -61,7 +61,7 @@ def test_rerun_skips_finished_images_and_clears_leftovers(reference, tmp_path, c
     (out / ".00002-12.png.abc.tmp").write_bytes(b"half a png")  # what a killed write leaves
     assert main(["batch", str(prompts), "--out", str(out), *ARGS]) == 0
     assert "wrote 4 images" in capsys.readouterr().out
-    assert pngs(out) == images and not list(out.glob(".*"))
+    assert pngs(out) == images and not list(out.glob(".*.tmp"))
 
 
 def test_killed_run_resumed_is_byte_identical_to_an_uninterrupted_one(reference, tmp_path):
@@ -77,7 +77,7 @@ def test_killed_run_resumed_is_byte_identical_to_an_uninterrupted_one(reference,
     done = len(list(out.glob("*.png")))
     assert 0 < done < len(images), "the run was not interrupted mid-way; make the jobs slower"
     assert subprocess.run(command, capture_output=True).returncode == 0
-    assert pngs(out) == images and not list(out.glob(".*"))
+    assert pngs(out) == images and not list(out.glob(".*.tmp"))
 
 
 def test_two_processes_share_the_prompts_and_make_each_image_once(reference, tmp_path):

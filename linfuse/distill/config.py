@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InvalidArgumentError
+from ..fileio import read_text
 
 
 def read_yaml(path) -> dict:
@@ -15,7 +16,7 @@ def read_yaml(path) -> dict:
     if not path.is_file():
         raise InvalidArgumentError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as exc:
         raise InvalidArgumentError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import InvalidArgumentError, LinfuseError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_text
 from .emoji import EmojiComposition, EmojiSource, to_tensor
 
 SOURCES = ("emoji", "imagefolder", "saved_dataset", "teacher_samples")
@@ -54,6 +54,14 @@ class DataConfig:
                                        f"got {self.path!r}")
         if self.source == "teacher_samples" and (self.num_samples < 1 or self.sample_steps < 1):
             raise InvalidArgumentError("data.num_samples and data.sample_steps must be >= 1")
+        if self.prompts:
+            self.prompt_lines()  # a missing or undecodable file is named before any model loads
+
+    def prompt_lines(self) -> list[str]:
+        """The non-blank lines of ``prompts`` (a UTF-8 text file)."""
+        if not Path(self.prompts).is_file():
+            raise InvalidArgumentError(f"data.prompts {self.prompts} does not exist")
+        return [line for line in read_text(self.prompts, "data.prompts file").split("\n") if line.strip()]
 
     def composition(self) -> EmojiComposition:
         options = self.emoji
@@ -99,14 +107,14 @@ class ImageFolderBatches:
         captions = {}
         metadata = root / "metadata.jsonl"
         if metadata.exists():
-            for line in metadata.read_text().splitlines():
+            for line in read_text(metadata, "caption file").split("\n"):
                 if line.strip():
                     row = json.loads(line)
                     captions[row["file_name"]] = row.get(config.caption_column, row.get("text", ""))
         self.items = []
         for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
             text_file = path.with_suffix(".txt")
-            caption = text_file.read_text().strip() if text_file.exists() else captions.get(
+            caption = read_text(text_file, "caption file").strip() if text_file.exists() else captions.get(
                 str(path.relative_to(root)))
             if caption is not None:
                 self.items.append((path, caption))
@@ -194,8 +202,7 @@ def build_source(config: DataConfig, *, pipe=None, cache_dir: Path | None = None
         return ImageFolderBatches(config)
     if config.source == "saved_dataset":
         return SavedDatasetBatches(config)
-    prompts = (Path(config.prompts).read_text().splitlines() if config.prompts else EmojiBatches(config).captions())
-    prompts = [p for p in prompts if p.strip()]
+    prompts = config.prompt_lines() if config.prompts else [p for p in EmojiBatches(config).captions() if p.strip()]
     if not prompts:
         raise InvalidArgumentError(f"data.prompts {config.prompts} has no prompt")
     return TeacherSampleBatches(config, pipe, cache_dir, prompts)

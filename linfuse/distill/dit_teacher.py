@@ -24,6 +24,7 @@ from ..pipelines.families import write_sidecar
 from .config import from_mapping
 from .data import DataConfig, build_source
 from .flow import flow_noising, pack
+from .outputs import check_destinations
 from .teacher import TextArchitecture, _save_folder, build_text_encoder, ema_update, teacher_tokenizer, training_batch
 from .trainer import Trainer, TrainSettings, make_accelerator
 
@@ -44,7 +45,7 @@ class DiTArchitecture(TextArchitecture):
 class DiTTeacherConfig:
     family: str = "flux"
     output_dir: str = "runs/dit-teacher"
-    export: str = "assets/linfuse-emoji-dit-teacher"
+    export: str = "runs/linfuse-emoji-dit-teacher"
     vae: str = "assets/linfuse-emoji-teacher/vae"  # a trained AutoencoderKL folder (kept frozen)
     data: DataConfig = field(default_factory=lambda: DataConfig(resolution=128))
     architecture: DiTArchitecture = field(default_factory=DiTArchitecture)
@@ -118,9 +119,13 @@ class FluxDenoiser(nn.Module):
                                 encoder_hidden_states=states, txt_ids=text_ids, img_ids=image_ids).sample
 
 
-def train_flux_teacher(config: DiTTeacherConfig) -> Path:
+def train_flux_teacher(config: DiTTeacherConfig, *, overwrite: bool = False) -> Path:
+    """Train, then export the FluxPipeline folder; its ``output_dir`` and ``export`` are checked first as
+    :func:`.teacher.train_teacher`'s are."""
     from diffusers import AutoencoderKL
 
+    check_destinations("train-teacher", config.output_dir, config.export, overwrite=overwrite,
+                       inputs={"vae": config.vae, "data.path": config.data.path})
     source = build_source(config.data)
     accelerator = make_accelerator(config.train)
     vae = AutoencoderKL.from_pretrained(config.vae).to(accelerator.device).requires_grad_(False)
@@ -147,10 +152,10 @@ def train_flux_teacher(config: DiTTeacherConfig) -> Path:
             on_step_end=ema_update(ema, denoiser, config.ema_decay)).run()
     if not accelerator.is_main_process:
         return Path(config.export)
-    return export_flux_pipeline(config, vae, ema)
+    return export_flux_pipeline(config, vae, ema, overwrite=overwrite)
 
 
-def export_flux_pipeline(config: DiTTeacherConfig, vae, ema: FluxDenoiser) -> Path:
+def export_flux_pipeline(config: DiTTeacherConfig, vae, ema: FluxDenoiser, *, overwrite: bool = False) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     vae = copy.deepcopy(vae)
@@ -159,7 +164,7 @@ def export_flux_pipeline(config: DiTTeacherConfig, vae, ema: FluxDenoiser) -> Pa
                         text_encoder=ema.text_encoder, tokenizer=ema.tokenizer, text_encoder_2=ema.text_encoder_2,
                         tokenizer_2=copy.deepcopy(ema.tokenizer), transformer=ema.transformer)
     out = Path(config.export)
-    _save_folder(pipe.to(torch.float16), out)
+    _save_folder(pipe.to(torch.float16), out, overwrite=overwrite)
     side = config.data.resolution
     write_sidecar(out, native_size=(side, side), method_options={"clear": {"radius": config.clear_radius}})
     return out

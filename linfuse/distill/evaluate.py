@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_text
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "configs" / "eval_prompts.txt"
 
@@ -51,7 +51,8 @@ def read_prompts(path=None) -> list[str]:
     path = Path(path) if path else DEFAULT_PROMPTS
     if not path.is_file():
         raise InvalidArgumentError(f"prompt file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = read_text(path, "prompt file").split("\n")
+    prompts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if not prompts:
         raise InvalidArgumentError(f"prompt file {path} has no prompt")
     return prompts

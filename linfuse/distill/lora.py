@@ -40,7 +40,9 @@ def take_lora(student) -> dict[str, torch.Tensor]:
 
 
 def save_lora(pipe_class, state: dict[str, torch.Tensor], folder: Path) -> Path:
-    """``folder/pytorch_lora_weights.safetensors`` written by the pipeline class's own LoRA writer (atomic)."""
+    """``folder/pytorch_lora_weights.safetensors`` written by the pipeline class's own LoRA writer (atomic). ``folder``
+    lies in a run or export folder whose ownership the caller has checked, so an earlier one is replaced."""
     from ..fileio import atomic_folder
 
-    return atomic_folder(Path(folder), lambda tmp: pipe_class.save_lora_weights(tmp, unet_lora_layers=state))
+    return atomic_folder(Path(folder), lambda tmp: pipe_class.save_lora_weights(tmp, unet_lora_layers=state),
+                         made_by="distill", kind="a LoRA", overwrite=True)

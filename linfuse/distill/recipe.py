@@ -27,6 +27,7 @@ from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source, drop_captions
 from .lora import LORA_DIR, add_projection_lora, save_lora, take_lora
 from .losses import AttentionOutputs, linfusion_loss, task_target
+from .outputs import PIPELINE, check_destinations
 from .trainer import Trainer, TrainSettings, make_accelerator
 
 LINEAR_WEIGHTS_DIR = "linear_attention"
@@ -179,8 +180,14 @@ class Distillation:
                               task_only=step < config.warmup_steps)
 
 
-def distill(config: DistillConfig) -> Path:
-    """Run (or resume) the distillation; writes OUTPUT/linear_attention and, if asked, the student pipeline."""
+def distill(config: DistillConfig, *, overwrite: bool = False) -> Path:
+    """Run (or resume) the distillation; writes OUTPUT/linear_attention and, if asked, the student pipeline.
+
+    Before anything loads, an ``output_dir`` or ``export`` folder that exists and linfuse did not make is refused
+    unless ``overwrite`` (:func:`.outputs.check_destinations`).
+    """
+    inputs = {"model": config.model, "init_weights": config.init_weights, "data.path": config.data.path}
+    check_destinations("distill", config.output_dir, config.export, overwrite=overwrite, inputs=inputs)
     accelerator = make_accelerator(config.train)
     torch.manual_seed(config.train.seed)
     job = job_class(config)(config, accelerator)
@@ -196,7 +203,7 @@ def distill(config: DistillConfig) -> Path:
             save_lora(type(job.pipe), lora, Path(config.output_dir) / LORA_DIR)
         save_linear_weights(job.student, out)
         if config.export:
-            export_student(job, Path(config.export), lora)
+            export_student(job, Path(config.export), lora, overwrite=overwrite)
     return out
 
 
@@ -214,7 +221,7 @@ def job_class(config: DistillConfig) -> type:
     return Distillation
 
 
-def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Path:
+def export_student(job: Distillation, out: Path, lora: dict | None = None, *, overwrite: bool = False) -> Path:
     """The teacher pipeline's files (fp16) plus ``linear_attention/`` (fp16), and with LoRA distillation ``lora/``
     (diffusers' format, for ``pipe.load_lora_weights``): loadable by ``load_pipeline``."""
 
@@ -229,7 +236,7 @@ def export_student(job: Distillation, out: Path, lora: dict | None = None) -> Pa
         if lora is not None:
             save_lora(type(job.pipe), lora, folder / LORA_DIR)
 
-    return atomic_folder(out, write)
+    return atomic_folder(out, write, made_by="distill", kind=PIPELINE, overwrite=overwrite)
 
 
 def _reset_tokenizers(pipe) -> None:

@@ -21,6 +21,7 @@ from ..errors import InvalidArgumentError
 from ..fileio import atomic_folder
 from .config import from_mapping, read_yaml
 from .data import DataConfig, EmojiBatches, build_source, drop_captions
+from .outputs import PIPELINE, check_destinations
 from .tokenizer import build_tokenizer, caption_words
 from .trainer import Trainer, TrainSettings, make_accelerator
 
@@ -50,7 +51,7 @@ class Architecture(TextArchitecture):
 @dataclass
 class TeacherConfig:
     output_dir: str = "runs/teacher"
-    export: str = "assets/linfuse-emoji-teacher"
+    export: str = "runs/linfuse-emoji-teacher"
     data: DataConfig = field(default_factory=DataConfig)
     architecture: Architecture = field(default_factory=Architecture)
     vae: TrainSettings = field(default_factory=lambda: TrainSettings(steps=800, batch_size=16, learning_rate=5e-4))
@@ -159,7 +160,7 @@ def train_vae(config: TeacherConfig, source, accelerator) -> Path:
     Trainer(Path(config.output_dir) / "vae-train", config.vae, accelerator, model, optimizer, vae.parameters(),
             {"vae": vae}, step, description="teacher VAE").run()
     vae.register_to_config(scaling_factor=latent_scale(vae, source))
-    _save_folder(vae, out)
+    _save_folder(vae, out, overwrite=True)  # inside the run folder, checked before training
     return out
 
 
@@ -171,8 +172,9 @@ def latent_scale(vae, source, samples: int = 256) -> float:
     return float(1.0 / latents.float().std())
 
 
-def _save_folder(model, out: Path) -> None:
-    atomic_folder(out, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+def _save_folder(model, out: Path, *, overwrite: bool) -> None:
+    atomic_folder(out, lambda tmp: model.save_pretrained(tmp, safe_serialization=True), made_by="train-teacher",
+                  kind=PIPELINE, overwrite=overwrite)
 
 
 def train_denoiser(config: TeacherConfig, source, vae, accelerator):
@@ -233,21 +235,24 @@ def warmed_up_decay(target: float, step: int) -> float:
     return min(target, (1 + step) / (10 + step))
 
 
-def export_pipeline(config: TeacherConfig, vae, ema: Denoiser) -> Path:
+def export_pipeline(config: TeacherConfig, vae, ema: Denoiser, *, overwrite: bool = False) -> Path:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema.text_encoder, tokenizer=ema.tokenizer, unet=ema.unet,
                                    scheduler=DPMSolverMultistepScheduler.from_config(SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     out = Path(config.export)
-    _save_folder(pipe.to(torch.float16), out)
+    _save_folder(pipe.to(torch.float16), out, overwrite=overwrite)
     return out
 
 
-def train_teacher(config: TeacherConfig) -> Path:
-    """Both stages (each skipped once done, each resumable), then the exported pipeline folder."""
+def train_teacher(config: TeacherConfig, *, overwrite: bool = False) -> Path:
+    """Both stages (each skipped once done, each resumable), then the exported pipeline folder. An ``output_dir`` or
+    ``export`` that exists and linfuse did not make is refused before training unless ``overwrite``."""
     from diffusers import AutoencoderKL
 
+    check_destinations("train-teacher", config.output_dir, config.export, overwrite=overwrite,
+                       inputs={"data.path": config.data.path})
     source = build_source(config.data)
     accelerator = make_accelerator(config.vae)
     vae = AutoencoderKL.from_pretrained(train_vae(config, source, accelerator))
@@ -255,4 +260,4 @@ def train_teacher(config: TeacherConfig) -> Path:
     ema = train_denoiser(config, source, vae, accelerator)
     if not accelerator.is_main_process:
         return Path(config.export)
-    return export_pipeline(config, vae, ema)
+    return export_pipeline(config, vae, ema, overwrite=overwrite)
