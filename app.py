@@ -48,39 +48,51 @@ come back as ``gradio_client.exceptions.AppError`` whose message names the param
                (luma crop or 64×64 picture) with the pixel marked; Markdown summary; JSON {network, input, output,
                model_output, linear_part (A·x), bias (b: the gate-frozen network at zero), reconstruction, error}).
 
-Widths and heights are multiples of 8 from 8 to 16384; steps 1–1000; guidance 0–100; seed 0–2**32−1. Requests
-that use a diffusion model run one at a time, as do those using the companions (queue size ``--queue-size``);
-loaded pipelines are cached (``--max-models``), companions while their weight files are unchanged.
+Widths and heights are multiples of 8 from 8 to 16384 (whole numbers: 64.5 is refused, not rounded); steps 1–1000;
+guidance 0–100; seed 0–2**32−1. Requests that use a diffusion model are checked and their memory planned up to four
+at once, then denoise one at a time (linfuse.ui.jobs: a small request does not wait for a large one's planning);
+those using the companions run one at a time (queue size ``--queue-size``); loaded pipelines are cached
+(``--max-models``), companions while their weight files are unchanged. A refused request (a bad input, an
+unreadable upload, a job that does not fit) is answered with what was wrong and logged in one line; a bad or busy
+port or address stops the app before it starts, with one line and exit status 2.
 """
 
 import argparse
+import logging
 import os
-from collections.abc import Callable
+import socket
+import sys
 from pathlib import Path
 
-import gradio as gr
-
-from linfuse.errors import LinfuseError
-from linfuse.ui import AppSettings, UIContext, generate_tab, highres_tab, img2img_tab, inspect_tab, upscale_tab
+# Gradio and linfuse.ui (which imports it) are imported where they are used: gradio reads GRADIO_SERVER_PORT when
+# it is imported and fails with a traceback on a bad value, which parse_args refuses first, in one line.
 
 # Small images (the bundled models draw 64×64) are shown enlarged, with their pixels sharp.
 CSS = """.linfuse-image img { image-rendering: pixelated; }
 .linfuse-output img { min-width: 320px; min-height: 320px; object-fit: contain; }"""
 
-# The tabs, in display order: each is a function build(ctx: UIContext) that adds one gr.Tab (called inside the
-# app's gr.Tabs()) and wires its events, using ctx.models (cached pipelines), ctx.history / ctx.gallery (the shared
-# gallery, via linfuse.ui.results.finish) and ctx.settings.
-TABS: list[Callable[[UIContext], None]] = [
-    generate_tab.build,
-    highres_tab.build,
-    img2img_tab.build,
-    upscale_tab.build,  # super-resolution
-    inspect_tab.build,  # Grad-CAM / LinearScope
-]
+
+def default_tabs() -> list:
+    """The tabs, in display order: each is a function build(ctx: UIContext) that adds one gr.Tab (called inside the
+    app's gr.Tabs()) and wires its events, using ctx.models (cached pipelines), ctx.history / ctx.gallery (the
+    shared gallery, via linfuse.ui.results.finish) and ctx.settings."""
+    from linfuse.ui import generate_tab, highres_tab, img2img_tab, inspect_tab, upscale_tab
+
+    return [
+        generate_tab.build,
+        highres_tab.build,
+        img2img_tab.build,
+        upscale_tab.build,  # super-resolution
+        inspect_tab.build,  # Grad-CAM / LinearScope
+    ]
 
 
-def build_app(settings: AppSettings | None = None, tabs=None) -> gr.Blocks:
-    """The whole UI as a gr.Blocks (not launched, no queue set)."""
+def build_app(settings=None, tabs=None):
+    """The whole UI as a gr.Blocks (not launched, no queue set); ``settings``: a linfuse.ui.AppSettings."""
+    import gradio as gr
+
+    from linfuse.ui import AppSettings, UIContext
+
     ctx = UIContext.create(settings or AppSettings())
     with gr.Blocks(title="linfuse", analytics_enabled=False) as demo:
         ctx.blocks = demo
@@ -91,10 +103,34 @@ def build_app(settings: AppSettings | None = None, tabs=None) -> gr.Blocks:
                                  object_fit="contain", preview=False, fit_columns=False, format="png",
                                  elem_id="gallery", elem_classes=["linfuse-image"], render=False)
         with gr.Tabs():
-            for build in TABS if tabs is None else tabs:
+            for build in default_tabs() if tabs is None else tabs:
                 build(ctx)
         ctx.gallery.render()
     return demo
+
+
+def fail(message: str):
+    """Stop before the server starts: one line on stderr, exit status 2 (as argparse does for a bad flag)."""
+    print(f"app.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (in use, an unknown address), or None if it can."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve the address {host!r} (--host or GRADIO_SERVER_NAME): {exc}"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket: TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
+                return (f"port {port} on {host} is already in use (another server?); choose another with --port or "
+                        "GRADIO_SERVER_PORT")
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port"
+    return None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,14 +159,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Gradio's own convention, as every Gradio app honours it; an explicit flag wins.
     args.host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     if args.port is None:
-        port = os.environ.get("GRADIO_SERVER_PORT", "7860")
+        port = os.environ.get("GRADIO_SERVER_PORT", "7860").strip()
         if not port.isdigit() or not 1 <= int(port) <= 65535:
-            parser.error(f"GRADIO_SERVER_PORT must be a port number from 1 to 65535; got {port!r}")
+            fail(f"GRADIO_SERVER_PORT must be a port number from 1 to 65535; got {port!r} (or pass --port)")
         args.port = int(port)
+    elif not 1 <= args.port <= 65535:
+        fail(f"--port must be a port number from 1 to 65535; got {args.port}")
     return args
 
 
-def settings_from(args: argparse.Namespace) -> AppSettings:
+def settings_from(args: argparse.Namespace):
+    from linfuse.ui import AppSettings
+
     settings = AppSettings(device=args.device, dtype=args.dtype, weights=args.weights, max_models=args.max_models,
                            memory_limit=None if args.memory_limit_mib is None else args.memory_limit_mib * 2**20,
                            memory_mode=args.memory_mode)
@@ -139,19 +179,43 @@ def settings_from(args: argparse.Namespace) -> AppSettings:
     return settings
 
 
+def queued(demo, queue_size: int = 16):
+    """The app's queue: one request at a time per event unless the event says otherwise (linfuse.ui.jobs)."""
+    return demo.queue(default_concurrency_limit=1, max_size=queue_size)
+
+
+def log_refusals() -> None:
+    """Requests the UI refuses (linfuse.ui.validation.refused) are logged one line each, with the time."""
+    logger = logging.getLogger("linfuse.ui")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv=None) -> None:
+    args = parse_args(argv)
+    problem = port_problem(args.host, args.port)
+    if problem:
+        fail(problem)
+    os.environ["GRADIO_SERVER_PORT"] = str(args.port)  # a flag wins over a bad variable, which gradio reads too
+    from linfuse.errors import LinfuseError
     from linfuse.notices import quiet_third_party_notices
 
     quiet_third_party_notices()
-    args = parse_args(argv)
+    log_refusals()
     try:
         settings = settings_from(args)
         demo = build_app(settings)
     except LinfuseError as exc:  # e.g. --device cuda without a GPU, a bad --dtype: say so, exit with status 2
-        raise SystemExit(f"app.py: error: {exc}") from None
-    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
-                allowed_paths=[str(settings.outdir)], ssr_mode=False, css=CSS)
+        fail(str(exc))
+    queued(demo, args.queue_size)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
+                    allowed_paths=[str(settings.outdir)], ssr_mode=False, css=CSS)
+    except OSError as exc:  # taken between the check and the launch: gradio says "Cannot find empty port"
+        fail(f"cannot listen on {args.host}:{args.port}: {exc}; choose another port with --port")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,14 @@ STUDENT_64 = ("red apple on a blue background", "", 64, 64, 4, 5.0, 0, "student"
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    yield app_server.shared(tmp_path_factory).url
+def server(tmp_path_factory):
+    yield app_server.shared(tmp_path_factory)
     app_server.stop_shared()
+
+
+@pytest.fixture(scope="session")
+def app_url(server):
+    return server.url
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,47 @@ def test_other_bad_inputs_name_the_parameter(client, change, message):
     inputs = dict(zip(names, STUDENT_64, strict=True)) | change
     with pytest.raises(AppError, match=message):
         client.predict(*inputs.values(), api_name="/generate")
+
+
+def new_log(server, start: int) -> str:
+    return server.log.read_text(errors="replace")[start:]
+
+
+@pytest.mark.parametrize(("endpoint", "change", "message"), [
+    ("/generate", {"width": 64.5}, "width must be a whole number; got 64.5"),
+    ("/generate", {"steps": 4.5}, "steps must be a whole number; got 4.5"),
+    ("/highres", {"height": 96.25}, "height must be a whole number; got 96.25"),
+])
+def test_a_non_integer_is_refused_not_rounded_and_logged_in_one_line(server, client, endpoint, change, message):
+    start = len(server.log.read_text(errors="replace"))
+    names = ("prompt", "negative", "width", "height", "steps", "guidance", "seed", "model", "method")
+    inputs = [*(dict(zip(names, STUDENT_64, strict=True)) | change).values()]
+    extra = ["latent", "", 0.0, "auto"] if endpoint == "/highres" else []
+    with pytest.raises(AppError, match=message):
+        client.predict(*inputs, *extra, api_name=endpoint)
+    logged = new_log(server, start)
+    lines = [line for line in logged.splitlines() if message in line]
+    assert len(lines) == 1 and "linfuse.ui: refused" in lines[0], logged
+    assert "Traceback" not in logged
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda data: data[: len(data) // 2], "input picture could not be read: it is cut short \\(truncated\\)"),
+    (lambda data: b"not a picture" * 40, "input picture could not be read: it is not a picture file"),
+])
+def test_a_bad_upload_is_answered_with_what_is_wrong(server, client, tmp_path, damage, message):
+    start = len(server.log.read_text(errors="replace"))
+    noise = Image.effect_noise((64, 64), 60).convert("RGB")  # noise: a PNG whose pixel data is most of the file
+    noise.save(tmp_path / "whole.png")
+    (tmp_path / "bad.png").write_bytes(damage((tmp_path / "whole.png").read_bytes()))
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(tmp_path / "bad.png")), "bicubic", 2, 256, api_name="/upscale")
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(tmp_path / "bad.png")), "x", "", 0.5, 4, 5.0, 0, "student", "auto", 0, 0,
+                       api_name="/img2img")
+    logged = new_log(server, start)
+    assert len([line for line in logged.splitlines() if "refused an upload" in line]) == 2, logged
+    assert "Traceback" not in logged
 
 
 def test_estimate_reports_mib_and_whether_it_fits(client):

@@ -19,9 +19,9 @@ import torch
 from ..errors import InvalidArgumentError
 from ..fileio import atomic_folder
 from ..linearize import linearize, save_linear_weights
-from ..linearize.convert import linearized_layers, split_hybrid, trainable_parameters
+from ..linearize.convert import linearized_layers, trainable_parameters
 from ..linearize.layers import resolve_denoiser
-from ..linearize.registry import get_method
+from ..linearize.registry import check_method_options
 from ..pipelines.families import SIDECAR
 from .config import from_mapping, read_yaml
 from .data import DataConfig, build_source, drop_captions
@@ -55,7 +55,8 @@ class DistillConfig:
     def validate(self) -> None:
         if not self.model:
             raise InvalidArgumentError("model must name the teacher pipeline (a folder or Hub id)")
-        get_method(split_hybrid(self.method, self.options)[0])
+        mid_dim = {} if self.mid_dim is None else {"mid_dim": self.mid_dim}
+        check_method_options(self.method, {**self.options, **mid_dim})  # each option's kind and range
         self.data.validate()
         self.train.validate()
         if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:

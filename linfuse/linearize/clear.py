@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..kernels import local_attention
+from .options import Option, flag, integer
 from .processor import LinearizedProcessor
 
 FLUX_TRAIN_TOKENS = 64 * 64 + 512  # 1024² images plus 512 T5 tokens
@@ -35,6 +36,9 @@ POOLED_LENGTH_FACTOR = 10  # c of proportional attention with pooled tokens (CLE
 
 class ClearAttnProcessor(LinearizedProcessor):
     method = "clear"
+    option_specs = {"radius": integer(1, "an integer >= 1 (latent tokens)"),
+                    "pool": Option("int", "0 (no pooled tokens) or a factor >= 2", minimum=2, also=(0,)),
+                    "proportional_attention": flag(), "train_tokens": integer(2)}
 
     def __init__(self, dim: int, heads: int, radius: int = 16, pool: int = 0, proportional_attention: bool = False,
                  train_tokens: int = FLUX_TRAIN_TOKENS):

@@ -9,7 +9,7 @@ from ..errors import ArchitectureMismatchError, InvalidArgumentError, WeightsErr
 from .grid import attach_token_grid, detach_token_grid
 from .hybrid import softmax_layer_names
 from .layers import LayerSpec, describe_architecture, layer_specs, resolve_denoiser
-from .registry import HYBRID, Method, get_method, processor_classes
+from .registry import HYBRID, Method, check_method_options, get_method, processor_classes
 from .weights import LinearCheckpoint, read_linear_weights, write_linear_weights
 
 SDXL_MID_DIM_DIVISOR = 16
@@ -63,20 +63,20 @@ def linearize(model, method: str = "linfusion", weights: str | os.PathLike | Non
             ``softmax_layers=2, base="sana"`` for hybrid; ``Method.options()`` lists them.
 
     Layers the method does not select (cross-attention, for the UNet methods) are untouched. Raises before changing
-    anything if an argument or the weights are bad.
+    anything if an argument or the weights are bad: every option is checked against the method's declared kind and
+    range (``Method.option_specs()``; finite numbers, known names, integers that are not bools nor 2.5).
     """
     denoiser = resolve_denoiser(model)
+    # every option's kind and range, before anything is built (an unknown method or option is refused here too)
+    options = check_method_options(method, {**options, **({"mid_dim": mid_dim} if mid_dim is not None else {})})
+    mid_dim = options.pop("mid_dim", None)
     method_name, softmax_layers, options = split_hybrid(method, options)
     method_spec = get_method(method_name)
     if method == HYBRID and weights is None and softmax_layers is None:
         raise InvalidArgumentError("method='hybrid' needs softmax_layers: how many layers keep softmax attention "
                                    "(an integer) or their names (a list)")
-    if mid_dim is not None and (not isinstance(mid_dim, int) or mid_dim < 1):
-        raise InvalidArgumentError(f"mid_dim must be a positive integer or None; got {mid_dim!r}")
     if mid_dim is not None and weights is not None:
         raise InvalidArgumentError("mid_dim applies only without weights: a checkpoint fixes its own mixer width")
-    if mid_dim is not None and method_name != "linfusion":
-        raise InvalidArgumentError(f"mid_dim is an option of linfusion only, not of {method_name!r}")
     candidates = method_spec.targets(denoiser)
     if not candidates:
         raise InvalidArgumentError(f"{type(denoiser).__name__} has no attention layers that {method_name} converts")
@@ -177,17 +177,12 @@ def _specs_of(layers) -> list[LayerSpec]:
 
 
 def split_hybrid(method: str, options: dict) -> tuple[str, object, dict]:
-    """(method to build, softmax_layers or None, remaining options)."""
+    """(method to build, softmax_layers or None, remaining options), of options that
+    :func:`~.registry.check_method_options` accepted."""
     options = dict(options)
     if method != HYBRID:
-        for name in ("base", "softmax_layers"):
-            if name in options:
-                raise InvalidArgumentError(f"{name} is an option of method='hybrid', not of {method!r}")
         return method, None, options
-    base = options.pop("base", "linfusion")
-    if base == HYBRID or not isinstance(base, str):
-        raise InvalidArgumentError(f"base must name a method other than hybrid; got {base!r}")
-    return base, options.pop("softmax_layers", None), options
+    return options.pop("base", "linfusion"), options.pop("softmax_layers", None), options
 
 
 def _layer_specs(method: Method, denoiser, candidates, checkpoint, options, mid_dim, softmax_layers):

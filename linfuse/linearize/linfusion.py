@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..kernels import DEFAULT_EPS, linear_attention
+from ..kernels import DEFAULT_EPS, FEATURE_MAPS, linear_attention
+from .options import choice, integer, positive_float
 from .processor import SelfAttentionProcessor
 
 
@@ -35,6 +36,8 @@ class LinFusionAttnProcessor(SelfAttentionProcessor):
     """Normalised linear attention with residual query/key mixers (LinFusion)."""
 
     method = "linfusion"
+    option_specs = {"mid_dim": integer(1, "a positive integer or None", optional=True),
+                    "feature_map": choice(*FEATURE_MAPS), "eps": positive_float()}
 
     def __init__(
         self, dim: int, heads: int, mid_dim: int | None = None, feature_map: str = "elu1", eps: float = DEFAULT_EPS

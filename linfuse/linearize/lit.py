@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..kernels import DEFAULT_EPS, linear_attention
+from .options import odd_integer, positive_float
 from .processor import SelfAttentionProcessor
 from .token_conv import TokenDepthwiseConv
 
@@ -21,6 +22,7 @@ from .token_conv import TokenDepthwiseConv
 class LiTAttnProcessor(SelfAttentionProcessor):
     method = "lit"
     changes_projections = True  # initialize() draws new attention weights
+    option_specs = {"kernel_size": odd_integer(), "eps": positive_float()}
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 5, eps: float = DEFAULT_EPS):
         super().__init__(dim, heads)

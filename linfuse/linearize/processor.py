@@ -17,6 +17,7 @@ class LinearizedProcessor(nn.Module):
 
     method = ""
     trains_projections = True
+    option_specs: dict = {}  # keyword of __init__ beyond (dim, heads) -> linfuse.linearize.options.Option
 
     def __init__(self, dim: int, heads: int):
         super().__init__()

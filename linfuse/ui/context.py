@@ -1,6 +1,7 @@
 """What every tab of the web UI shares: the app's settings, the model cache, and the gallery with its history."""
 
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class UIContext:
     blocks: object = None  # the gr.Blocks being built (for its load event)
     history: object = None  # gr.State: [(png path, caption), …], newest first
     gallery: object = None  # gr.Gallery showing the history (rendered below the tabs)
+    denoiser: threading.Lock = field(default_factory=threading.Lock)  # one request at a time runs a model (jobs)
 
     @classmethod
     def create(cls, settings: AppSettings) -> "UIContext":

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..pipelines.parameters import MAX_SEED, MAX_SIZE, MAX_STEPS
-from .validation import method_choices
+from .validation import method_choices, refused, unreadable_picture
 
 MODEL_CHOICES = {"bundled student": "student", "bundled teacher": "teacher", "bundled DiT student": "dit-student",
                  "bundled DiT teacher": "dit-teacher", "local path or Hub id": ""}
@@ -53,9 +53,10 @@ class ResultArea:
 
 
 def size_inputs(prefix: str, side: int, info: str | None = None) -> tuple[gr.Number, gr.Number]:
+    # No gr.Number(precision=0) for whole numbers in this UI: it rounds 64.5 to 64 before the checks see it.
     info = info or f"pixels, a multiple of 8 from 8 to {MAX_SIZE}"
-    width = gr.Number(side, label="width", info=info, precision=0, step=8, elem_id=f"{prefix}-width")
-    height = gr.Number(side, label="height", info=info, precision=0, step=8, elem_id=f"{prefix}-height")
+    width = gr.Number(side, label="width", info=info, step=8, elem_id=f"{prefix}-width")
+    height = gr.Number(side, label="height", info=info, step=8, elem_id=f"{prefix}-height")
     return width, height
 
 
@@ -85,20 +86,41 @@ def generation_form(prefix: str, *, side: int = 64, steps: int = 25, size_info: 
     with gr.Row():
         width, height = size_inputs(prefix, side, size_info)
     with gr.Row():
-        steps_box = gr.Number(steps, label="steps", info=f"1 to {MAX_STEPS}", precision=0, elem_id=f"{prefix}-steps")
+        steps_box = gr.Number(steps, label="steps", info=f"1 to {MAX_STEPS}", elem_id=f"{prefix}-steps")
         guidance = gr.Number(BUNDLED_GUIDANCE, label="guidance", info="0 to 100; 5 suits the bundled models, 7.5 SD",
                              elem_id=f"{prefix}-guidance")
-        seed = gr.Number(0, label="seed", info=f"0 to {MAX_SEED}", precision=0, elem_id=f"{prefix}-seed")
+        seed = gr.Number(0, label="seed", info=f"0 to {MAX_SEED}", elem_id=f"{prefix}-seed")
     model, method, picked = model_inputs(prefix)
     preflight = gr.Markdown("*Memory preflight: waiting for the model…*", label="memory preflight",
                             elem_id=f"{prefix}-preflight", render=False)  # the tab places it: form.preflight.render()
     return GenerationForm(prompt, negative, width, height, steps_box, guidance, seed, model, method, preflight, picked)
 
 
+def decoded_uploads(preprocess, name: str):
+    """Wrap a gr.Image's ``preprocess`` so that the upload is decoded in full when it arrives: a truncated or
+    unreadable file is answered with what is wrong with it (a gr.Error naming the input, one log line), not
+    gradio's generic "could not preprocess". (Not a gr.Image subclass: gradio writes a .pyi next to those.)"""
+
+    def decode(payload):
+        try:
+            image = preprocess(payload)
+            if image is not None:
+                image.load()  # PIL decodes lazily: a truncated file fails here, not inside a handler
+            return image
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a bad file, said in words
+            raise refused(unreadable_picture(name, exc), "an upload") from exc
+
+    return decode
+
+
 def picture_input(prefix: str, label: str = "input picture") -> gr.Image:
     """An uploaded picture, handed to the handler as an RGB PIL image (None when empty)."""
-    return gr.Image(label=label, type="pil", image_mode="RGB", sources=["upload", "clipboard"], height=320,
-                    elem_id=f"{prefix}-input", elem_classes=["linfuse-image"])
+    picture = gr.Image(label=label, type="pil", image_mode="RGB", sources=["upload", "clipboard"], height=320,
+                       elem_id=f"{prefix}-input", elem_classes=["linfuse-image"])
+    picture.preprocess = decoded_uploads(picture.preprocess, label)
+    return picture
 
 
 def picture_output(elem_id: str, label: str, height: int = 320) -> gr.Image:

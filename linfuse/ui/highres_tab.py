@@ -6,10 +6,11 @@ Endpoints: ``/highres`` and ``/estimate_highres`` (see app.py's docstring for th
 
 import gradio as gr
 
-from ..pipelines import describe_run, generate_highres
-from ..pipelines.highres import MAX_SKIP_RESIDUAL, UPSCALE_MODES
+from ..pipelines import describe_run
+from ..pipelines.highres import MAX_SKIP_RESIDUAL, UPSCALE_MODES, checked_stages
 from ..pipelines.preflight import MEMORY_MODES
 from .forms import generation_form, result_area
+from .jobs import JOB_EVENT, denoising, progressive_image
 from .preflight import estimate_markdown
 from .results import PROGRESS, finish
 from .validation import (
@@ -25,8 +26,8 @@ TAB_ID = "highres"
 
 def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, model, method, upscale, strengths,
                   skip_residual, memory, ntk_factor, proportional, history, progress):
-    """Validate the form, then :func:`linfuse.pipelines.generate_highres`, which refuses before any work what
-    cannot run (too few steps for a refinement's strength, a job that does not fit: its memory preflight)."""
+    """Validate the form, plan the stages (refusing before any work what cannot run: too few steps for a
+    refinement's strength, a job that does not fit), then run them holding the denoiser (:mod:`.jobs`)."""
     params = check_params(prompt, negative, width, height, steps, guidance, seed)
     options = check_highres(upscale, strengths, skip_residual, memory, ntk_factor, proportional)
     options.memory_limit = ctx.settings.memory_limit
@@ -34,8 +35,10 @@ def highres_image(ctx, prompt, negative, width, height, steps, guidance, seed, m
     progress(0, desc=f"loading {model}")
     loaded = ctx.models.get(model, method)
     describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
-    progress(0, desc="memory preflight, then the stages")
-    image = generate_highres(loaded.pipe, params, options)  # its stage bar is tqdm, followed by gr.Progress
+    progress(0, desc="checks and memory preflight")
+    stages = checked_stages(loaded.pipe, params, options)
+    with denoising(ctx, progress):
+        image = progressive_image(loaded.pipe, params, options, stages)
     schedule = ", ".join(f"{s:g}" for s in options.strengths) if options.strengths else "default strengths"
     extra = (f"progressive, {options.upscale} upscaling, {schedule}, skip residual {options.skip_residual:g}, "
              f"memory {options.memory}")
@@ -94,8 +97,7 @@ def build(ctx) -> None:
                                  memory=memory)
 
     button.click(run, [*form.inputs(), upscale, strengths, skip, memory, ntk, proportional, ctx.history],
-                 [*area.outputs(), ctx.history, ctx.gallery], api_name="highres", concurrency_id="denoise",
-                 concurrency_limit=1)
+                 [*area.outputs(), ctx.history, ctx.gallery], api_name="highres", **JOB_EVENT)
     preflight = {"inputs": [*form.estimate_inputs(), upscale, strengths, memory], "outputs": form.preflight,
                  "show_progress": "minimal", "concurrency_id": "preflight", "concurrency_limit": 1}
     gr.on([*form.estimate_triggers(), upscale.change, strengths.blur, strengths.submit, memory.change,

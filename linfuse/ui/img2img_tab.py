@@ -9,7 +9,10 @@ import gradio as gr
 from ..errors import InvalidArgumentError
 from ..pipelines import HighResOptions, describe_run
 from ..pipelines.img2img import check_steps, check_strength, img2img, target_size
+from ..pipelines.plan import Stage
+from ..pipelines.preflight import estimate_memory
 from .forms import generation_form, picture_input, result_area
+from .jobs import JOB_EVENT, denoising
 from .results import PROGRESS, finish
 from .validation import (
     as_float,
@@ -55,10 +58,13 @@ def img2img_image(ctx, image, prompt, negative, strength, steps, guidance, seed,
     progress(0, desc=f"loading {model}")
     loaded = ctx.models.get(model, method)
     describe_run(loaded.pipe, params, model=model, weights=loaded.key.weights or "")
-    progress(0, desc="image to image (memory preflight first)")
+    progress(0, desc="memory preflight")
     options = HighResOptions(memory_limit=ctx.settings.memory_limit, memory=ctx.settings.memory_mode)
-    # its denoising bar is tqdm, followed by gr.Progress
-    result = img2img(loaded.pipe, image, params, strength, size=(params.width, params.height), options=options)
+    # the preflight's traces, made here beside other requests; img2img's own preflight then finds them kept
+    estimate_memory(loaded.pipe, [Stage(params.width, params.height, strength)], guidance=params.guidance > 1.0,
+                    tile=options.vae_tile, limit=options.memory_limit, memory=options.memory)
+    with denoising(ctx, progress):  # its denoising bar is tqdm, followed by gr.Progress
+        result = img2img(loaded.pipe, image, params, strength, size=(params.width, params.height), options=options)
     extra = f"img2img strength {strength:g} from a {image.width}×{image.height} picture"
     return finish(ctx, result, params, history, extra=extra)
 
@@ -85,5 +91,4 @@ def build(ctx) -> None:
 
     inputs = [image, form.prompt, form.negative, strength, form.steps, form.guidance, form.seed, form.model,
               form.method, form.width, form.height, ctx.history]
-    button.click(run, inputs, [*area.outputs(), ctx.history, ctx.gallery], api_name="img2img",
-                 concurrency_id="denoise", concurrency_limit=1)
+    button.click(run, inputs, [*area.outputs(), ctx.history, ctx.gallery], api_name="img2img", **JOB_EVENT)

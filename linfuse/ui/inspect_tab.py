@@ -213,9 +213,9 @@ def linearscope_panel():
                                   info="a SESR companion <model>-x<scale> (the picture's centre luma crop, at most "
                                        f"{CROP}×{CROP}), or a classifier (the picture at 64×64)")
             with gr.Row():
-                x = gr.Number(CROP, label="x", precision=0, elem_id=f"{TAB_ID}-x",
+                x = gr.Number(CROP, label="x", elem_id=f"{TAB_ID}-x",
                               info="SR: the output pixel's column in the upscaled crop, from 0")
-                y = gr.Number(CROP, label="y", precision=0, elem_id=f"{TAB_ID}-y",
+                y = gr.Number(CROP, label="y", elem_id=f"{TAB_ID}-y",
                               info="SR: its row, from 0")
             wanted = gr.Textbox("", label="class", elem_id=f"{TAB_ID}-scope-class",
                                 info="classifier: the class score to explain; empty: the top class")

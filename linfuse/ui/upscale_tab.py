@@ -67,7 +67,7 @@ def build(ctx) -> None:
                                         info="an SR companion, or bicubic to compare")
                     scale = gr.Dropdown(list(SR_SCALES), value=SR_SCALES[0], label="scale", elem_id=f"{TAB_ID}-scale",
                                         allow_custom_value=True, info="×2 or ×4 per side")
-                    tile = gr.Number(DEFAULT_TILE, label="tile", precision=0, elem_id=f"{TAB_ID}-tile",
+                    tile = gr.Number(DEFAULT_TILE, label="tile", elem_id=f"{TAB_ID}-tile",
                                      info=f"input pixels per tile, {MIN_TILE} to {MAX_TILE}: bounds the memory, "
                                           "not the result")
                 button = gr.Button("Upscale", variant="primary", elem_id=f"{TAB_ID}-button")

@@ -5,6 +5,7 @@ every other error linfuse raises on purpose, into a ``gr.Error`` whose text the 
 """
 
 import functools
+import logging
 import math
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..pipelines import GenerationParams, HighResOptions
 from ..pipelines.loading import BUNDLED_MODELS
 from ..pipelines.parameters import check_side
 
+LOG = logging.getLogger("linfuse.ui")
 BUNDLED = tuple(BUNDLED_MODELS)  # the names load_pipeline knows
 SPECIAL_METHODS = ("auto", "none")
 
@@ -77,6 +79,18 @@ def check_image(image, name: str = "image"):
     if not isinstance(image, Image.Image):
         raise InvalidArgumentError(f"{name} must be a picture; got {type(image).__name__}")
     return image.convert("RGB")
+
+
+def unreadable_picture(name: str, exc: BaseException) -> str:
+    """The message for an upload that PIL cannot decode."""
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"{name} is too large to decode safely ({exc}); upload a smaller picture"
+    reason = "it is cut short (truncated)" if "truncated" in str(exc) else \
+        "it is not a picture file PIL can read (PNG, JPEG, WebP, …)" if isinstance(exc, Image.UnidentifiedImageError) \
+        else f"{type(exc).__name__}: {exc}"
+    return f"{name} could not be read: {reason}; upload the picture again or re-save it"
 
 
 def check_size(width, height) -> tuple[int, int]:
@@ -151,9 +165,20 @@ def people_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def shown_to_people(fn):
-    """Decorator for event handlers: errors become ``gr.Error`` with a readable message (and the request fails)."""
+def refused(message: str, where: str = "input"):
+    """A ``gr.Error`` for a request linfuse refuses on purpose: the server log gets one line, not a traceback."""
     import gradio as gr
+
+    LOG.warning("refused %s: %s", where, message)
+    return gr.Error(message, title="linfuse", print_exception=False)
+
+
+def shown_to_people(fn):
+    """Decorator for event handlers: errors become ``gr.Error`` with a readable message (and the request fails).
+    linfuse's own refusals (bad inputs, a job that does not fit) log one line; other errors keep their traceback."""
+    import gradio as gr
+
+    where = f"{fn.__module__.rsplit('.', 1)[-1].removesuffix('_tab')} request"
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -161,7 +186,9 @@ def shown_to_people(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (LinfuseError, ValueError, OSError, RuntimeError) as exc:
+        except LinfuseError as exc:
+            raise refused(people_message(exc), where) from exc
+        except (ValueError, OSError, RuntimeError) as exc:
             raise gr.Error(people_message(exc), title="linfuse") from exc
 
     return wrapper

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InvalidArgumentError
+from ..options import odd_integer
 from ..processor import SelfAttentionProcessor
 
 
@@ -33,6 +34,7 @@ class InLineAttnProcessor(SelfAttentionProcessor):
     """Injective linear attention + a per-sample dynamic depth-wise convolution of V (InLine)."""
 
     method = "inline"
+    option_specs = {"kernel_size": odd_integer()}
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 3):
         super().__init__(dim, heads)

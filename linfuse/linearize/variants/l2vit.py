@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import odd_integer, positive_float
 from ..processor import SelfAttentionProcessor
 from ..token_conv import TokenDepthwiseConv
 from .sana import positive_number
@@ -41,6 +42,7 @@ class L2ViTAttnProcessor(SelfAttentionProcessor):
     """ReLU linear attention with a per-head temperature and a floored normaliser, + a local concentration module."""
 
     method = "l2vit"
+    option_specs = {"kernel_size": odd_integer(), "floor": positive_float()}
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 7, floor: float = 100.0):
         super().__init__(dim, heads)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels import DEFAULT_EPS, linear_attention
+from ..options import odd_integer, positive_float
 from ..processor import SelfAttentionProcessor
 from ..token_conv import TokenDepthwiseConv
 from .sana import positive_number
@@ -35,6 +36,7 @@ class NaLaFormerAttnProcessor(SelfAttentionProcessor):
     """Norm-aware power features (2d per head) in normalised linear attention + a k×k LePE on V (NaLaFormer)."""
 
     method = "nalaformer"
+    option_specs = {"kernel_size": odd_integer(), "eps": positive_float()}
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 5, eps: float = DEFAULT_EPS):
         super().__init__(dim, heads)

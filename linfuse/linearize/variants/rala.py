@@ -19,6 +19,7 @@ from torch import nn
 
 from ...kernels import DEFAULT_EPS, linear_attention
 from ...kernels.feature_maps import elu_plus_one
+from ..options import odd_integer, positive_float
 from ..processor import SelfAttentionProcessor
 from ..token_conv import TokenDepthwiseConv
 from .sana import positive_number
@@ -28,6 +29,7 @@ class RalaAttnProcessor(SelfAttentionProcessor):
     """ELU+1 linear attention with softmax key re-weighting, a k×k LePE on V and a 1 + G(x) output gate (RALA)."""
 
     method = "rala"
+    option_specs = {"kernel_size": odd_integer(), "eps": positive_float()}
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 5, eps: float = DEFAULT_EPS):
         super().__init__(dim, heads)

@@ -13,6 +13,7 @@ import math
 
 from ...errors import InvalidArgumentError
 from ...kernels import DEFAULT_EPS, linear_attention
+from ..options import positive_float
 from ..processor import SelfAttentionProcessor
 
 
@@ -27,6 +28,7 @@ class SanaAttnProcessor(SelfAttentionProcessor):
     """φ = ReLU normalised linear attention (Sana's self-attention)."""
 
     method = "sana"
+    option_specs = {"eps": positive_float()}
 
     def __init__(self, dim: int, heads: int, eps: float = DEFAULT_EPS):
         super().__init__(dim, heads)

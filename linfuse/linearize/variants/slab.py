@@ -14,6 +14,7 @@ SLAB also adds a learnable positional encoding to K; its size is tied to one tok
 import torch
 
 from ...kernels import DEFAULT_EPS, linear_attention
+from ..options import odd_integer, positive_float
 from ..processor import SelfAttentionProcessor
 from ..token_conv import TokenDepthwiseConv
 from .sana import positive_number
@@ -23,6 +24,7 @@ class SlabAttnProcessor(SelfAttentionProcessor):
     """ReLU linear attention + a head-shared k×k depth-wise convolution of V (SLAB)."""
 
     method = "slab"
+    option_specs = {"kernel_size": odd_integer(), "eps": positive_float()}
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 5, eps: float = DEFAULT_EPS):
         super().__init__(dim, heads)

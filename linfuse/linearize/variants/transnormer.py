@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...kernels.feature_maps import elu_plus_one
+from ..options import positive_float
 from ..processor import SelfAttentionProcessor
 from .sana import positive_number
 
@@ -23,6 +24,7 @@ class TransNormerAttnProcessor(SelfAttentionProcessor):
     """ELU+1 linear attention, no denominator, per-head RMSNorm with a learnable gain (TransNormer)."""
 
     method = "transnormer"
+    option_specs = {"eps": positive_float()}
 
     def __init__(self, dim: int, heads: int, eps: float = DEFAULT_NORM_EPS):
         super().__init__(dim, heads)
