@@ -3,7 +3,7 @@ batch …`` the prompts are split across the processes."""
 
 import argparse
 
-from .cli_checks import check_output_folder
+from .cli_checks import check_writable_folder
 from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
 
 
@@ -28,7 +28,7 @@ def run_batch_command(args) -> int:
     if not args.size:
         defaults.width = defaults.height = 0  # the model's native size, filled in after loading
     jobs = read_jobs(args.prompts, defaults)  # every line checked before the model loads
-    check_output_folder(args.out)
+    check_writable_folder(args.out)
     check_batch_output(jobs, args.out, overwrite=args.overwrite)  # so are --out and what it holds
     method, weights = resolve_method(args)
     pipe = load_model(args, method, weights)

@@ -30,7 +30,7 @@ def check_output_file(path, parameter: str = "--out", suffixes: tuple[str, ...] 
     return target
 
 
-def check_output_folder(path, parameter: str = "--out") -> Path:
+def check_writable_folder(path, parameter: str = "--out") -> Path:
     """``path`` is an existing writable folder or can be made as one; returns it as a Path."""
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():

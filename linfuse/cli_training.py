@@ -84,14 +84,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_eval(args) -> int:
-    from .cli_checks import check_output_folder
+    from .cli_checks import check_writable_folder
     from .distill.evaluate import compare, read_prompts, sample_sheet, summarize, write_report
     from .pipelines import load_pipeline
     from .pipelines.families import family
     from .pipelines.loading import is_bundled_teacher, resolve_model, resolve_weights
 
     seeds = parse_seeds(args.seeds)
-    check_output_folder(args.out)
+    check_writable_folder(args.out)
     prompts = read_prompts(args.prompts)
     if args.steps < 1:
         raise InvalidArgumentError(f"--steps must be >= 1; got {args.steps}")
