@@ -26,7 +26,7 @@ def check_output_file(path, parameter: str = "--out", suffixes: tuple[str, ...] 
                                    f"file with {suffixes[0]}, e.g. {target.with_suffix(suffixes[0]).name}")
     if target.exists() and not target.is_file():
         raise InvalidArgumentError(f"{parameter} {path} exists and is not a regular file; choose another name")
-    _check_writable_folder(target.parent, parameter, path)
+    _probe_writable(target.parent, parameter, path)
     return target
 
 
@@ -35,11 +35,11 @@ def check_writable_folder(path, parameter: str = "--out") -> Path:
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise InvalidArgumentError(f"{parameter} {path} is a file, not a folder; choose a folder name")
-    _check_writable_folder(folder, parameter, path)
+    _probe_writable(folder, parameter, path)
     return folder
 
 
-def _check_writable_folder(folder: Path, parameter: str, given) -> None:
+def _probe_writable(folder: Path, parameter: str, given) -> None:
     """The nearest existing ancestor of ``folder`` is a folder that accepts a new file (probed)."""
     existing = folder.absolute()
     while not existing.exists():
