@@ -80,7 +80,7 @@ def run_img2img(args) -> int:
     describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
     size = (params.width, params.height) if args.size else None
     result = img2img(pipe, image, params, strength=args.strength, size=size,
-                     options=HighResOptions(memory=args.memory_mode))
+                     options=HighResOptions(memory=args.memory_mode, memory_limit=getattr(args, "memory_limit", None)))
     path = save_png(result, args.out, params)
     print(f"wrote {path} ({result.width}x{result.height}, strength {args.strength:g})")
     return 0

@@ -138,8 +138,8 @@ def test_the_table_names_every_stage_and_the_verdict(capsys):
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "sd9", "--size", "512x512"],
      "model must be one of flux, flux-schnell, pixart-sigma, sd15, sd21, sd3, sdxl"),
-    (["--model", "sd15", "--size", "1000x1001"], "size: the height must be a multiple of 8"),
-    (["--model", "sd15", "--size", "16392x512"], "size: the width must be a multiple of 8 from 8 to 16384"),
+    (["--model", "sd15", "--size", "1000x1001"], "height must be a multiple of 8 between 8 and 16384; got 1001"),
+    (["--model", "sd15", "--size", "16392x512"], "width must be a multiple of 8 between 8 and 16384; got 16392"),
     (["--model", "sd15", "--size", "512x512", "--memory", "lots"], "--memory must be an amount such as 24GiB"),
     (["--model", "sd15", "--size", "512x512", "--memory-mode", "small"], "--memory-mode must be one of auto, plain"),
 ])
