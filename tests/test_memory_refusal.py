@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from linfuse.cli import main
-from linfuse.pipelines import GenerationParams, generate
-from linfuse.pipelines.highres import HighResOptions, generate_highres
+from linfuse.pipelines import GenerationParams, generate, native_size
+from linfuse.pipelines.highres import HighResOptions, generate_highres, plan_job, preflight_job
 from linfuse.pipelines.img2img import img2img
+from linfuse.pipelines.plan import Stage, is_progressive
+from linfuse.pipelines.planner import estimate_job
 from linfuse.pipelines.preflight import InsufficientMemoryError, memory_text
 
 TINY = ["--size", "64x64", "--device", "cpu", "--dtype", "fp32"]
@@ -102,3 +104,23 @@ def test_max_memory_caps_generate_as_on_a_shared_card(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "64x64 text-to-image does not fit" in err and "(--max-memory, memory_limit=)" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("size, cap_mib", [((64, 64), 90), ((512, 512), 150), ((512, 512), 175)])
+def test_the_planner_and_the_runtime_preflight_give_the_same_verdict_peak_and_largest_size(student, size, cap_mib):
+    """``linfuse estimate --model student`` and the preflight of the loaded student under ``--max-memory``."""
+    cap = cap_mib * 2**20
+    plan = estimate_job("student", *size, memory=cap, host_memory=cap, dtype="fp32", device="cpu", guidance=5.0)
+    job = GenerationParams(prompt="red apple", width=size[0], height=size[1], steps=10, guidance=5.0)
+    options = HighResOptions(memory_limit=cap)
+    progressive = is_progressive(*size, max(native_size(student)))
+    stages = plan_job(student, job, options) if progressive else [Stage(*size, 1.0)]
+    try:
+        estimate = preflight_job(student, job, options, stages, progressive=progressive)
+        largest = None
+    except InsufficientMemoryError as refused:
+        estimate, largest = refused.estimate, refused.largest
+    assert (estimate.fits, estimate.peak_device, estimate.modes) == (plan.fits, plan.peak_device_bytes,
+                                                                     plan.estimate.modes)
+    if not plan.fits:
+        assert largest == plan.largest_fitting

@@ -377,12 +377,14 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
 def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
                     tile: int = 64, model: MemoryModel | None = None, limit: int | None = None,
                     memory: str = "auto", host_limit: int | None = None, resident: int = 0) -> MemoryEstimate:
-    """The estimate of every stage, with the free memory now (or ``limit`` bytes, for the device and, unless
-    ``host_limit`` is given, the host alike; ``resident``: see :class:`MemoryEstimate`). ``memory`` as in the module
-    docstring."""
+    """The estimate of every stage, with the free memory now, or ``limit`` bytes (a cap, as on a shared card: for the
+    device and, unless ``host_limit`` is given, the host alike; the pipeline's weights count against it, as the
+    planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring."""
     model = model or memory_model_for(pipe)
     if limit is not None:
         free_device, free_host = limit, limit
+        if pipe is not None and not resident:  # a cap is what the job may hold, its weights included
+            resident = weights_bytes(pipe)
     else:
         free_device, free_host = free_memory(resolve_denoiser(pipe).device if pipe is not None
                                              else torch.device(model.device_type))
@@ -392,6 +394,12 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
     estimate.stages = estimate_stages(model, stages, batch=batch, guidance=guidance, upscale=upscale, tile=tile,
                                       memory=memory, estimate=estimate)
     return estimate
+
+
+def weights_bytes(pipe) -> int:
+    """Bytes of the pipeline's models (parameters and buffers), as :func:`~.planner.model_bytes` counts them."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return sum(t.nelement() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
 def candidate_sizes(width: int, height: int, multiple: int = 8) -> list[tuple[int, int]]:
