@@ -42,6 +42,9 @@ def add_model_arguments(parser) -> None:
                         help="how the UNet runs: plain, lean (one sample at a time, in bands and chunks, skips parked "
                              "in host memory on CUDA: for 8K-16K), or auto: plain when the memory preflight says it "
                              "fits, else the cheapest lean setting that does")
+    parser.add_argument("--max-memory", default=None,
+                        help="the most memory the job may use, e.g. 8GiB (as on a shared card; the preflight refuses "
+                             "what does not fit in 90 %% of it). Default: what is free on the device")
 
 
 def default_params(args, prompt: str = ""):
@@ -57,6 +60,10 @@ def default_params(args, prompt: str = ""):
     if args.size:
         params.width, params.height = parse_size(args.size)
     params.validate()
+    if getattr(args, "max_memory", None) is not None:
+        from .pipelines.preflight import check_memory_cap
+
+        args.memory_limit = check_memory_cap(args.max_memory, args.device)
     highres_options(args).validate()
     return params
 
@@ -66,7 +73,8 @@ def highres_options(args):
     from .pipelines.highres import HighResOptions
 
     return HighResOptions(upscale=args.upscale, memory=args.memory_mode, ntk_factor=args.ntk_factor,
-                          proportional_attention=args.proportional_attention)
+                          proportional_attention=args.proportional_attention,
+                          memory_limit=getattr(args, "memory_limit", None))
 
 
 def take_model_from_environment(args) -> None:
@@ -153,6 +161,6 @@ def renderer(args, pipe):
                                                                                           native))
         if progressive:
             return generate_highres(pipe, params, highres_options(args))
-        return generate(pipe, params, memory=args.memory_mode)
+        return generate(pipe, params, memory=args.memory_mode, memory_limit=getattr(args, "memory_limit", None))
 
     return render

@@ -13,7 +13,7 @@ from linfuse.pipelines.highres import HighResOptions, generate_highres, plan_job
 from linfuse.pipelines.img2img import img2img
 from linfuse.pipelines.plan import Stage
 from linfuse.pipelines.planner import estimate_job, parse_memory
-from linfuse.pipelines.preflight import SAFETY, MemoryModel, estimate_memory
+from linfuse.pipelines.preflight import SAFETY, MemoryModel, estimate_memory, weights_bytes
 
 GIB = 2**30
 
@@ -34,7 +34,7 @@ def test_auto_runs_plain_when_it_fits_and_lean_when_only_lean_fits(student):
     lean = estimate_memory(student, stage, model=model, memory="lean", limit=64 * GIB).stages[0]
     assert lean.device_bytes < 0.5 * plain.device_bytes
     roomy = estimate_memory(student, stage, model=model, memory="auto", limit=64 * GIB)
-    between = int((plain.device_bytes + lean.device_bytes) / 2 / SAFETY)
+    between = int(((plain.device_bytes + lean.device_bytes) / 2 + weights_bytes(student)) / SAFETY)  # weights held
     tight = estimate_memory(student, stage, model=model, memory="auto", limit=between)
     assert roomy.modes == ["plain"] and tight.modes == ["lean"] and tight.stage_fits(tight.stages[0])
     plain_only = estimate_memory(student, stage, model=model, memory="plain", limit=between)
@@ -48,7 +48,8 @@ def test_progressive_job_in_a_tight_limit_runs_lean_stages_and_makes_the_plain_p
     lean_need = max(s.device_bytes for s in preflight_job(student, job, probe, plan_job(student, job, probe)).stages
                     if s.denoising)
     # a limit the lean UNet fits and the plain one does not (the VAE decode, not checked here, would need more)
-    options = HighResOptions(memory="auto", memory_limit=int(lean_need / SAFETY) + 2**20, check_memory=False)
+    options = HighResOptions(memory="auto", memory_limit=int((lean_need + weights_bytes(student)) / SAFETY) + 2**20,
+                             check_memory=False)
     estimate = preflight_job(student, job, options, plan_job(student, job, options))
     assert estimate.modes[-1] == "lean" and estimate.modes[0] == "plain"  # the small base stage still fits plain
     image = generate_highres(student, job, options, progress=True)
@@ -138,8 +139,8 @@ def test_the_table_names_every_stage_and_the_verdict(capsys):
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "sd9", "--size", "512x512"],
      "model must be one of flux, flux-schnell, pixart-sigma, sd15, sd21, sd3, sdxl"),
-    (["--model", "sd15", "--size", "1000x1001"], "size: the height must be a multiple of 8"),
-    (["--model", "sd15", "--size", "16392x512"], "size: the width must be a multiple of 8 from 8 to 16384"),
+    (["--model", "sd15", "--size", "1000x1001"], "height must be a multiple of 8 between 8 and 16384; got 1001"),
+    (["--model", "sd15", "--size", "16392x512"], "width must be a multiple of 8 between 8 and 16384; got 16392"),
     (["--model", "sd15", "--size", "512x512", "--memory", "lots"], "--memory must be an amount such as 24GiB"),
     (["--model", "sd15", "--size", "512x512", "--memory-mode", "small"], "--memory-mode must be one of auto, plain"),
 ])

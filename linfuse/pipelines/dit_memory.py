@@ -10,17 +10,9 @@ are computed from real position ids (the CLEAR processors read the token grid fr
 import torch
 
 from .families import TEXT_LENGTH
-from .lean.dit import DiTLeanSettings, dit_lean_mode
+from .lean.dit import dit_lean_mode
 from .memory_trace import trace
-from .preflight import LATENT_BUFFERS, MemoryModel, check_memory_mode
-
-DIT_LEAN = DiTLeanSettings()
-
-
-def dit_ladder(memory: str) -> list:
-    """The transformer settings ``memory`` may run, cheapest first (None = the plain forwards)."""
-    check_memory_mode(memory)
-    return {"plain": [None], "lean": [DIT_LEAN]}.get(memory, [None, DIT_LEAN])
+from .preflight import LATENT_BUFFERS, MemoryModel, rung_ladder
 
 
 class DiTMemoryModel(MemoryModel):
@@ -45,7 +37,7 @@ class DiTMemoryModel(MemoryModel):
                    vae_factor=pipe.vae_scale_factor, text_tokens=tokens, device_type=pipe.transformer.device.type)
 
     def ladder(self, memory: str) -> list:
-        return dit_ladder(memory)
+        return rung_ladder(memory, self.device_type, dit=True)
 
     def denoiser_batch(self, batch: int, guidance: bool) -> int:
         """FLUX calls its transformer once per CFG half (or has no CFG); SD3 and PixArt batch both halves."""

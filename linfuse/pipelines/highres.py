@@ -29,19 +29,19 @@ from ..errors import InvalidArgumentError
 from ..linearize.dit import CLEAR_MODELS, window_attention_layers
 from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import processor_classes
-from .families import call_arguments, family, is_dit, size_multiple, text_length, unpack_latents
+from .families import call_arguments, default_method, family, is_dit, size_multiple, text_length, unpack_latents
 from .lean import denoiser_lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
 from .preflight import (
-    InsufficientMemoryError,
     check_memory_mode,
     estimate_memory,
-    gib,
     largest_fitting_size,
     memory_model_for,
+    memory_text,
     mode_name,
 )
+from .refusal import memory_hints, refuse
 from .rope import ntk_scaled_rope
 from .text2image import native_size
 from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
@@ -51,7 +51,6 @@ MAX_SKIP_RESIDUAL = 10
 MAX_NTK_FACTOR = 100
 DEFAULT_MAX_SOFTMAX_PIXELS = 2048 * 2048
 BAND_ROWS = 512  # rows converted to 8-bit at a time
-LEAN_HINT = ", the lean memory mode (memory='lean', --memory-mode lean)"
 
 
 @dataclass
@@ -138,7 +137,8 @@ def check_softmax(pipe, params: GenerationParams, options: HighResOptions, batch
         need = softmax_attention_bytes(pipe, params.width, params.height, batch)
         raise InvalidArgumentError(
             f"{params.width}x{params.height} is beyond max_softmax_pixels={options.max_softmax_pixels} for a model "
-            f"with {len(layers)} softmax self-attention layers: one attention matrix alone would take {gib(need)} "
+            f"with {len(layers)} softmax self-attention layers: one attention matrix alone would take "
+            f"{memory_text(need)} "
             "(N² in the token count). Linearize the model (linfuse.linearize(pipe) or --method linfusion), or raise "
             "max_softmax_pixels if your attention backend is memory-efficient and you accept the quadratic time."
         )
@@ -175,23 +175,25 @@ def clear_processors(pipe) -> list:
                                                                           ClearAttnProcessor)]
 
 
-def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None):
-    """The memory estimate; raises InsufficientMemoryError (with the largest size that fits) when it does not fit."""
+def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None, *,
+                  what: str = "progressive generation", progressive: bool = True):
+    """The memory estimate of ``stages``; raises InsufficientMemoryError (:mod:`.refusal`: with the largest size of
+    the job's aspect ratio that fits) when it does not fit and ``options.check_memory``. ``progressive``: how the
+    job is planned at other sizes (the search for the largest fit)."""
     guidance = params.guidance > 1.0
     model = model or memory_model_for(pipe)
-    estimate = estimate_memory(pipe, stages, guidance=guidance, upscale=options.upscale, tile=options.vae_tile,
-                               model=model, limit=options.memory_limit, memory=options.memory)
+    common = {"guidance": guidance, "upscale": options.upscale, "tile": options.vae_tile, "model": model,
+              "limit": options.memory_limit, "memory": options.memory}
+    estimate = estimate_memory(pipe, stages, **common)
     if options.check_memory and not estimate.fits:
         best = largest_fitting_size(pipe, params.width, params.height, native_side=max(native_size(pipe)),
-                                    strengths=options.strengths, guidance=guidance, upscale=options.upscale,
-                                    tile=options.vae_tile, model=model, limit=options.memory_limit,
-                                    memory=options.memory)
-        hint = f"the largest {params.width}:{params.height} size that fits is {best[0]}x{best[1]}" if best else \
-            "nothing of this aspect ratio fits"
-        raise InsufficientMemoryError(
-            f"{params.width}x{params.height} would need {estimate.describe()}; {hint}. Free memory, use a smaller "
-            f"size or a linearized model{LEAN_HINT if options.memory == 'plain' else ''}, or lower vae_tile."
-        )
+                                    strengths=options.strengths, progressive=progressive, fits_now=False,
+                                    **common)
+        hints = memory_hints(memory_mode=options.memory, linearized=not softmax_layers(resolve_denoiser(pipe)),
+                             method=default_method(None if family(pipe) == "unet" else family(pipe)),
+                             cap="a larger memory cap (--max-memory, memory_limit=)" if options.memory_limit
+                             is not None else None)
+        refuse(f"{params.width}x{params.height} {what}", params.width, params.height, estimate, best, hints)
     return estimate
 
 

@@ -13,10 +13,17 @@ from PIL import Image
 from ..errors import InvalidArgumentError
 from ..linearize.layers import resolve_denoiser
 from .families import call_arguments, native_size, size_multiple, unpack_latents
-from .highres import HighResOptions, check_family_options, check_softmax, image_to_image, stage_mode, to_pil
-from .parameters import GenerationParams
-from .plan import MAX_SIDE, Stage, denoising_steps, minimum_steps
-from .preflight import InsufficientMemoryError, estimate_memory
+from .highres import (
+    HighResOptions,
+    check_family_options,
+    check_softmax,
+    image_to_image,
+    preflight_job,
+    stage_mode,
+    to_pil,
+)
+from .parameters import MAX_SIZE, GenerationParams
+from .plan import Stage, denoising_steps, minimum_steps
 from .tiled_vae import tiled_decode, tiled_encode
 
 
@@ -25,9 +32,9 @@ def target_size(image: Image.Image, size: tuple[int, int] | None, multiple: int 
     if size is not None:
         return size
     width, height = image.width // multiple * multiple, image.height // multiple * multiple
-    if not 8 <= min(width, height) or max(width, height) > MAX_SIDE:
+    if not 8 <= min(width, height) or max(width, height) > MAX_SIZE:
         raise InvalidArgumentError(f"the input picture is {image.width}x{image.height}; its sides must be from 8 to "
-                                   f"{MAX_SIDE} pixels (or pass a size)")
+                                   f"{MAX_SIZE} pixels (or pass a size)")
     return width, height
 
 
@@ -68,11 +75,8 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     check_family_options(pipe, options)
     batch = 2 if params.guidance > 1.0 else 1
     check_softmax(pipe, params, options, batch=batch)
-    estimate = estimate_memory(pipe, [Stage(params.width, params.height, strength)], guidance=batch == 2,
-                               tile=options.vae_tile, limit=options.memory_limit, memory=options.memory)
-    if options.check_memory and not estimate.fits:
-        raise InsufficientMemoryError(f"{params.width}x{params.height} image-to-image would need "
-                                      f"{estimate.describe()}; use a smaller size or free memory")
+    estimate = preflight_job(pipe, params, options, [Stage(params.width, params.height, strength)],
+                             what="image-to-image", progressive=False)
     tiling = {"tile": options.vae_tile, "overlap": options.vae_overlap}
     pixels = to_pixels(image, params.width, params.height).to(pipe.vae.device, pipe.vae.dtype)
     denoiser = resolve_denoiser(pipe)

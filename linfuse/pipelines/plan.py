@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
+from .parameters import check_side
 
-MAX_SIDE = 16384
 DEFAULT_STRENGTHS = (0.4, 0.1)  # first and last refinement; evenly spaced between
 
 
@@ -53,9 +53,8 @@ def default_strengths(count: int, first: float = DEFAULT_STRENGTHS[0], last: flo
 def plan_stages(width: int, height: int, native_side: int, strengths=None, *, multiple: int = 8) -> list[Stage]:
     """The stages for a W×H image (see the module docstring); ``strengths`` overrides the refinement schedule, and
     the stages' sides are multiples of ``multiple``."""
-    for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= MAX_SIDE or value % 8:
-            raise InvalidArgumentError(f"{name} must be a multiple of 8 from 8 to {MAX_SIDE}; got {value!r}")
+    check_side("width", width)
+    check_side("height", height)
     sizes = stage_sizes(width, height, native_side, multiple)
     refinements = len(sizes) - 1
     if strengths is None:

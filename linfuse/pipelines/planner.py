@@ -21,9 +21,10 @@ from ..errors import InvalidArgumentError
 from ..fileio import looks_like_hub_id
 from .dit_memory import DiTMemoryModel
 from .families import default_method, max_side
-from .plan import MAX_SIDE, Stage, job_stages
+from .loading import BUNDLED_MODELS, resolve_model
+from .parameters import MAX_SIZE, GenerationParams
+from .plan import Stage, job_stages
 from .preflight import (
-    SAFETY,
     MemoryEstimate,
     MemoryModel,
     candidate_sizes,
@@ -31,7 +32,9 @@ from .preflight import (
     estimate_memory,
     host_available,
     last_fitting,
+    sizes_beside,
 )
+from .refusal import memory_hints, refusal_message
 
 CONFIGS = Path(__file__).parent / "configs"
 KNOWN_MODELS = tuple(sorted(p.stem for p in CONFIGS.glob("*.json")))
@@ -50,13 +53,6 @@ def parse_memory(text: str, name: str = "memory") -> int:
     return int(float(match.group(1)) * UNITS[unit])
 
 
-def check_side(width: int, height: int) -> None:
-    for side_name, side in (("width", width), ("height", height)):
-        if side % 8 or not 8 <= side <= MAX_SIDE:
-            raise InvalidArgumentError(f"size: the {side_name} must be a multiple of 8 from 8 to {MAX_SIDE}; "
-                                       f"got {side}")
-
-
 @dataclass
 class ModelConfigs:
     name: str
@@ -70,8 +66,11 @@ class ModelConfigs:
 
 
 def load_configs(model: str) -> ModelConfigs:
-    """Configs of a shipped architecture (``KNOWN_MODELS``), a local pipeline folder, or a Hub id."""
+    """Configs of a shipped architecture (``KNOWN_MODELS``), a bundled model (``student``, ``teacher``, …: its
+    folder), a local pipeline folder, or a Hub id."""
     check_model(model)
+    if model in BUNDLED_MODELS:
+        model = resolve_model(model)
     if model in KNOWN_MODELS:
         data = json.loads((CONFIGS / f"{model}.json").read_text())
         if "family" in data:
@@ -85,9 +84,12 @@ def load_configs(model: str) -> ModelConfigs:
 
 
 def check_model(model: str) -> None:
-    """A shipped architecture's name, a pipeline folder or a Hub id; an InvalidArgumentError naming ``model``."""
-    if model not in KNOWN_MODELS and not Path(model).expanduser().is_dir() and not looks_like_hub_id(model):
-        raise InvalidArgumentError(f"model must be one of {', '.join(KNOWN_MODELS)}, a pipeline folder or a Hub id "
+    """A shipped architecture's name, a bundled model's, a pipeline folder or a Hub id; an InvalidArgumentError
+    naming ``model``."""
+    if model not in KNOWN_MODELS and model not in BUNDLED_MODELS and not Path(model).expanduser().is_dir() and \
+            not looks_like_hub_id(model):
+        raise InvalidArgumentError(f"model must be one of {', '.join(KNOWN_MODELS)} (configs shipped), "
+                                   f"{', '.join(BUNDLED_MODELS)} (the bundled models), a pipeline folder or a Hub id "
                                    f"(owner/name); got {model!r}")
 
 
@@ -220,10 +222,12 @@ class JobPlan:
     memory_bytes: int
     host_memory_bytes: int | None
     largest_fitting: tuple[int, int] | None
+    family: str = "unet"
 
     @property
     def peak_device_bytes(self) -> int:
-        return self.weights_bytes + self.estimate.peak_device
+        """The weights (the estimate's ``resident`` bytes) and the largest stage."""
+        return self.estimate.peak_device
 
     @property
     def peak_host_bytes(self) -> int:
@@ -231,12 +235,19 @@ class JobPlan:
 
     @property
     def fits(self) -> bool:
-        return self.estimate.fits  # its device limit is the memory less the weights (estimate_job)
+        return self.estimate.fits  # the weights count against the device's memory (estimate_job)
 
     @property
     def mode(self) -> str:
         """The UNet's mode at the largest stage."""
         return self.estimate.modes[-1]
+
+    def refusal(self, cap: str | None = None) -> str:
+        """The refusal generation would give (:mod:`.refusal`); ``cap``: how the memory figure was given."""
+        hints = memory_hints(memory_mode=self.memory_mode, linearized=self.method != "none",
+                             method=default_method(self.family), cap=cap)
+        return refusal_message(f"{self.width}x{self.height} with {self.model}", self.width, self.height,
+                               self.estimate, self.largest_fitting, hints)
 
     def to_json(self) -> dict:
         return {
@@ -256,10 +267,11 @@ class JobPlan:
 def estimate_job(model: str, width: int, height: int, *, memory: int, host_memory: int | None = None,
                  dtype: str = "fp16", device: str = "cuda", method: str | None = "auto",
                  memory_mode: str = "auto", guidance: float = 7.5, tile: int = 64,
-                 find_largest: bool = True) -> JobPlan:
-    """Plan one image of ``width``×``height`` (see the module docstring); every argument checked first.
-    ``find_largest=False`` skips the search for the largest size that fits (``largest_fitting`` is then None)."""
-    check_side(width, height)
+                 find_largest: bool = True, progress=None) -> JobPlan:
+    """Plan one image of ``width``×``height`` (see the module docstring); every argument checked first, with the
+    ranges generation takes. ``find_largest=False`` skips the search for the largest size that fits
+    (``largest_fitting`` is then None); ``progress(text)`` is told of each trace before it runs."""
+    GenerationParams("", width=width, height=height, guidance=guidance).validate()
     if dtype not in DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     if device not in DEVICES:
@@ -282,15 +294,15 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
     else:
         memory_model = MemoryModel(unet=denoiser, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
                                    device_type=device)
+    memory_model.report = progress
     weights = model_bytes(denoiser, vae, *encoders)
     native = configs.native_size or denoiser.config.sample_size * factor
     multiple = size_rule(configs, factor)[0]
     guided = guidance > 1.0
-    device_room = max(0, memory - weights / SAFETY)  # what the stages may use, the weights resident
 
     def estimate(stages: list[Stage]) -> MemoryEstimate:
-        return estimate_memory(None, stages, guidance=guided, tile=tile, model=memory_model, limit=int(device_room),
-                               memory=memory_mode, host_limit=host_memory)
+        return estimate_memory(None, stages, guidance=guided, tile=tile, model=memory_model, limit=memory,
+                               memory=memory_mode, host_limit=host_memory, resident=weights)
 
     def fits(size: tuple[int, int]) -> bool:
         """The largest stage first (most sizes that fail, fail there), then the whole job."""
@@ -298,18 +310,21 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         return all(estimate(part).fits for part in (stages[-1:], stages))
 
     job = estimate(job_stages(width, height, native, multiple=multiple))
-    largest = last_fitting(search_sizes(configs, factor, width, height), fits) if find_largest else None
+    sizes = sizes_beside(search_sizes(configs, factor, width, height), width, height, job.fits)
+    largest = last_fitting(sizes, fits) if find_largest and sizes else None
+    if find_largest and job.fits:
+        largest = largest or (width, height)
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
-                   host_memory, largest)
+                   host_memory, largest, "unet" if configs.transformer is None else configs.family)
 
 
 def size_rule(configs: ModelConfigs, factor: int) -> tuple[int, int]:
-    """(multiple, largest side) of a model's sizes: a UNet's 8 and MAX_SIDE; a DiT's patch (FLUX: the 2×2
-    packing) times the VAE factor, and its position table's reach (SD3) or MAX_SIDE."""
+    """(multiple, largest side) of a model's sizes: a UNet's 8 and MAX_SIZE; a DiT's patch (FLUX: the 2×2
+    packing) times the VAE factor, and its position table's reach (SD3) or MAX_SIZE."""
     if configs.transformer is None:
-        return 8, MAX_SIDE
+        return 8, MAX_SIZE
     multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
-    return multiple, max_side(configs.transformer, factor) or MAX_SIDE
+    return multiple, max_side(configs.transformer, factor) or MAX_SIZE
 
 
 def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) -> None:
@@ -324,13 +339,13 @@ def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) 
 
 
 def search_sizes(configs: ModelConfigs, factor: int, width: int, height: int) -> list[tuple[int, int]]:
-    """Sizes of W:H the search for the largest fit tries: every candidate up to MAX_SIDE (a DiT: within its
+    """Sizes of W:H the search for the largest fit tries: every candidate up to MAX_SIZE (a DiT: within its
     position table, in multiples of its patch)."""
     multiple, limit = size_rule(configs, factor)
     return [size for size in candidate_sizes(*_top_size(width, height), multiple) if max(size) <= limit]
 
 
 def _top_size(width: int, height: int) -> tuple[int, int]:
-    """W:H scaled so that the longer side is MAX_SIDE (multiples of 8): where the search for the largest fit starts."""
-    scale = MAX_SIDE / max(width, height)
+    """W:H scaled so that the longer side is MAX_SIZE (multiples of 8): where the search for the largest fit starts."""
+    scale = MAX_SIZE / max(width, height)
     return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)

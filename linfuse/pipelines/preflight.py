@@ -34,6 +34,7 @@ from ..linearize.layers import resolve_denoiser
 from ..linearize.twin import meta_twin
 from .families import is_dit, size_multiple
 from .lean import LeanSettings, lean_mode
+from .lean.dit import DiTLeanSettings
 from .memory_trace import trace
 from .plan import Stage, default_strengths, plan_stages
 
@@ -60,16 +61,20 @@ def check_memory_mode(memory) -> str:
     return memory
 
 
-def lean_ladder(memory: str, device_type: str) -> list[LeanSettings | None]:
-    """The UNet settings ``memory`` may run, cheapest first (None = the plain forward)."""
+def rung_ladder(memory: str, device_type: str, *, dit: bool = False) -> list:
+    """The denoiser settings (rungs) ``memory`` may run, cheapest first (None = the plain forward). A UNet: plain,
+    lean, lean with parked skips (CUDA), lean with fused up-sampling (the last resort: recomputes the up-samplers);
+    a DiT (:mod:`.lean.dit`): plain, lean."""
     check_memory_mode(memory)
-    cuda = device_type == "cuda"
-    frugal = LeanSettings(park_skips=cuda)
     if memory == "plain":
         return [None]
+    if dit:
+        return [*([None] if memory == "auto" else []), DiTLeanSettings()]
+    cuda = device_type == "cuda"
+    frugal = LeanSettings(park_skips=cuda)
     if memory == "lean":
         return [frugal]
-    fused = LeanSettings(park_skips=cuda, fuse_upsampling=True)  # the last resort: recomputes the up-samplers
+    fused = LeanSettings(park_skips=cuda, fuse_upsampling=True)
     return [None, LeanSettings(), *([frugal] if cuda else []), fused]
 
 
@@ -99,10 +104,16 @@ class StageMemory:
 
 @dataclass
 class MemoryEstimate:
+    """Every stage's need against the free memory. ``resident``: bytes already counted against the device's free
+    memory by the caller's account but not yet allocated (the planner's weights; 0 for a loaded pipeline, whose
+    weights are no longer free). A stage fits when ``resident`` plus its device need is at most ``SAFETY`` of the
+    free device memory (and its host need at most ``SAFETY`` of the free host memory), every tensor under 2^31."""
+
     device: str
     stages: list[StageMemory] = field(default_factory=list)
     free_device: int | None = None
     free_host: int | None = None
+    resident: int = 0
 
     @property
     def shared(self) -> bool:
@@ -116,7 +127,13 @@ class MemoryEstimate:
 
     @property
     def peak_device(self) -> int:
-        return max(self.stage_need(s)[0] for s in self.stages)
+        """The device peak: ``resident`` plus the largest stage."""
+        return self.resident + max(self.stage_need(s)[0] for s in self.stages)
+
+    @property
+    def limit_device(self) -> int | None:
+        """What the job may use on the device: ``SAFETY`` of the free memory."""
+        return None if self.free_device is None else int(SAFETY * self.free_device)
 
     @property
     def peak_host(self) -> int:
@@ -128,7 +145,7 @@ class MemoryEstimate:
 
     def stage_fits(self, stage: StageMemory) -> bool:
         device, host = self.stage_need(stage)
-        device_ok = self.free_device is None or device <= SAFETY * self.free_device
+        device_ok = self.free_device is None or self.resident + device <= SAFETY * self.free_device
         host_ok = self.shared or self.free_host is None or host <= SAFETY * self.free_host
         return device_ok and host_ok and stage.max_elements < INDEX_LIMIT
 
@@ -143,16 +160,19 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         where = "memory" if self.shared else f"{self.device} memory"
-        lines = [f"{s.label} {s.width}x{s.height}{f' ({s.mode})' if s.mode else ''}: {gib(sum(self.stage_need(s)))}"
-                 for s in self.stages]
-        free = f"{gib(self.free_device)} free" if self.free_device is not None else "free memory unknown"
+        lines = [f"{s.label} {s.width}x{s.height}{f' ({s.mode})' if s.mode else ''}: "
+                 f"{memory_text(sum(self.stage_need(s)))}" for s in self.stages]
+        free = f"{memory_text(self.free_device)} free" if self.free_device is not None else "free memory unknown"
         large = f"; a tensor of {self.max_elements:.3g} elements reaches 2^31" if self.max_elements >= INDEX_LIMIT \
             else ""
-        return f"peak {gib(self.peak_device)} of {where} ({free}){large}; " + "; ".join(lines)
+        return f"peak {memory_text(self.peak_device)} of {where} ({free}){large}; " + "; ".join(lines)
 
 
-def gib(count: int | None) -> str:
-    return "?" if count is None else f"{count / 2**30:.2f} GiB"
+def memory_text(count: int | None) -> str:
+    """Bytes for people: GiB from 1 GiB up, MiB below (``?`` when unknown)."""
+    if count is None:
+        return "?"
+    return f"{count / 2**30:.2f} GiB" if abs(count) >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def host_available() -> int | None:
@@ -164,6 +184,30 @@ def host_available() -> int | None:
     except OSError:
         return None
     return None
+
+
+def total_memory(device: torch.device) -> int | None:
+    """All the memory of ``device`` (a GPU's, or the system's MemTotal for the CPU); None when unreadable."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        with open("/proc/meminfo") as info:
+            return next((int(line.split()[1]) * 1024 for line in info if line.startswith("MemTotal:")), None)
+    except OSError:
+        return None
+
+
+def check_memory_cap(text: str, device, name: str = "--max-memory") -> int:
+    """A memory cap such as '8GiB' (:func:`~.planner.parse_memory`) in bytes, at most ``device``'s total memory; an
+    InvalidArgumentError naming ``name`` otherwise."""
+    from .loading import resolve_device
+    from .planner import parse_memory
+
+    cap = parse_memory(text, name)
+    total = total_memory(resolve_device(device))
+    if total is not None and cap > total:
+        raise InvalidArgumentError(f"{name} must be at most this device's {memory_text(total)}; got {text!r}")
+    return cap
 
 
 def free_memory(device: torch.device) -> tuple[int | None, int | None]:
@@ -195,10 +239,11 @@ class MemoryModel:
         self._vae_existing = [*self.vae.parameters(), *self.vae.buffers()]
         self._cache: dict = {}
         self._lock = threading.Lock()
+        self.report = None  # report(text): told of each new trace before it runs (``linfuse estimate``'s progress)
 
     def ladder(self, memory: str) -> list:
         """The denoiser settings ``memory`` may run, cheapest first."""
-        return lean_ladder(memory, self.device_type)
+        return rung_ladder(memory, self.device_type)
 
     def denoiser_batch(self, batch: int, guidance: bool) -> int:
         """Samples in one denoiser call: both classifier-free-guidance halves at once."""
@@ -217,17 +262,22 @@ class MemoryModel:
 
     def unet_memory(self, latent_height: int, latent_width: int, batch: int,
                     lean: LeanSettings | None = None) -> tuple[int, int, int]:
-        """(device bytes, host bytes, largest tensor's elements) of one UNet call with these settings."""
+        """(device bytes, host bytes, largest tensor's elements) of one denoiser call with these settings."""
         return self._cached(("unet", latent_height, latent_width, batch, lean),
-                            lambda: self._trace_unet(latent_height, latent_width, batch, lean))
+                            lambda: self._trace_unet(latent_height, latent_width, batch, lean),
+                            f"denoiser at {latent_width * self.vae_factor}x{latent_height * self.vae_factor}, "
+                            f"{mode_name(lean)}")
 
     def vae_tile_memory(self, tile: int, batch: int, kind: str) -> tuple[int, int]:
         """(bytes, largest tensor's elements) of one tile's decode or encode."""
-        return self._cached(("vae", tile, batch, kind), lambda: self._trace_vae(tile, batch, kind))
+        return self._cached(("vae", tile, batch, kind), lambda: self._trace_vae(tile, batch, kind),
+                            f"VAE {kind} of a {tile * self.vae_factor}-pixel tile")
 
-    def _cached(self, key, compute):
+    def _cached(self, key, compute, what: str):
         with self._lock:
             if key not in self._cache:
+                if self.report is not None:
+                    self.report(f"tracing the {what}")
                 self._cache[key] = compute()
             return self._cache[key]
 
@@ -326,21 +376,30 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
 
 def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
                     tile: int = 64, model: MemoryModel | None = None, limit: int | None = None,
-                    memory: str = "auto", host_limit: int | None = None) -> MemoryEstimate:
-    """The estimate of every stage, with the free memory now (or ``limit`` bytes, for the device and, unless
-    ``host_limit`` is given, the host alike). ``memory`` as in the module docstring."""
+                    memory: str = "auto", host_limit: int | None = None, resident: int = 0) -> MemoryEstimate:
+    """The estimate of every stage, with the free memory now, or ``limit`` bytes (a cap, as on a shared card: for the
+    device and, unless ``host_limit`` is given, the host alike; the pipeline's weights count against it, as the
+    planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring."""
     model = model or memory_model_for(pipe)
     if limit is not None:
         free_device, free_host = limit, limit
+        if pipe is not None and not resident:  # a cap is what the job may hold, its weights included
+            resident = weights_bytes(pipe)
     else:
         free_device, free_host = free_memory(resolve_denoiser(pipe).device if pipe is not None
                                              else torch.device(model.device_type))
     if host_limit is not None:
         free_host = host_limit
-    estimate = MemoryEstimate(model.device_type, [], free_device, free_host)
+    estimate = MemoryEstimate(model.device_type, [], free_device, free_host, resident)
     estimate.stages = estimate_stages(model, stages, batch=batch, guidance=guidance, upscale=upscale, tile=tile,
                                       memory=memory, estimate=estimate)
     return estimate
+
+
+def weights_bytes(pipe) -> int:
+    """Bytes of the pipeline's models (parameters and buffers), as :func:`~.planner.model_bytes` counts them."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return sum(t.nelement() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
 def candidate_sizes(width: int, height: int, multiple: int = 8) -> list[tuple[int, int]]:
@@ -359,21 +418,42 @@ def candidate_sizes(width: int, height: int, multiple: int = 8) -> list[tuple[in
     return sorted(sizes)
 
 
-def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, strengths=None, **kwargs
-                         ) -> tuple[int, int] | None:
-    """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does."""
+def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, strengths=None,
+                         progressive: bool = True, fits_now: bool | None = None, **kwargs) -> tuple[int, int] | None:
+    """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does.
+    ``progressive``: the job is the progressive stages (else one stage at the size); ``fits_now``: whether W×H
+    itself fits, when the caller knows (the search then looks only above or below it); ``kwargs`` as
+    :func:`estimate_memory` takes them."""
     model = kwargs.pop("model", None) or memory_model_for(pipe)
     multiple = size_multiple(pipe)
-    sizes = candidate_sizes(width, height, multiple)
+    sizes = sizes_beside(candidate_sizes(width, height, multiple), width, height, fits_now)
+    if not sizes:
+        return None
 
-    def fits(size: tuple[int, int]) -> bool:
+    def stages_of(size: tuple[int, int]) -> list[Stage]:
         w, h = size
+        if not progressive:
+            return [Stage(w, h, 1.0)]
         count = len(plan_stages(w, h, native_side, multiple=multiple)) - 1
         schedule = None if strengths is None else _resample(list(strengths), count)
-        stages = plan_stages(w, h, native_side, schedule, multiple=multiple)
-        return estimate_memory(pipe, stages, model=model, **kwargs).fits
+        return plan_stages(w, h, native_side, schedule, multiple=multiple)
 
-    return last_fitting(sizes, fits)
+    return last_fitting(sizes, lambda size: job_fits(pipe, stages_of(size), model=model, **kwargs))
+
+
+def job_fits(pipe, stages: list[Stage], **kwargs) -> bool:
+    """Whether a job fits: its largest stage first (most sizes that fail, fail there: one trace), then all."""
+    return all(estimate_memory(pipe, part, **kwargs).fits for part in (stages[-1:], stages))
+
+
+def sizes_beside(sizes: list[tuple[int, int]], width: int, height: int,
+                 fits_now: bool | None) -> list[tuple[int, int]]:
+    """``sizes`` (small to large) that may hold the largest fit when W×H ``fits_now`` (the sizes from W×H up) or
+    does not (those below it); all of them when unknown. Fitting is monotone in size."""
+    if fits_now is None:
+        return sizes
+    area = width * height
+    return [s for s in sizes if (s[0] * s[1] >= area if fits_now else s[0] * s[1] < area)]
 
 
 def last_fitting(sizes: list[tuple[int, int]], fits) -> tuple[int, int] | None:

@@ -3,7 +3,8 @@
 import torch
 
 from .. import __version__
-from .families import call_arguments, is_dit, native_size, size_multiple
+from ..linearize.layers import resolve_denoiser
+from .families import call_arguments, native_size, size_multiple
 from .parameters import GenerationParams, public_name
 
 __all__ = ["describe_run", "generate", "native_size"]
@@ -22,17 +23,22 @@ def describe_run(pipe, params: GenerationParams, *, model: str = "", weights: st
 
 
 def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_on_step_end=None,
-             memory: str = "plain"):
+             memory: str = "plain", memory_limit: int | None = None, check_memory: bool | None = None):
     """Run the pipeline once; the random stream comes from a CPU generator so a seed means the same on any device.
 
     ``callback_on_step_end`` is handed to the pipeline as it is (diffusers' per-step callback, e.g. for a progress
-    display); by default none is passed. ``memory``: how the UNet runs (:mod:`.lean`): "plain", "lean", or "auto"
-    (the memory preflight picks: plain when it fits, else the cheapest lean setting that does).
+    display); by default none is passed. ``memory``: how the denoiser runs (:mod:`.lean`): "plain", "lean", or
+    "auto" (the memory preflight picks: plain when it fits, else the cheapest lean setting that does).
+    ``memory_limit``: bytes the job may use (as on a shared card; default what is free). The preflight refuses a
+    job that does not fit (:class:`~.preflight.InsufficientMemoryError`, with the largest size that does) when
+    ``check_memory`` (default: with "auto" or a ``memory_limit``).
     """
     from .lean import denoiser_lean_mode
 
     params.validate(multiple_of=size_multiple(pipe))
-    settings = unet_mode(pipe, params, memory)
+    if check_memory is None:
+        check_memory = memory == "auto" or memory_limit is not None
+    settings = denoiser_setting(pipe, params, memory, memory_limit, check_memory)
     if progress and memory != "plain":
         from tqdm.auto import tqdm
 
@@ -43,15 +49,20 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
         return _run(pipe, params, progress, callback_on_step_end)
 
 
-def unet_mode(pipe, params: GenerationParams, memory: str):
-    """The denoiser's lean settings (None: plain) for one text-to-image call, as ``memory`` asks."""
-    from .dit_memory import dit_ladder
+def denoiser_setting(pipe, params: GenerationParams, memory: str, memory_limit: int | None = None,
+                     check_memory: bool = False):
+    """The denoiser's lean settings (None: plain) for one text-to-image call, as ``memory`` asks; the memory
+    preflight (:func:`~.highres.preflight_job`) runs when ``memory`` is "auto" or ``check_memory``."""
+    from .families import is_dit
+    from .highres import HighResOptions, preflight_job
     from .plan import Stage
-    from .preflight import check_memory_mode, estimate_memory, lean_ladder
+    from .preflight import check_memory_mode, rung_ladder
 
-    if check_memory_mode(memory) != "auto":
-        return dit_ladder(memory)[0] if is_dit(pipe) else lean_ladder(memory, pipe.unet.device.type)[0]
-    estimate = estimate_memory(pipe, [Stage(params.width, params.height, 1.0)], guidance=params.guidance > 1.0)
+    if check_memory_mode(memory) != "auto" and not check_memory:
+        return rung_ladder(memory, resolve_denoiser(pipe).device.type, dit=is_dit(pipe))[0]
+    options = HighResOptions(memory=memory, memory_limit=memory_limit, check_memory=check_memory).validate()
+    estimate = preflight_job(pipe, params, options, [Stage(params.width, params.height, 1.0)],
+                             what="text-to-image", progressive=False)
     return estimate.stages[0].lean
 
 

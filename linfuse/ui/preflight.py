@@ -33,12 +33,12 @@ def estimate(loaded: LoadedModel, width: int, height: int, guidance: float, *, p
 
 
 def largest_that_fits(loaded: LoadedModel, width: int, height: int, guidance: float,
-                      options: HighResOptions) -> tuple[int, int] | None:
-    """:func:`linfuse.pipelines.largest_fitting_size` for this model and these options."""
+                      options: HighResOptions, *, progressive: bool = True) -> tuple[int, int] | None:
+    """:func:`linfuse.pipelines.largest_fitting_size` for this model and these options, W×H known not to fit."""
     return largest_fitting_size(loaded.pipe, width, height, native_side=loaded.native_side,
-                                strengths=options.strengths, guidance=guidance > 1.0, upscale=options.upscale,
-                                tile=options.vae_tile, model=loaded.memory_model(), limit=options.memory_limit,
-                                memory=options.memory)
+                                strengths=options.strengths, progressive=progressive, fits_now=False,
+                                guidance=guidance > 1.0, upscale=options.upscale, tile=options.vae_tile,
+                                model=loaded.memory_model(), limit=options.memory_limit, memory=options.memory)
 
 
 def softmax_refusal(loaded: LoadedModel, params: GenerationParams, options: HighResOptions) -> str | None:
@@ -83,7 +83,7 @@ def describe(loaded: LoadedModel, params: GenerationParams, *, progressive: bool
              f"peak **{peak_text(result)}** of {free_text(result)} → {verdict} (jobs may use {SAFETY:.0%} of what "
              "is free)."]
     if not result.fits:
-        best = largest_that_fits(loaded, width, height, params.guidance, options)
+        best = largest_that_fits(loaded, width, height, params.guidance, options, progressive=progressive)
         lines.append(f"The largest {width}:{height} size that fits is **{best[0]}×{best[1]}**." if best else
                      "Nothing of this aspect ratio fits; free memory or use a smaller model.")
     refusal = softmax_refusal(loaded, params, options) if progressive else None
