@@ -15,6 +15,7 @@ import linfuse
 from linfuse.errors import InvalidArgumentError
 from linfuse.linearize.grid import set_image_grid
 from linfuse.pipelines.lean import LeanSettings, lean_mode
+from linfuse.pipelines.patch_parallel import check_one_device
 
 HOST_READS = {"aten::_local_scalar_dense", "aten::item", "aten::equal", "aten::is_nonzero"}
 
@@ -87,7 +88,7 @@ def test_dit_forwards_compile_whole_and_equal_eager(case):
         explained = torch._dynamo.explain(model)(**inputs, return_dict=False)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
     out = forward(compiled, inputs)  # compiled first: nothing was read eagerly before the trace
     expected = forward(model, inputs)
     assert out.shape == expected.shape and (out - expected).abs().max().item() < 1e-4
@@ -133,7 +134,8 @@ def test_compiled_flux_grid_is_a_checked_constant_and_a_declared_grid_recompiles
 
 
 def test_one_inductor_compile_of_a_clear_flux_equals_eager():
-    model, inputs = converted_dit("flux-clear")
+    """Inductor (C++ kernels on CPU) also takes the grid check (``_assert_async``) and the pooled windows."""
+    model, inputs = converted_dit("flux-clear-pooled")
     torch._dynamo.reset()
     out = forward(torch.compile(model, fullgraph=True), inputs)
     assert (out - forward(model, inputs)).abs().max().item() < 1e-4
@@ -149,6 +151,17 @@ def test_lean_unet_reads_nothing_on_the_host(method):
         with HostReads() as mode:
             unet(**inputs)
     assert mode.reads == []
+
+
+def test_mixed_devices_are_refused_before_work_starts():
+    unet = tiny_unet("sd15")
+    inputs = unet_inputs(unet, batch=1, height=8, width=8)
+    inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"].to("meta")
+    with torch.no_grad(), lean_mode(unet, LeanSettings()), pytest.raises(InvalidArgumentError, match="one device"):
+        unet(**inputs)
+    with pytest.raises(InvalidArgumentError, match=r"one device; got \['cpu', 'meta'\]"):
+        check_one_device(torch.zeros(2), None, torch.zeros(2, device="meta"))  # patch parallel's check
+    check_one_device(torch.zeros(2), torch.zeros(1), expected=torch.device("cpu"))
 
 
 def test_half_precision_lean_unet_holds_no_float32_tensor_larger_than_a_chunk():
