@@ -31,6 +31,7 @@ def test_two_gloo_processes_reproduce_the_single_process_latents():
     report = run_ranks(SCRIPT, 2, "96", "144")
     assert report["bands"] == [[0, 20], [20, 36]]  # 36 latent rows: 5 and 4 blocks of 4 rows
     assert report["max_abs_difference"] < 1e-4 and report["scale"] > 0.5
+    assert report["collective_devices"] == ["cpu"]  # the data's device, forwards run with meta as the default
 
 
 def test_three_gloo_processes_reproduce_a_clear_flux_image():
@@ -38,6 +39,7 @@ def test_three_gloo_processes_reproduce_a_clear_flux_image():
     report = run_ranks(DIT_SCRIPT, 3, "96", "128")
     assert report["bundled"]["bands"] == [[0, 6], [6, 11], [11, 16]]  # 128 px: 16 rows of 12 packed tokens
     assert report["pooled"]["bands"] == [[0, 6], [6, 12], [12, 16]]  # pool 2: bands of whole 2-row blocks
+    assert report.pop("collective_devices") == ["cpu"]  # the data's device, meta as the default in forwards
     for run in report.values():
         assert run["max_abs_difference"] < 1e-4 and run["scale"] > 0.5 and run["undone"]
 

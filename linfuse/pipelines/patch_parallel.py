@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..kernels import linear_attention_readout, linear_attention_state
+from ..kernels.linear_attention_reference import default_chunk_size
 from ..linearize.registry import processor_classes
 from .families import is_dit
 
@@ -46,19 +47,29 @@ def band_bounds(height: int, parts: int, align: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def gather_along(local: torch.Tensor, dim: int) -> torch.Tensor:
-    """Every rank's tensor joined along ``dim`` in rank order (sizes along ``dim`` may differ: padded to the
-    largest for all_gather, trimmed back)."""
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([local.shape[dim]], dtype=torch.int64))
-    largest = int(max(s.item() for s in sizes))
+def gather_along(local: torch.Tensor, dim: int, sizes: list[int]) -> torch.Tensor:
+    """Every rank's tensor joined along ``dim`` in rank order; ``sizes`` are every rank's sizes along ``dim``, known
+    from the band arithmetic (so no collective of sizes and no host read). Parts are padded to the largest for
+    all_gather and trimmed back."""
+    if len(sizes) != dist.get_world_size() or local.shape[dim] != sizes[dist.get_rank()]:
+        raise InvalidArgumentError(f"gather_along: this rank holds {local.shape[dim]} entries along dim {dim}, the "
+                                   f"band sizes say {sizes}")
     pad = list(local.shape)
-    pad[dim] = largest - local.shape[dim]
+    pad[dim] = max(sizes) - local.shape[dim]
     padded = torch.cat([local, local.new_zeros(pad)], dim=dim).contiguous()
-    gathered = [torch.empty_like(padded) for _ in range(world)]
+    gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([g.narrow(dim, 0, int(s.item())) for g, s in zip(gathered, sizes, strict=True)], dim=dim)
+    return torch.cat([g.narrow(dim, 0, size) for g, size in zip(gathered, sizes, strict=True)], dim=dim)
+
+
+def check_one_device(*tensors, expected: torch.device | None = None) -> None:
+    """Refuse inputs on different devices (collectives and kernels work on one device per rank)."""
+    devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
+    if expected is not None:
+        devices.add(torch.device(expected))
+    if len(devices) > 1:
+        raise InvalidArgumentError(f"patch parallelism needs the inputs and the model on one device; got "
+                                   f"{sorted(str(d) for d in devices)}: move them with .to(device) first")
 
 
 def neighbour_rows(x: torch.Tensor, rows: int, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -113,13 +124,14 @@ def _attend_forward(processor):
     feature_map, eps = processor.chunk_form()
 
     def attend(q, k, v, x):
-        state, key_sum = linear_attention_state(k, v, feature_map=feature_map)
-        packed = torch.cat([state, key_sum.unsqueeze(-1)], dim=-1)  # [S ‖ z], (B, heads, d, d + 1)
-        count = torch.tensor([float(k.shape[1])], dtype=packed.dtype)
+        chunk = default_chunk_size(k.shape[0], k.shape[2], k.shape[3], k.shape[1])
+        state, key_sum = linear_attention_state(k, v, feature_map=feature_map, chunk_size=chunk)  # fp32 sums
+        count = state.new_full((*state.shape[:-1], 1), k.shape[1])  # this band's key count, on the data's device
+        packed = torch.cat([state, key_sum.unsqueeze(-1), count], dim=-1)  # [S ‖ z ‖ n], (B, heads, d, d + 2)
         dist.all_reduce(packed)
-        dist.all_reduce(count)
-        packed = packed / count
-        return linear_attention_readout(q, packed[..., :-1], packed[..., -1], feature_map=feature_map, eps=eps)
+        packed = packed[..., :-1] / packed[..., -1:]
+        return linear_attention_readout(q, packed[..., :-1], packed[..., -1], feature_map=feature_map, eps=eps,
+                                        chunk_size=chunk)
 
     return attend
 
@@ -166,14 +178,18 @@ def patch_parallel(pipe):
         rank, world = dist.get_rank(), dist.get_world_size()
         if sample.shape[-1] % align:
             raise InvalidArgumentError(f"latent width {sample.shape[-1]} must be a multiple of {align}")
-        start, end = band_bounds(sample.shape[-2], world, align)[rank]
+        check_one_device(sample, kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None),
+                         expected=unet.device)
+        everyone = band_bounds(sample.shape[-2], world, align)
+        start, end = everyone[rank]
         bounds["rows"] = (start, end)
+        bounds["sizes"] = [b - a for a, b in everyone]
         band = sample[:, :, start:end]
         return ((band, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": band})
 
     def gather(module, args, kwargs, output):
         first = output[0] if isinstance(output, tuple) else output.sample
-        full = gather_along(first.contiguous(), 2)
+        full = gather_along(first.contiguous(), 2, bounds["sizes"])
         if isinstance(output, tuple):
             return (full, *output[1:])
         output.sample = full
@@ -182,7 +198,7 @@ def patch_parallel(pipe):
     handles = [unet.register_forward_pre_hook(split, with_kwargs=True),
                unet.register_forward_hook(gather, with_kwargs=True)]
     try:
-        yield bounds
+        yield bounds  # this rank's band ("rows") and every rank's band height ("sizes")
     finally:
         for handle in handles:
             handle.remove()

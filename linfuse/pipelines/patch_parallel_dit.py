@@ -25,8 +25,8 @@ import torch.distributed as dist
 from ..errors import InvalidArgumentError
 from ..kernels import local_attention
 from ..linearize.clear import ClearAttnProcessor
-from ..linearize.grid import raster_grid
-from .patch_parallel import band_bounds, gather_along, neighbour_rows
+from ..linearize.grid import attach_token_grid
+from .patch_parallel import band_bounds, check_one_device, gather_along, neighbour_rows
 
 KEY_CHUNK = 8192  # image keys per step of the text queries' running softmax
 
@@ -74,6 +74,11 @@ class BandState:
 
     def __init__(self):
         self.height = self.width = self.start = self.end = 0
+        self.bands: list[tuple[int, int]] = []  # every rank's [start, end) rows
+
+    def pooled_sizes(self, pool: int) -> list[int]:
+        """Pooled tokens of every rank's band: its whole pool×pool blocks."""
+        return [(end - start) // pool * (self.width // pool) for start, end in self.bands]
 
 
 def window_attention_forward(processor, band: BandState):
@@ -96,7 +101,8 @@ def window_attention_forward(processor, band: BandState):
         pooled = 0
         if processor.pool:
             pooled_kv = gather_along(torch.cat([processor.pool_tokens(image_k, grid),
-                                                processor.pool_tokens(image_v, grid)], -1), 1)
+                                                processor.pool_tokens(image_v, grid)], -1), 1,
+                                    band.pooled_sizes(processor.pool))
             pooled_k, pooled_v = pooled_kv[..., :dim], pooled_kv[..., dim:]
             pooled = pooled_k.shape[1]
             wide_q = torch.cat([wide_q[:, :text], q.new_zeros(pooled_k.shape), wide_q[:, text:]], 1)
@@ -147,6 +153,7 @@ def flux_patch_parallel(pipe, bounds: dict):
     transformer = pipe.transformer
     processors = check_flux_transformer(transformer)
     band = BandState()
+    grid = attach_token_grid(transformer)
     align = max([p.pool for p in processors] + [1])
     halo = max(p.radius for p in processors) - 1
     for processor in processors:
@@ -158,17 +165,23 @@ def flux_patch_parallel(pipe, bounds: dict):
             raise InvalidArgumentError("patch parallelism calls the FLUX transformer with keyword arguments and no "
                                        "ControlNet residuals")
         ids = kwargs["img_ids"]
-        band.height, band.width = raster_grid(ids)
-        band.start, band.end = flux_bands(band.height, dist.get_world_size(), align, halo)[dist.get_rank()]
+        check_one_device(*(kwargs.get(name) for name in ("hidden_states", "encoder_hidden_states", "img_ids",
+                                                         "txt_ids", "timestep", "pooled_projections")),
+                         expected=transformer.device)
+        band.height, band.width = grid.flux_grid(ids)  # no host read once known (see linearize.grid)
+        band.bands = flux_bands(band.height, dist.get_world_size(), align, halo)
+        band.start, band.end = band.bands[dist.get_rank()]
         bounds["rows"] = (band.start, band.end)
         tokens = slice(band.start * band.width, band.end * band.width)
         local_ids = ids[..., tokens, :]
+        grid.assume(local_ids, (band.end - band.start, band.width))
         return args, {**kwargs, "hidden_states": kwargs["hidden_states"][:, tokens], "img_ids": local_ids}
 
     def gather(module, args, kwargs, output):
+        sizes = [(end - start) * band.width for start, end in band.bands]
         if isinstance(output, tuple):
-            return (gather_along(output[0].contiguous(), 1), *output[1:])
-        output.sample = gather_along(output.sample.contiguous(), 1)
+            return (gather_along(output[0].contiguous(), 1, sizes), *output[1:])
+        output.sample = gather_along(output.sample.contiguous(), 1, sizes)
         return output
 
     handles = [transformer.register_forward_pre_hook(split, with_kwargs=True, prepend=True),

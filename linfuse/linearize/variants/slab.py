@@ -11,8 +11,6 @@ SLAB also adds a learnable positional encoding to K; its size is tied to one tok
 (the convolution already supplies position, at any resolution).
 """
 
-import torch
-
 from ...kernels import DEFAULT_EPS, linear_attention
 from ..options import odd_integer, positive_float
 from ..processor import SelfAttentionProcessor
@@ -45,13 +43,14 @@ class SlabAttnProcessor(SelfAttentionProcessor):
         return "relu", self.eps
 
     def local_term(self, v, grid):
-        """DWConv_{k×k}(V_h) per head, in fp32 (fp64 for fp64 values): (B, N, heads, d)."""
+        """DWConv_{k×k}(V_h) per head, in v's dtype (no fp32 copy of V; the convolution accumulates in fp32 on
+        GPUs): (B, N, heads, d)."""
         batch, count, heads, head_dim = v.shape
-        per_head = v.to(torch.promote_types(v.dtype, torch.float32)).transpose(1, 2)
+        per_head = v.transpose(1, 2)
         local = self.value_conv(per_head.reshape(batch * heads, count, head_dim), grid)  # (B·heads, N, d)
         return local.view(batch, heads, count, head_dim).transpose(1, 2)
 
     def attend(self, q, k, v, x):
-        acc = torch.promote_types(q.dtype, torch.float32)
-        out = linear_attention(q.to(acc), k.to(acc), v.to(acc), feature_map="relu", eps=self.eps, layout="bnhd")
-        return (out + self.local_term(v, self.grid_for(v.shape[1]))).to(q.dtype)
+        """q, k, v in their own (half) precision: the kernels keep the state in fp32, chunk by chunk."""
+        out = linear_attention(q, k, v, feature_map="relu", eps=self.eps, layout="bnhd")
+        return out + self.local_term(v, self.grid_for(v.shape[1])).to(out.dtype)

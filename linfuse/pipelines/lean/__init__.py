@@ -17,6 +17,14 @@ it was; ``with lean_mode(unet, settings): …`` does both. While installed, with
   convolution's work.
 
 With autograd on (training) the UNet's own forward runs.
+
+No step reads a tensor's value on the host: band and chunk bounds come from shapes, up-sampling takes rows by slicing
+(:func:`.conv.upsampled_rows`), and attention keeps an fp32 state while q, k, v stay in the model's precision (a
+dispatch trace of a bf16 UNet holds no fp32 tensor larger than one band). It is still not a forward for
+``torch.compile``: its loops run once per band, hundreds of bands at 16K, which dynamo would unroll into one graph
+per band count, and parked skips move tensors to host memory by design. Compile the plain forward; use the lean one
+where memory, not launch overhead, is the limit. (The DiT lean mode, :mod:`.dit`, has few chunks per layer and
+compiles whole: tiny FLUX with CLEAR gives one graph, no break.)
 """
 
 import functools

@@ -12,6 +12,8 @@ the last ``padding`` input rows of a band are kept aside before they are overwri
 reads, so the convolution needs no output tensor of its own.
 """
 
+import struct
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,28 +26,37 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def nearest_rows(top: int, bottom: int, source: int, target: int) -> torch.Tensor:
+def nearest_rows(top: int, bottom: int, source: int, target: int, device=None) -> torch.Tensor:
     """Source row of each target row [top, bottom) in nearest up-sampling from ``source`` to ``target`` rows, as
-    PyTorch computes it (exactly half for ×2, else ⌊i · source/target⌋ in float32)."""
-    index = torch.arange(top, bottom)
+    PyTorch computes it (exactly half for ×2, else ⌊i · source/target⌋ in float32), built on ``device``."""
+    index = torch.arange(top, bottom, device=device)
     if target == 2 * source:
         return index // 2
-    scale = torch.tensor(source / target, dtype=torch.float32)
+    scale = struct.unpack("f", struct.pack("f", source / target))[0]  # rounded to float32, as PyTorch's
     return torch.floor(index.float() * scale).long().clamp_max(source - 1)
+
+
+def upsampled_rows(x: Parts, first: int, last: int, size: tuple[int, int]) -> torch.Tensor:
+    """Rows [first, last) of x nearest-up-sampled to ``size`` (H, W), from x's rows only: no index leaves the host
+    and none is read back (×2 by repeating rows, any other ratio by an index built on x's device)."""
+    source_height = x.height
+    if size[0] == 2 * source_height:
+        start, stop = first // 2, (last - 1) // 2 + 1
+        band = x.rows(start, stop).repeat_interleave(2, dim=2)[:, :, first - 2 * start:last - 2 * start]
+    else:  # ⌊i·s⌋ with s = source/target rounded to float32: one row of margin each side covers the rounding
+        start = max(0, first * source_height // size[0] - 1)
+        stop = min(source_height, (last - 1) * source_height // size[0] + 2)
+        source = x.rows(start, stop)
+        index = nearest_rows(first, last, source_height, size[0], device=source.device) - start
+        band = source.index_select(2, index)
+    return F.interpolate(band, size=(last - first, size[1]), mode="nearest")
 
 
 def gather(x: Parts, top: int, bottom: int, *, pre=None, upsample: tuple[int, int] | None = None) -> torch.Tensor:
     """Input rows [top, bottom) of pre(x) or of x up-sampled to ``upsample`` (H, W), zero outside."""
     height = upsample[0] if upsample else x.height
     first, last = max(top, 0), min(bottom, height)
-    if upsample:
-        index = nearest_rows(first, last, x.height, upsample[0])
-        start = int(index[0])
-        source = x.rows(start, int(index[-1]) + 1)
-        band = source.index_select(2, (index - start).to(source.device))
-        band = F.interpolate(band, size=(last - first, upsample[1]), mode="nearest")
-    else:
-        band = x.rows(first, last)
+    band = upsampled_rows(x, first, last, upsample) if upsample else x.rows(first, last)
     if pre is not None:
         band = pre(band)
     return pad_rows(band, first - top, bottom - last)

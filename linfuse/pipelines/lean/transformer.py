@@ -132,11 +132,11 @@ def _linear_attention_(block, processor, tokens, grid, bands) -> None:
             normed = torch.cat([carry, normed], dim=1)
         own = normed[:, (top - first) * width:(bottom - first) * width]
         q = processor.project_queries(attn, own)
-        out = linear_attention_readout(q.to(state.dtype), state, key_sum, feature_map=feature_map, eps=eps)
+        out = linear_attention_readout(q, state, key_sum, feature_map=feature_map, eps=eps)  # q's dtype
         if halo:
             values = processor.project_keys(attn, normed)[1]
             local = processor.local_term(values, (last - first, width))
-            out = out + local[:, (top - first) * width:(bottom - first) * width]
+            out = out + local[:, (top - first) * width:(bottom - first) * width].to(out.dtype)
             carry = normed[:, (bottom - first - halo) * width:(bottom - first) * width]
         tokens[:, top * width:bottom * width].add_(_out(attn, out, tokens.dtype))
 

@@ -9,6 +9,7 @@ forward, so the result is the same and only the memory differs.
 
 import torch
 
+from ...errors import InvalidArgumentError
 from .conv import Upsampled, bandable, banded_conv, same_size
 from .norm import group_stats, norm_act
 from .parts import Parts
@@ -41,6 +42,7 @@ def lean_forward(unet, settings, sample, timestep, encoder_hidden_states, return
     plain = type(unet).forward
     if torch.is_grad_enabled():  # training: in-place updates would break autograd
         return plain(unet, sample, timestep, encoder_hidden_states, return_dict=return_dict, **kwargs)
+    _check_devices(sample, encoder_hidden_states)
     batch = sample.shape[0]
     # On the meta device (a memory trace) every sample allocates the same: the last one runs, with the outputs of
     # the others already held, and they are stand-ins of its output's shape.
@@ -58,6 +60,13 @@ def lean_forward(unet, settings, sample, timestep, encoder_hidden_states, return
         del one
     out = torch.cat(outputs) if batch > 1 else outputs[0]
     return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+def _check_devices(sample: torch.Tensor, context) -> None:
+    """The latent and the text embeddings on one device (the bands mix them; a 0-d timestep may be anywhere)."""
+    if isinstance(context, torch.Tensor) and context.device != sample.device:
+        raise InvalidArgumentError(f"the lean mode needs sample and encoder_hidden_states on one device; got "
+                                   f"{sample.device} and {context.device}: move them with .to(unet.device) first")
 
 
 def _runs_whole(unet, arguments: dict) -> bool:
