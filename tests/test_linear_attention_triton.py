@@ -6,6 +6,7 @@ from test_linear_attention import direct_formula, make_qkv
 
 from linfuse.errors import InvalidArgumentError
 from linfuse.kernels import linear_attention
+from linfuse.kernels import linear_attention_ops as ops
 from linfuse.kernels import linear_attention_triton as lat
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,7 +39,7 @@ def test_forward_and_backward_match_fp64_for_every_config(config, layout, featur
     # One batch and one head so the state pass splits N over several programs; d_k = 20 and d_v = 12 are padded.
     q, k, v = make_qkv(1, 1, 45, 70, 20, 12, layout, positive=feature_map == "identity", seed=config)
     q, k, v = on_device(q, k, v, grad=True)
-    out = lat.linear_attention_triton(q, k, v, feature_map=feature_map, eps=1e-4, layout=layout,
+    out = ops.linear_attention_triton(q, k, v, feature_map=feature_map, eps=1e-4, layout=layout,
                                       config=lat.CONFIGS[config])
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
     grads = torch.autograd.grad((out * grad_out.to(DEVICE)).sum(), (q, k, v))
@@ -105,8 +106,8 @@ def test_linfusion_processors_go_through_the_kernel_dispatch(monkeypatch):
     linfuse.linearize(unet)
     inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in unet_inputs(unet, batch=1).items()}
     calls = []
-    kernel = lat.linear_attention_triton
-    monkeypatch.setattr(lat, "linear_attention_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    kernel = ops.linear_attention_triton
+    monkeypatch.setattr(ops, "linear_attention_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     with torch.no_grad():
         monkeypatch.setenv("LINFUSE_LINEAR_ATTENTION_BACKEND", "reference")
         reference = unet(**inputs).sample
