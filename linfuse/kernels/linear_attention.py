@@ -101,6 +101,9 @@ def linear_attention_readout(q: torch.Tensor, state: torch.Tensor, key_sum: torc
     layout = _layout(seq_dim)
     if feature_map not in FEATURE_MAPS:
         raise InvalidArgumentError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}; got {feature_map!r}")
+    if not (q.device == state.device == key_sum.device):
+        raise InvalidArgumentError(f"q, state and key_sum must be on one device; got {q.device}, {state.device}, "
+                                   f"{key_sum.device}")
     backend = resolve_backend(backend, BACKEND_ENV)
     if _triton_for(backend, q, max(q.shape[-1], state.shape[-1]),
                    needs_grad=any(t.requires_grad for t in (q, state, key_sum))):
