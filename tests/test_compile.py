@@ -5,8 +5,7 @@ as custom ops; Triton's interpreter on this CPU) and with the PyTorch reference.
 Compile time is the cost of these tests: the UNets are the tiny SD-1.5 and SDXL configs of tiny_models with one
 layer per block (every block type and both attention layouts, fewer layers to trace). Most cases compile with
 "aot_eager" (dynamo's one graph, the custom ops' shape functions and AOTAutograd's forward and backward: everything
-but inductor's code generation, which costs a minute per UNet on two cores and does not touch the ops); one case
-compiles with inductor.
+but inductor's code generation, which costs minutes per UNet on two cores); inductor compiles one converted layer.
 """
 
 import json
@@ -111,16 +110,22 @@ def test_compiled_unet_step_equals_eager_in_one_graph(kind, backend, monkeypatch
     assert_grads_close(grads, expected_grads)
 
 
-def test_inductor_compiles_the_triton_ops_without_graph_breaks(monkeypatch):
+def test_inductor_compiles_a_converted_layer_through_the_triton_op(monkeypatch):
+    """Inductor's code generation around the op (a converted self-attention layer, one graph: inductor on a whole
+    UNet costs minutes of CPU; the UNet graphs above are inductor's input all the same)."""
     monkeypatch.setenv(LINEAR_ENV, "triton")
     unet = compile_unet("sd15").eval()
-    inputs = unet_inputs(unet, batch=2)
+    attn = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    assert type(attn.processor).__name__ == "LinFusionAttnProcessor"
+    hidden = torch.randn(2, 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        expected = unet(**inputs).sample
-        explanation = torch._dynamo.explain(unet)(**inputs)
+        expected = attn(hidden)
+        explanation = torch._dynamo.explain(attn)(hidden)
         torch._dynamo.reset()
-        out = torch.compile(unet, fullgraph=True)(**inputs).sample
+        out = torch.compile(attn, fullgraph=True)(hidden)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    assert sum(str(node.target).startswith("linfuse.linear_attention.") for graph in explanation.graphs
+               for node in graph.graph.nodes) == 1
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
