@@ -5,7 +5,8 @@ import torch
 from test_linear_attention import direct_formula, make_qkv
 
 from linfuse.errors import InvalidArgumentError
-from linfuse.kernels import linear_attention
+from linfuse.kernels import linear_attention, linear_attention_readout, linear_attention_state
+from linfuse.kernels import linear_attention_ops as ops
 from linfuse.kernels import linear_attention_triton as lat
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,7 +39,7 @@ def test_forward_and_backward_match_fp64_for_every_config(config, layout, featur
     # One batch and one head so the state pass splits N over several programs; d_k = 20 and d_v = 12 are padded.
     q, k, v = make_qkv(1, 1, 45, 70, 20, 12, layout, positive=feature_map == "identity", seed=config)
     q, k, v = on_device(q, k, v, grad=True)
-    out = lat.linear_attention_triton(q, k, v, feature_map=feature_map, eps=1e-4, layout=layout,
+    out = ops.linear_attention_triton(q, k, v, feature_map=feature_map, eps=1e-4, layout=layout,
                                       config=lat.CONFIGS[config])
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
     grads = torch.autograd.grad((out * grad_out.to(DEVICE)).sum(), (q, k, v))
@@ -105,8 +106,8 @@ def test_linfusion_processors_go_through_the_kernel_dispatch(monkeypatch):
     linfuse.linearize(unet)
     inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in unet_inputs(unet, batch=1).items()}
     calls = []
-    kernel = lat.linear_attention_triton
-    monkeypatch.setattr(lat, "linear_attention_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    kernel = ops.linear_attention_triton
+    monkeypatch.setattr(ops, "linear_attention_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     with torch.no_grad():
         monkeypatch.setenv("LINFUSE_LINEAR_ATTENTION_BACKEND", "reference")
         reference = unet(**inputs).sample
@@ -115,3 +116,45 @@ def test_linfusion_processors_go_through_the_kernel_dispatch(monkeypatch):
         with_triton = unet(**inputs).sample
     assert len(calls) == 16  # every converted layer ran the Triton kernel
     torch.testing.assert_close(with_triton, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("layout", ["bnhd", "bhnd"])
+def test_state_and_readout_halves_run_their_kernels_and_make_the_whole(dtype, layout, monkeypatch):
+    """Keys taken in two parts: the Triton state sums add up to the reference's, fp32 whatever the input; the readout
+    of their mean is linear attention over all keys, in q's dtype. Each half launches its kernel alone."""
+    q, k, v = on_device(*make_qkv(2, 3, 37, 50, 24, 20, layout, dtype=dtype, seed=4))
+    seq_dim = 1 if layout == "bnhd" else 2
+    launched = []
+    run = lat.Launch.run
+    monkeypatch.setattr(lat.Launch, "run", lambda self: launched.append(self.name) or run(self))
+    parts = [linear_attention_state(part_k, part_v, feature_map="elu1", seq_dim=seq_dim, backend="triton")
+             for part_k, part_v in zip(k.split([30, 20], seq_dim), v.split([30, 20], seq_dim), strict=True)]
+    assert launched == ["_state_kernel", "_state_kernel"]
+    state, key_sum = (parts[0][i] + parts[1][i] for i in range(2))
+    assert state.dtype == key_sum.dtype == torch.float32
+    assert state.shape == (2, 3, 24, 20) and key_sum.shape == (2, 3, 24)
+    expected = linear_attention_state(k, v, feature_map="elu1", seq_dim=seq_dim, backend="reference", chunk_size=7)
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    for got, want in zip((state, key_sum), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+    out = linear_attention_readout(q, state / 50, key_sum / 50, feature_map="elu1", eps=1e-4, seq_dim=seq_dim,
+                                   backend="triton")
+    assert launched[2:] == ["_output_kernel"] and out.dtype == dtype
+    whole = direct_formula(q.cpu(), k.cpu(), v.cpu(), "elu1", 1e-4, layout)
+    tol = 1e-4 if dtype == torch.float32 else 2**-9
+    torch.testing.assert_close(out.double().cpu(), whole, rtol=tol, atol=tol * whole.abs().max().item())
+    written = torch.full_like(out, float("nan"))
+    assert linear_attention_readout(q, state / 50, key_sum / 50, feature_map="elu1", eps=1e-4, seq_dim=seq_dim,
+                                    backend="triton", out=written) is written
+    torch.testing.assert_close(written, out, rtol=0, atol=0)
+
+
+def test_halves_refuse_a_forced_triton_gradient_and_mixed_devices():
+    q, k, v = make_qkv(1, 2, 8, 8, 16, 16, "bnhd")
+    with pytest.raises(InvalidArgumentError, match="state and readout kernels have no backward"):
+        linear_attention_state(k.requires_grad_(True), v, feature_map="relu", backend="triton")
+    state, key_sum = linear_attention_state(k, v, feature_map="relu")  # "auto" differentiates through the reference
+    assert state.requires_grad
+    with pytest.raises(InvalidArgumentError, match="q, state and key_sum must be on one device; got cpu, meta, cpu"):
+        linear_attention_readout(q, state.detach().to("meta"), key_sum.detach(), feature_map="relu", eps=1e-4)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from linfuse.errors import InvalidArgumentError
 from linfuse.kernels import local_attention, local_attention_chunked, local_attention_dense, local_attention_mask
+from linfuse.kernels import local_attention_ops as ops
 from linfuse.kernels import local_attention_triton as lot
 from linfuse.kernels.local_attention_reference import count_visible_pairs
 
@@ -86,7 +87,7 @@ def triton_case(q, k, v, layout, config, **options):
     q, k, v = (t.to(DEVICE).float().requires_grad_(True) for t in (q, k, v))
     if layout == "bnhd":
         q, k, v = (t.detach().transpose(1, 2).requires_grad_(True) for t in (q, k, v))
-    out = lot.local_attention_triton(q, k, v, layout=layout, config=config, **options)
+    out = ops.local_attention_triton(q, k, v, layout=layout, config=config, **options)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE)
     grads = torch.autograd.grad((out * grad_out).sum(), (q, k, v))
     ref_in = [t.detach().cpu().double().requires_grad_(True) for t in (q, k, v)]

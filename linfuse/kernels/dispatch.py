@@ -1,5 +1,7 @@
 """Backend choice shared by the kernels: the PyTorch reference or Triton (CUDA, or the interpreter on CPU)."""
 
+import contextlib
+import json
 import os
 import warnings
 from collections.abc import Callable
@@ -76,15 +78,39 @@ def warn_once(message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def triton_or_reference(backend: str, run_triton: Callable, run_reference: Callable):
-    """Run the Triton path; when no kernel config fits the target (found before anything launches), "auto" runs the
-    reference with one warning naming why, and a forced "triton" raises that error."""
+def triton_or_reference(fallback: bool, run_triton: Callable, run_reference: Callable):
+    """Run the Triton path; when no kernel config fits the target (found before anything launches), a ``fallback``
+    call ("auto") runs the reference with one warning naming why, and a forced "triton" raises that error."""
     from .autoconfig import NoConfigFitsError
 
     try:
         return run_triton()
     except NoConfigFitsError as error:
-        if backend == "triton":
+        if not fallback:
             raise
         warn_once(f"{error}; running the PyTorch reference instead")
         return run_reference()
+
+
+def on_device(t: torch.Tensor):
+    """Launch under the tensor's own CUDA device (Triton and the target's limits read the current one)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def compiles_only(t: torch.Tensor) -> bool:
+    """A real meta tensor under the stand-in driver: the launchers compile for its target instead of launching
+    (a fake tensor of a trace is never one: tracing runs the shape functions alone)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.is_meta and not is_fake(t) and triton_available() and _compiling_for_a_stand_in(t)
+
+
+def config_text(config: dict | None) -> str:
+    """A forced kernel config as the custom ops take it (a string in their schema); "" lets the launcher choose."""
+    return "" if config is None else json.dumps(config)
+
+
+def config_from_text(text: str) -> dict | None:
+    if not text:
+        return None
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in json.loads(text).items()}

@@ -3,9 +3,15 @@
 import torch
 
 from ..errors import InvalidArgumentError
-from .dispatch import resolve_backend, triton_or_reference, use_triton
+from . import linear_attention_ops as ops
+from .dispatch import resolve_backend, use_triton
 from .feature_maps import FEATURE_MAPS
-from .linear_attention_reference import default_chunk_size, linear_attention_reference
+from .linear_attention_reference import (
+    default_chunk_size,
+    linear_attention_readout_reference,
+    linear_attention_reference,
+    linear_attention_state_reference,
+)
 
 LAYOUTS = {"bnhd": 1, "bhnd": 2}
 BACKEND_ENV = "LINFUSE_LINEAR_ATTENTION_BACKEND"
@@ -59,19 +65,72 @@ def linear_attention(
         raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     head_dim = max(q.shape[-1], v.shape[-1])
     backend = resolve_backend(backend, BACKEND_ENV)
+    if use_triton(backend, q, head_dim, MAX_TRITON_HEAD_DIM):  # the Triton kernels tile on their own
+        return ops.linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout,
+                                           fallback=backend != "triton")
+    size = chunk_size or default_chunk_size(q.shape[0], q.shape[3 - seq_dim], head_dim, max(q.shape[seq_dim], 1))
+    return linear_attention_reference(q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim,
+                                      chunk_size=size)
 
-    def reference():
-        size = chunk_size or default_chunk_size(q.shape[0], q.shape[3 - seq_dim], head_dim, max(q.shape[seq_dim], 1))
-        return linear_attention_reference(q, k, v, feature_map=feature_map, eps=float(eps), seq_dim=seq_dim,
-                                          chunk_size=size)
 
-    if use_triton(backend, q, head_dim, MAX_TRITON_HEAD_DIM):
-        from .linear_attention_triton import linear_attention_triton  # the Triton kernels tile on their own
+def linear_attention_state(k: torch.Tensor, v: torch.Tensor, *, feature_map: str, seq_dim: int = 1,
+                           chunk_size: int | None = None, backend: str | None = None):
+    """The sums ΣS = Σ_j φ(k_j) v_jᵀ (B, H, d_k, d_v) and Σz = Σ_j φ(k_j) (B, H, d_k) over these keys, fp32 for
+    fp16/bf16/fp32 keys (fp64 for fp64). Sums over disjoint sets of keys add up: the keys of a long sequence are
+    taken in parts, or summed across processes, then divided by the total key count for
+    :func:`linear_attention_readout`. ``seq_dim`` 1 is (B, N, H, d), 2 is (B, H, N, d). ``backend`` as in
+    :func:`linear_attention` (the Triton state kernel on CUDA); the reference works in chunks of ``chunk_size``
+    tokens (None: about 4 MiB of fp32), so half-precision keys are never copied to fp32 whole. The Triton path has
+    no backward: when k or v needs a gradient "auto" runs the reference."""
+    layout = _layout(seq_dim)
+    _check_inputs(k, k, v, feature_map=feature_map, eps=0.0, layout=layout)
+    backend = resolve_backend(backend, BACKEND_ENV)
+    if _triton_for(backend, k, max(k.shape[-1], v.shape[-1]), needs_grad=k.requires_grad or v.requires_grad):
+        return ops.linear_attention_state_triton(k, v, feature_map=feature_map, layout=layout,
+                                                 fallback=backend != "triton")
+    return linear_attention_state_reference(k, v, feature_map=feature_map, seq_dim=seq_dim, chunk_size=chunk_size)
 
-        return triton_or_reference(
-            backend, lambda: linear_attention_triton(q, k, v, feature_map=feature_map, eps=float(eps), layout=layout),
-            reference)
-    return reference()
+
+def linear_attention_readout(q: torch.Tensor, state: torch.Tensor, key_sum: torch.Tensor, *, feature_map: str,
+                             eps: float, seq_dim: int = 1, chunk_size: int | None = None,
+                             out: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """O_i = φ(q_i)ᵀ S / (φ(q_i)ᵀ z + eps) for mean-form S (B, H, d_k, d_v) and z (B, H, d_k) (the sums of
+    :func:`linear_attention_state` divided by the key count), in q's dtype, written into ``out`` when given.
+    ``backend`` as in :func:`linear_attention` (the Triton output kernel on CUDA: half-precision dots, fp32
+    accumulation); the reference works in chunks of ``chunk_size`` queries."""
+    layout = _layout(seq_dim)
+    if feature_map not in FEATURE_MAPS:
+        raise InvalidArgumentError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}; got {feature_map!r}")
+    if not (q.device == state.device == key_sum.device):
+        raise InvalidArgumentError(f"q, state and key_sum must be on one device; got {q.device}, {state.device}, "
+                                   f"{key_sum.device}")
+    backend = resolve_backend(backend, BACKEND_ENV)
+    if _triton_for(backend, q, max(q.shape[-1], state.shape[-1]),
+                   needs_grad=any(t.requires_grad for t in (q, state, key_sum))):
+        result = ops.linear_attention_readout_triton(q, state, key_sum, feature_map=feature_map, eps=float(eps),
+                                                     layout=layout, fallback=backend != "triton")
+        return result if out is None else out.copy_(result)
+    return linear_attention_readout_reference(q, state, key_sum, feature_map=feature_map, eps=float(eps),
+                                              seq_dim=seq_dim, chunk_size=chunk_size, out=out)
+
+
+def _layout(seq_dim: int) -> str:
+    if seq_dim not in (1, 2):
+        raise InvalidArgumentError(f"seq_dim must be 1 (B, N, H, d) or 2 (B, H, N, d); got {seq_dim!r}")
+    return "bnhd" if seq_dim == 1 else "bhnd"
+
+
+def _triton_for(backend: str, t: torch.Tensor, head_dim: int, *, needs_grad: bool) -> bool:
+    """Whether a half of linear attention runs its Triton kernel. They have no backward: a gradient takes the
+    reference under "auto" and is refused under "triton"."""
+    if not use_triton(backend, t, head_dim, MAX_TRITON_HEAD_DIM):
+        return False
+    if needs_grad and torch.is_grad_enabled():
+        if backend == "triton":
+            raise InvalidArgumentError("backend 'triton' cannot run here: the state and readout kernels have no "
+                                       "backward; use backend='reference' (or 'auto') to differentiate them")
+        return False
+    return True
 
 
 def _check_inputs(q, k, v, *, feature_map: str, eps: float, layout: str) -> int:

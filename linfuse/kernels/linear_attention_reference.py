@@ -30,15 +30,16 @@ def _chunks(seq_len: int, chunk_size: int, meta: bool = False):
         yield start, min(chunk_size, seq_len - start)
 
 
-def linear_attention_state(k: torch.Tensor, v: torch.Tensor, *, feature_map: str, seq_dim: int = 1,
-                           chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_attention_state_reference(k: torch.Tensor, v: torch.Tensor, *, feature_map: str, seq_dim: int = 1,
+                                     chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sums S = Σ_j φ(k_j) v_jᵀ (B, H, d_k, d_v) and z = Σ_j φ(k_j) (B, H, d_k) over these keys, in fp32 (fp64
     for fp64). Sums over disjoint sets of keys add up: this is how the keys of a long sequence are taken in parts."""
     phi = FEATURE_MAPS[feature_map]
     acc = torch.promote_types(k.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
     spec = "bnhk,bnhv->bhkv" if seq_dim == 1 else "bhnk,bhnv->bhkv"
     count = k.shape[seq_dim]
-    chunk_size = chunk_size or max(count, 1)
+    chunk_size = chunk_size or default_chunk_size(k.shape[0], k.shape[3 - seq_dim], max(k.shape[-1], v.shape[-1]),
+                                                  max(count, 1))
     state = key_sum = None
     for start, length in _chunks(count, chunk_size, k.is_meta):
         phi_k = phi(k.narrow(seq_dim, start, length).to(acc))
@@ -49,9 +50,9 @@ def linear_attention_state(k: torch.Tensor, v: torch.Tensor, *, feature_map: str
     return state, key_sum
 
 
-def linear_attention_readout(q: torch.Tensor, state: torch.Tensor, key_sum: torch.Tensor, *, feature_map: str,
-                             eps: float, seq_dim: int = 1, chunk_size: int | None = None,
-                             out: torch.Tensor | None = None) -> torch.Tensor:
+def linear_attention_readout_reference(q: torch.Tensor, state: torch.Tensor, key_sum: torch.Tensor, *,
+                                       feature_map: str, eps: float, seq_dim: int = 1, chunk_size: int | None = None,
+                                       out: torch.Tensor | None = None) -> torch.Tensor:
     """O_i = φ(q_i)ᵀ S / (φ(q_i)ᵀ z + eps) for mean-form S and z (the sums divided by the key count); q's dtype."""
     phi = FEATURE_MAPS[feature_map]
     acc = state.dtype
@@ -61,7 +62,10 @@ def linear_attention_readout(q: torch.Tensor, state: torch.Tensor, key_sum: torc
         out = q.new_empty(out_shape)
     num_spec = "bnhk,bhkv->bnhv" if seq_dim == 1 else "bhnk,bhkv->bhnv"
     den_spec = "bnhk,bhk->bnh" if seq_dim == 1 else "bhnk,bhk->bhn"
-    for start, length in _chunks(q.shape[seq_dim], chunk_size or max(q.shape[seq_dim], 1), q.is_meta):
+    n_q = max(q.shape[seq_dim], 1)
+    chunk_size = chunk_size or default_chunk_size(q.shape[0], q.shape[3 - seq_dim], max(q.shape[-1], out.shape[-1]),
+                                                  n_q)
+    for start, length in _chunks(q.shape[seq_dim], chunk_size, q.is_meta):
         phi_q = phi(q.narrow(seq_dim, start, length).to(acc))
         numerator = torch.einsum(num_spec, phi_q, state)
         denominator = torch.einsum(den_spec, phi_q, key_sum) + eps
@@ -84,6 +88,7 @@ def linear_attention_reference(
     ``seq_dim`` is 1 for (B, N, H, d) and 2 for (B, H, N, d). Inputs are validated by the caller.
     """
     n_keys = k.shape[seq_dim]
-    state, key_sum = linear_attention_state(k, v, feature_map=feature_map, seq_dim=seq_dim, chunk_size=chunk_size)
-    return linear_attention_readout(q, state / n_keys, key_sum / n_keys, feature_map=feature_map, eps=eps,
-                                    seq_dim=seq_dim, chunk_size=chunk_size)
+    state, key_sum = linear_attention_state_reference(k, v, feature_map=feature_map, seq_dim=seq_dim,
+                                                      chunk_size=chunk_size)
+    return linear_attention_readout_reference(q, state / n_keys, key_sum / n_keys, feature_map=feature_map, eps=eps,
+                                              seq_dim=seq_dim, chunk_size=chunk_size)

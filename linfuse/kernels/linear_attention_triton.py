@@ -298,10 +298,12 @@ def _padded(d: int, block: int) -> int:
 class _Problem:
     """Shapes, dtype and feature map of one call; builds each kernel's Launch for a given config."""
 
-    def __init__(self, q, k, v, feature: int, eps: float, layout: str):
+    def __init__(self, q, k, v, feature: int, eps: float, layout: str, *, dv: int = 0, n: int = 0):
+        """``dv`` and ``n`` stand in for v's head dim and k's token count when there are no keys (readout)."""
         self.q, self.k, self.v, self.feature, self.eps, self.layout = q, k, v, feature, eps, layout
         (self.batch, self.nq, self.heads, self.dk), _ = bnhd(q, layout)
-        self.n, self.dv = bnhd(k, layout)[0][1], v.shape[-1]
+        self.n = n or bnhd(k, layout)[0][1]
+        self.dv = dv or v.shape[-1]
         self.key = f"{str(q.dtype).removeprefix('torch.')} d_k={self.dk} d_v={self.dv} feature map {feature}"
 
     def strides(self, t):
@@ -358,7 +360,7 @@ class _Problem:
         """Stand-ins of a state (B·H, dkp, dvp) and its vector, for compiling a config before the real one exists
         (built only when a choice is not cached yet)."""
         bh = self.batch * self.heads
-        return _empty((bh, dkp, dvp), self.k, torch.float32), _empty((bh, dkp), self.k, torch.float32)
+        return _empty((bh, dkp, dvp), self.q, torch.float32), _empty((bh, dkp), self.q, torch.float32)
 
     def _state_like(self, state_config: dict):
         """Stand-ins of the state the state kernel with ``state_config`` makes."""
@@ -366,6 +368,17 @@ class _Problem:
 
     def _like_out(self):
         return _empty(self.q.shape[:-1] + (self.dv,), self.q)
+
+    def sums(self, config):
+        """Run the state kernel; the raw sums (B·H, d_k, d_v) and (B·H, d_k), contiguous and unpadded."""
+        launch, s_part, z_part = self.state(config)
+        launch.run()
+        return s_part.sum(1)[:, :self.dk, :self.dv].contiguous(), z_part.sum(1)[:, :self.dk].contiguous()
+
+    def choose_output(self, forced):
+        """The output kernel's config for an unpadded state (B·H, d_k, d_v), as :func:`readout` hands it."""
+        return _pick("output", self.key, self.dk, self.dv, self.q.element_size(),
+                     lambda c: self.output(c, *self._probe_state(self.dk, self.dv), self._like_out()), forced)
 
     def choose_forward(self, forced):
         state = _pick("state", self.key, self.dk, self.dv, self.q.element_size(), lambda c: self.state(c)[0], forced)
@@ -383,41 +396,50 @@ class _Problem:
         return query, key
 
 
-class LinearAttentionTriton(torch.autograd.Function):
-    """Forward: state + output kernels. Backward: query-gradient + key/value-gradient kernels (S, z, O saved).
-
-    The backward kernels' configs are chosen in the forward when a gradient is needed, so a problem that cannot
-    run is refused before any work."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, feature_map: str, eps: float, layout: str, config: dict | None):
-        problem = _Problem(q, k, v, FEATURE_CODES[feature_map], eps, layout)
-        state_config, output_config = problem.choose_forward(config)
-        backward_configs = problem.choose_backward(config, state_config) if any(ctx.needs_input_grad[:3]) else None
-        launch, s_part, z_part = problem.state(state_config)
-        launch.run()
-        s, z = s_part.sum(1), z_part.sum(1)
-        out = _empty(q.shape[:-1] + (problem.dv,), q)
-        problem.output(output_config, s, z, out).run()
-        ctx.save_for_backward(q, k, v, out, s, z)
-        ctx.options = (problem.feature, eps, layout, backward_configs)
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out):
-        q, k, v, out, s, z = ctx.saved_tensors
-        feature, eps, layout, (query_config, key_config) = ctx.options
-        problem = _Problem(q, k, v, feature, eps, layout)
-        if d_out.stride() != out.stride():  # e.g. the stride-0 gradient of a sum; out is contiguous, as chosen for
-            d_out = d_out.contiguous()
-        dq = _empty(q.shape, q)
-        launch, r_part, rz_part = problem.query_grads(query_config, d_out, out, s, z, dq)
-        launch.run()
-        grad_k, grad_v = _empty(k.shape, k), _empty(v.shape, v)
-        problem.key_grads(key_config, r_part.sum(1), rz_part.sum(1), grad_k, grad_v).run()
-        return dq, grad_k, grad_v, None, None, None, None
+def forward(q, k, v, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
+    """Forward of :func:`linfuse.kernels.linear_attention` (arguments validated there): (O, ΣS, Σz) with the raw
+    sums (B·H, d_k, d_v) and (B·H, d_k) in fp32, which the backward reads. When q, k or v needs a gradient the
+    backward's configs are chosen here too, so a problem that cannot run is refused before any work."""
+    problem = _Problem(q, k, v, FEATURE_CODES[feature_map], eps, layout)
+    state_config, output_config = problem.choose_forward(config)
+    if any(t.requires_grad for t in (q, k, v)):
+        problem.choose_backward(config, state_config)
+    s, z = problem.sums(state_config)
+    out = _empty(q.shape[:-1] + (problem.dv,), q)
+    problem.output(output_config, s, z, out).run()
+    return out, s, z
 
 
-def linear_attention_triton(q, k, v, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
-    """Triton path of :func:`linfuse.kernels.linear_attention` (arguments already validated there)."""
-    return LinearAttentionTriton.apply(q, k, v, feature_map, eps, layout, config)
+def backward(q, k, v, out, s, z, d_out, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
+    """(dq, dk, dv) from the forward's O, ΣS and Σz: the query-gradient and key/value-gradient kernels."""
+    problem = _Problem(q, k, v, FEATURE_CODES[feature_map], eps, layout)
+    query_config, key_config = problem.choose_backward(config, problem.choose_forward(config)[0])
+    if d_out.stride() != out.stride():  # e.g. the stride-0 gradient of a sum; out is contiguous, as chosen for
+        d_out = d_out.contiguous()
+    dq = _empty(q.shape, q)
+    launch, r_part, rz_part = problem.query_grads(query_config, d_out, out, s, z, dq)
+    launch.run()
+    grad_k, grad_v = _empty(k.shape, k), _empty(v.shape, v)
+    problem.key_grads(key_config, r_part.sum(1), rz_part.sum(1), grad_k, grad_v).run()
+    return dq, grad_k, grad_v
+
+
+def state(k, v, *, feature_map: str, layout: str, config: dict | None = None):
+    """The raw sums ΣS (B, H, d_k, d_v) and Σz (B, H, d_k) in fp32 over these keys: the state kernel alone."""
+    problem = _Problem(k, k, v, FEATURE_CODES[feature_map], 0.0, layout)
+    s, z = problem.sums(problem.choose_forward(config)[0])
+    return s.view(problem.batch, problem.heads, problem.dk, problem.dv), z.view(problem.batch, problem.heads,
+                                                                                  problem.dk)
+
+
+def readout(q, s, z, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
+    """O_i = φ(q_i)ᵀ S / (φ(q_i)ᵀ z + eps) for a mean-form state S (B, H, d_k, d_v) and z (B, H, d_k): the output
+    kernel alone, in q's dtype."""
+    batch, heads, dk, dv = s.shape
+    problem = _Problem(q, None, None, FEATURE_CODES[feature_map], eps, layout, dv=dv, n=1)  # S is a mean: 1/N = 1
+    output_config = problem.choose_output(config)
+    s = s.to(torch.float32).reshape(batch * heads, dk, dv).contiguous()
+    z = z.to(torch.float32).reshape(batch * heads, dk).contiguous()
+    out = _empty(q.shape[:-1] + (dv,), q)
+    problem.output(output_config, s, z, out).run()
+    return out

@@ -7,15 +7,14 @@ from contextlib import contextmanager
 import torch
 
 from ..errors import InvalidArgumentError
-from .dispatch import resolve_backend, triton_or_reference, use_triton
+from . import local_attention_ops as ops
+from .dispatch import resolve_backend, use_triton
 from .linear_attention import LAYOUTS
-from .local_attention_reference import local_attention_chunked, local_attention_dense
 
 WINDOWS = ("circle", "square")
 BACKEND_ENV = "LINFUSE_LOCAL_ATTENTION_BACKEND"
 MAX_TRITON_HEAD_DIM = 128  # one padded 128-wide feature block per tile
 _PLANNING = threading.local()
-DENSE_REFERENCE_MAX_TOKENS = 4096  # above this the CPU reference works in row bands instead of an N×N mask
 
 
 def local_attention(
@@ -52,7 +51,7 @@ def local_attention(
             N×N mask up to 4096 tokens and works in bands of image rows above that, so memory stays
             O(rows × W × window) on any grid.
     """
-    seq_dim = _check(q, k, v, grid=grid, radius=radius, window=window, num_global=num_global, layout=layout)
+    _check(q, k, v, grid=grid, radius=radius, window=window, num_global=num_global, layout=layout)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise InvalidArgumentError(f"scale must be a positive finite number; got {scale!r}")
@@ -60,21 +59,9 @@ def local_attention(
     if q.device.type == "meta" and getattr(_PLANNING, "active", False):  # a memory trace: the kernel's output
         return torch.empty_like(q)
     backend = resolve_backend(backend, BACKEND_ENV)
-
-    def reference():
-        qt, kt, vt = (t.transpose(1, 2) if seq_dim == 1 else t for t in (q, k, v))
-        if qt.shape[-2] <= DENSE_REFERENCE_MAX_TOKENS:
-            out = local_attention_dense(qt, kt, vt, **options)
-        else:
-            out = local_attention_chunked(qt, kt, vt, **options)
-        return out.transpose(1, 2) if seq_dim == 1 else out
-
     if use_triton(backend, q, q.shape[-1], MAX_TRITON_HEAD_DIM):
-        from .local_attention_triton import local_attention_triton
-
-        return triton_or_reference(backend, lambda: local_attention_triton(q, k, v, layout=layout, **options),
-                                   reference)
-    return reference()
+        return ops.local_attention_triton(q, k, v, layout=layout, fallback=backend != "triton", **options)
+    return ops.local_attention_reference(q, k, v, layout=layout, **options)
 
 
 @contextmanager

@@ -286,42 +286,36 @@ def _choose(q, layout, options, backward: bool, forced: dict | None) -> dict:
                   pure=not backward, forced=forced)
 
 
-class LocalAttentionTriton(torch.autograd.Function):
-    """The backward's config is chosen in the forward when a gradient is needed: a problem that cannot run is
-    refused before any work."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, layout, grid, radius, window, num_global, scale, config):
-        (batch, n, heads, _), _ = bnhd(q, layout)
-        options = dict(layout=layout, grid=grid, radius=radius, window=window, num_global=num_global, scale=scale)
-        forward_config = _choose(q, layout, options, False, config)
-        backward_config = _choose(q, layout, options, True, config) if any(ctx.needs_input_grad[:3]) else None
-        out = _empty(q.shape, q)
-        lse = _empty((batch * heads, n), q, torch.float32)
-        # unused slots take any tensor
-        _launch(q, k, v, out, lse, out, lse, out, out, out, backward=False, config=forward_config, **options).run()
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.options, ctx.backward_config = options, backward_config
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        layout = ctx.options["layout"]
-        d_out = d_out.contiguous() if d_out.stride() != out.stride() else d_out
-        (batch, n, heads, d), _ = bnhd(q, layout)
-        seq_dim = 1 if layout == "bnhd" else 2
-        delta = (d_out.float() * out.float()).sum(-1)  # Δ_i = dO_i · O_i, in q's layout without d
-        delta = (delta if layout == "bhnd" else delta.transpose(1, 2)).reshape(batch * heads, n).contiguous()
-        dq = _empty(out.shape, out)
-        dk_buf = torch.zeros((batch, n, heads, d), device=q.device, dtype=torch.float32)
-        dv_buf = torch.zeros_like(dk_buf)
-        _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, backward=True, config=ctx.backward_config,
-                **ctx.options).run()
-        dk, dv = (buf if seq_dim == 1 else buf.transpose(1, 2) for buf in (dk_buf, dv_buf))
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
+def forward(q, k, v, *, layout, grid, radius, window, num_global, scale, config=None):
+    """Forward of :func:`linfuse.kernels.local_attention` (arguments validated there; d_v == d_k): the output and
+    each row's log-sum-exp (B·H, N) in fp32, which the backward reads. When q, k or v needs a gradient the
+    backward's config is chosen here too, so a problem that cannot run is refused before any work."""
+    (batch, n, heads, _), _ = bnhd(q, layout)
+    options = dict(layout=layout, grid=tuple(grid), radius=radius, window=window, num_global=num_global, scale=scale)
+    forward_config = _choose(q, layout, options, False, config)
+    if any(t.requires_grad for t in (q, k, v)):
+        _choose(q, layout, options, True, config)
+    out = _empty(q.shape, q)
+    lse = _empty((batch * heads, n), q, torch.float32)
+    # unused slots take any tensor
+    _launch(q, k, v, out, lse, out, lse, out, out, out, backward=False, config=forward_config, **options).run()
+    return out, lse
 
 
-def local_attention_triton(q, k, v, *, layout, grid, radius, window, num_global, scale, config=None):
-    """Triton path of :func:`linfuse.kernels.local_attention` (arguments validated there; d_v == d_k)."""
-    return LocalAttentionTriton.apply(q, k, v, layout, grid, radius, window, num_global, scale, config)
+def backward(q, k, v, out, lse, d_out, *, layout, grid, radius, window, num_global, scale, config=None):
+    """(dq, dk, dv), each contiguous in q's layout, from the forward's output and log-sum-exp."""
+    options = dict(layout=layout, grid=tuple(grid), radius=radius, window=window, num_global=num_global, scale=scale)
+    backward_config = _choose(q, layout, options, True, config)
+    d_out = d_out.contiguous() if d_out.stride() != out.stride() else d_out
+    (batch, n, heads, d), _ = bnhd(q, layout)
+    seq_dim = 1 if layout == "bnhd" else 2
+    delta = (d_out.float() * out.float()).sum(-1)  # Δ_i = dO_i · O_i, in q's layout without d
+    delta = (delta if layout == "bhnd" else delta.transpose(1, 2)).reshape(batch * heads, n).contiguous()
+    dq = _empty(out.shape, out)
+    dk_buf = torch.zeros((batch, n, heads, d), device=q.device, dtype=torch.float32)
+    dv_buf = torch.zeros_like(dk_buf)
+    _launch(q, k, v, out, lse, d_out, delta, dq, dk_buf, dv_buf, backward=True, config=backward_config,
+            **options).run()
+    dk, dv = (buf if seq_dim == 1 else buf.transpose(1, 2) for buf in (dk_buf, dv_buf))
+    return dq, dk.to(k.dtype, memory_format=torch.contiguous_format), dv.to(v.dtype,
+                                                                           memory_format=torch.contiguous_format)
