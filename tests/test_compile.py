@@ -129,8 +129,6 @@ def test_inductor_compiles_a_converted_layer_through_the_triton_op(monkeypatch):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="linearize/grid.py's raster_grid reads FLUX img_ids with int(rows.max()) and "
-                   "torch.equal (host syncs, graph breaks): fixed on branch w23b (issue 23); drop this marker with it")
 @pytest.mark.parametrize("pool", [0, 2])
 def test_compiled_clear_flux_equals_eager_in_one_graph(pool, monkeypatch):
     monkeypatch.setenv(LOCAL_ENV, "triton")

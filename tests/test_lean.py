@@ -273,3 +273,30 @@ def test_at_16k_plain_holds_tensors_past_2_31_elements_and_lean_holds_none():
     assert lean.max_elements < 2**31 and fused.max_elements < 2**31
     assert lean.peak < 0.1 * plain.peak and lean.host_peak > 12 * 2**30  # the skips wait in host memory
     assert fused.peak < lean.peak - 2 * 2**30  # the 640-channel up-sampled activation (5 GiB) is never held
+
+
+def test_lean_unet_on_the_triton_kernels_equals_the_plain_unet(monkeypatch):
+    """The lean bands' chunked attention goes through the state/readout ops (Triton's interpreter here, the same
+    kernels a GPU runs) and still equals the plain forward on the PyTorch reference."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    unet = converted("sd15", "linfusion")
+    inputs = unet_inputs(unet, batch=2, height=12, width=20)
+    with torch.no_grad():
+        monkeypatch.setenv("LINFUSE_LINEAR_ATTENTION_BACKEND", "reference")
+        expected = unet(**inputs).sample
+        monkeypatch.setenv("LINFUSE_LINEAR_ATTENTION_BACKEND", "triton")
+        with lean_mode(unet, TIGHT), OpCounter() as counter:
+            out = unet(**inputs).sample
+    assert any(name.startswith("linfuse.linear_attention_state") for name in counter.names)
+    assert any(name.startswith("linfuse.linear_attention_readout") for name in counter.names)
+    assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..pipelines import HighResOptions, describe_run, generate
 from ..pipelines.highres import checked_stages
-from ..pipelines.text2image import unet_mode
+from ..pipelines.text2image import denoiser_setting
 from .forms import generation_form, result_area
 from .jobs import JOB_EVENT, denoising, progressive_image
 from .preflight import estimate_markdown, is_progressive
@@ -34,10 +34,12 @@ def generate_image(ctx, prompt, negative, width, height, steps, guidance, seed, 
         with denoising(ctx, progress):
             image = progressive_image(loaded.pipe, params, options, stages)
         return finish(ctx, image, params, history, extra="progressive, latent upscaling")
-    unet_mode(loaded.pipe, params, ctx.settings.memory_mode)  # the preflight; generate() finds its traces kept
+    # the preflight, before the wait for the denoiser; generate() finds its traces kept
+    denoiser_setting(loaded.pipe, params, ctx.settings.memory_mode, ctx.settings.memory_limit,
+                     check_memory=ctx.settings.memory_limit is not None)
     with denoising(ctx, progress):
         image = generate(loaded.pipe, params, progress=False, callback_on_step_end=step_progress(progress),
-                         memory=ctx.settings.memory_mode)
+                         memory=ctx.settings.memory_mode, memory_limit=ctx.settings.memory_limit)
     return finish(ctx, image, params, history)
 
 
