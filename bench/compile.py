@@ -30,10 +30,11 @@ TINY = {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32, "laye
 
 
 def compile_rows(*, device: str, dtype: torch.dtype, latents: list[int], methods: list[str],
-                 seconds_left: Callable[[], float], tiny: bool) -> list[dict]:
+                 seconds_left: Callable[[], float], tiny: bool, backend: str = "inductor") -> list[dict]:
     """One row per (method, latent): {"method", "latent", "eager_ms", "compiled_ms", "speedup", "compile_s"}, or
     {"method", "latent", "skipped": reason} once ``seconds_left()`` is spent. ``tiny`` builds a narrow one-layer
-    UNet of the same structure (dry runs)."""
+    UNet of the same structure (dry runs); ``backend`` is torch.compile's (dry runs take "eager": dynamo's one
+    graph is proven without inductor's code generation, which costs minutes of CPU per UNet)."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods must be among {', '.join(METHODS)}; got {sorted(unknown)}")
@@ -43,12 +44,12 @@ def compile_rows(*, device: str, dtype: torch.dtype, latents: list[int], methods
             if seconds_left() <= 0:
                 rows.append({"method": method, "latent": latent, "skipped": "out of time"})
                 continue
-            rows.append(_row(method, latent, device, dtype, tiny))
+            rows.append(_row(method, latent, device, dtype, tiny, backend))
             torch._dynamo.reset()
     return rows
 
 
-def _row(method: str, latent: int, device: str, dtype: torch.dtype, tiny: bool) -> dict:
+def _row(method: str, latent: int, device: str, dtype: torch.dtype, tiny: bool, backend: str) -> dict:
     unet = full_width.build("sd15", **(TINY if tiny else {}))
     if method == "linfusion":
         linfuse.linearize(unet)
@@ -58,13 +59,13 @@ def _row(method: str, latent: int, device: str, dtype: torch.dtype, tiny: bool) 
     repeats = 1 if tiny else 3
     with torch.no_grad():
         eager_ms = _time_ms(lambda: unet(**inputs).sample, device, repeats)
-        compiled = torch.compile(unet, fullgraph=True, dynamic=False)
+        compiled = torch.compile(unet, fullgraph=True, dynamic=False, backend=backend)
         start = time.perf_counter()
         compiled(**inputs)
         _sync(device)
         compile_s = time.perf_counter() - start
         compiled_ms = _time_ms(lambda: compiled(**inputs).sample, device, repeats)
-    return {"method": method, "latent": latent, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
+    return {"method": method, "latent": latent, "backend": backend, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
             "speedup": eager_ms / compiled_ms, "compile_s": compile_s}
 
 

@@ -23,7 +23,7 @@ TOKEN_POWER = {"linfusion": 1, "clear": 1, "sdpa": 2}
 # Seconds to build a section's models before any case runs (imports, random init, conversion, the copy to the
 # device): a section starts building only when that much is left. Full width on a GPU host; tiny configs on the CPU.
 BUILD_S = {"unet_sd15": {"cuda": 30.0, "cpu": 5.0}, "lean_16k": {"cuda": 15.0, "cpu": 3.0},
-           "flux_clear": {"cuda": 20.0, "cpu": 3.0}}
+           "flux_clear": {"cuda": 20.0, "cpu": 3.0}, "compiled_unet": {"cuda": 60.0, "cpu": 5.0}}
 LEAN_PARKING_FACTOR = 1.5  # the 16K call parks its skips over PCIe, more than the warm-up at 512² does
 
 
@@ -143,10 +143,12 @@ def compiled_unet(check, budget: gpu_budget.Budget) -> dict:
     compile_rows = getattr(module, "compile_rows", None)
     if compile_rows is None:
         return {"skipped": "bench/compile.py has no compile_rows"}
+    if not budget.allows("compiling the UNets", BUILD_S["compiled_unet"][check.device]):
+        return {}
     latents = [8, 16] if check.dry_run else [128, 256, 512]
     rows = compile_rows(device=check.device, dtype=torch.float32 if check.dry_run else torch.float16,
                         latents=latents, methods=["linfusion", "sdpa"], seconds_left=budget.left,
-                        tiny=check.dry_run)
+                        tiny=check.dry_run, backend="eager" if check.dry_run else "inductor")
     budget.rows().extend(rows)
     budget.cut_short = budget.left() <= 0 or any("time" in str(row.get("skipped", "")) for row in rows)
     return {}
