@@ -98,15 +98,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     print(f"torch {torch.__version__}, {args.device} {args.dtype}, {torch.get_num_threads()} threads", flush=True)
-    rows = compile_rows(device=args.device, dtype=DTYPES[args.dtype], latents=args.latents, methods=args.methods,
-                        seconds_left=lambda: args.budget_s - (time.perf_counter() - start), tiny=args.tiny)
+    for latent in args.latents:  # one latent at a time, so each row is printed as soon as it is measured
+        rows = compile_rows(device=args.device, dtype=DTYPES[args.dtype], latents=[latent], methods=args.methods,
+                            seconds_left=lambda: args.budget_s - (time.perf_counter() - start), tiny=args.tiny)
+        _print(rows)
+    return 0
+
+
+def _print(rows: list[dict]) -> None:
     for row in rows:
         if "skipped" in row:
             print(f"{row['method']:<10} latent {row['latent']}²: skipped ({row['skipped']})")
         else:
             print(f"{row['method']:<10} latent {row['latent']}²: eager {row['eager_ms']:,.0f} ms, compiled "
-                  f"{row['compiled_ms']:,.0f} ms, {row['speedup']:.2f}× (first compiled call {row['compile_s']:.0f} s)")
-    return 0
+                  f"{row['compiled_ms']:,.0f} ms, {row['speedup']:.2f}× (first compiled call {row['compile_s']:.0f} s)",
+                  flush=True)
 
 
 if __name__ == "__main__":
