@@ -27,3 +27,13 @@ def teacher():
     from linfuse.pipelines import load_pipeline
 
     return load_pipeline("teacher", method=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    """A tiny SD-1.x pipeline saved as a teacher folder (shared: tests must not change it)."""
+    from tiny_models import tiny_sd_pipeline
+
+    path = tmp_path_factory.mktemp("teacher") / "tiny-sd"
+    tiny_sd_pipeline().save_pretrained(path)
+    return path

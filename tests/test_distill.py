@@ -11,20 +11,13 @@ import torch
 from distill_runs import assert_resumes_exactly
 from distill_runs import write_config as write_yaml
 from safetensors.torch import load_file
-from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
+from tiny_models import tiny_sdxl_pipeline
 
 from linfuse.distill.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from linfuse.distill.losses import linfusion_loss
 from linfuse.distill.recipe import distill, load_distill_config
 from linfuse.distill.trainer import TrainingDivergedError, read_log
 from linfuse.linearize import read_linear_weights
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "tiny-sd"
-    tiny_sd_pipeline().save_pretrained(path)
-    return path
 
 
 def write_config(path, teacher, out, **overrides):

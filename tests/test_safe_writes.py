@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from distill_runs import write_config
-from tiny_models import tiny_sd_pipeline
 
 from linfuse.cli import main
 from linfuse.distill.outputs import check_destinations
@@ -31,13 +30,6 @@ def foreign_folder(path):
 
 def contents(path):
     return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "tiny-sd"
-    tiny_sd_pipeline().save_pretrained(path)
-    return path
 
 
 def distill_config(path, teacher, tmp_path, **overrides):
