@@ -101,6 +101,7 @@ def test_drop_captions_rate_and_config_range(flux_dir, tmp_path):
     assert set(dropped) == {"", "a cat"}
     with pytest.raises(InvalidArgumentError, match=r"caption_dropout must be in \[0, 1\); got 1.0"):
         load_distill_config(write_config(tmp_path / "r.yaml", flux_dir, tmp_path / "r", caption_dropout=1.0))
+    lit = write_config(tmp_path / "l.yaml", flux_dir, tmp_path / "l", caption_dropout=0.1, method="lit")
+    lit.write_text(lit.read_text().replace("radius: 2", "heads: 1"))  # lit's own options (CLEAR's are refused)
     with pytest.raises(InvalidArgumentError, match="class-conditional"):
-        load_distill_config(write_config(tmp_path / "l.yaml", flux_dir, tmp_path / "l", caption_dropout=0.1,
-                                         method="lit"))
+        load_distill_config(lit)

@@ -145,8 +145,9 @@ def test_compiled_unet_section_runs_compile_rows_when_present(bench_modules, mon
         assert gpu_models.compiled_unet(check, budget) == {"skipped": "bench/compile.py not present"}
     seen = {}
 
-    def compile_rows(*, device, dtype, latents, methods, seconds_left, tiny):  # the interface bench/compile.py has
-        seen.update(device=device, dtype=dtype, latents=latents, methods=methods, left=seconds_left(), tiny=tiny)
+    def compile_rows(*, device, dtype, latents, methods, seconds_left, tiny, backend):  # bench/compile.py's interface
+        seen.update(device=device, dtype=dtype, latents=latents, methods=methods, left=seconds_left(), tiny=tiny,
+                    backend=backend)
         return [{"method": "linfusion", "latent": 8, "eager_ms": 2.0, "compiled_ms": 1.0, "speedup": 2.0,
                  "compile_s": 3.0}, {"method": "sdpa", "latent": 16, "skipped": "out of time"}]
 
@@ -154,7 +155,7 @@ def test_compiled_unet_section_runs_compile_rows_when_present(bench_modules, mon
     budget = gpu_budget.Budget(lambda: 0.0, deadline=100.0)
     assert gpu_models.compiled_unet(check, budget) == {}
     assert seen == {"device": "cpu", "dtype": torch.float32, "latents": [8, 16], "methods": ["linfusion", "sdpa"],
-                    "left": 100.0, "tiny": True}
+                    "left": 100.0, "tiny": True, "backend": "eager"}
     assert len(budget.partial["rows"]) == 2 and budget.cut_short
 
 

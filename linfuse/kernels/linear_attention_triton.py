@@ -370,10 +370,11 @@ class _Problem:
         return _empty(self.q.shape[:-1] + (self.dv,), self.q)
 
     def sums(self, config):
-        """Run the state kernel; the raw sums (B·H, d_k, d_v) and (B·H, d_k), contiguous and unpadded."""
+        """Run the state kernel; the raw sums (B·H, d_kp, d_vp) and (B·H, d_kp), padded to the config's blocks as
+        the output kernel's configs were chosen for (a padded row stride keeps its 16-byte alignment)."""
         launch, s_part, z_part = self.state(config)
         launch.run()
-        return s_part.sum(1)[:, :self.dk, :self.dv].contiguous(), z_part.sum(1)[:, :self.dk].contiguous()
+        return s_part.sum(1), z_part.sum(1)
 
     def choose_output(self, forced):
         """The output kernel's config for an unpadded state (B·H, d_k, d_v), as :func:`readout` hands it."""
@@ -428,8 +429,9 @@ def state(k, v, *, feature_map: str, layout: str, config: dict | None = None):
     """The raw sums ΣS (B, H, d_k, d_v) and Σz (B, H, d_k) in fp32 over these keys: the state kernel alone."""
     problem = _Problem(k, k, v, FEATURE_CODES[feature_map], 0.0, layout)
     s, z = problem.sums(problem.choose_forward(config)[0])
-    return s.view(problem.batch, problem.heads, problem.dk, problem.dv), z.view(problem.batch, problem.heads,
-                                                                                  problem.dk)
+    s, z = s[:, :problem.dk, :problem.dv], z[:, :problem.dk]
+    return (s.reshape(problem.batch, problem.heads, problem.dk, problem.dv),
+            z.reshape(problem.batch, problem.heads, problem.dk))
 
 
 def readout(q, s, z, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
