@@ -158,3 +158,14 @@ def test_halves_refuse_a_forced_triton_gradient_and_mixed_devices():
     assert state.requires_grad
     with pytest.raises(InvalidArgumentError, match="q, state and key_sum must be on one device; got cpu, meta, cpu"):
         linear_attention_readout(q, state.detach().to("meta"), key_sum.detach(), feature_map="relu", eps=1e-4)
+
+
+@pytest.mark.parametrize("op, args", [
+    ("linear_attention_op", lambda q, k, v: (q, k, v, "elu1", 1e-4, "bnhd", "", False)),
+    ("linear_attention_state_op", lambda q, k, v: (k, v, "elu1", "bnhd", "", False)),
+])
+def test_the_kernels_return_what_their_shape_functions_declare(op, args):
+    """d = 40 is padded to the kernels' blocks inside; what the ops return must still be the declared unpadded,
+    contiguous shapes (a compiled graph allocates and checks by them)."""
+    q, k, v = (torch.randn(1, 70, 2, 40) for _ in range(3))
+    torch.library.opcheck(getattr(ops, op), args(q, k, v), test_utils=("test_faketensor",))

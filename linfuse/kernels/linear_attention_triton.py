@@ -376,6 +376,10 @@ class _Problem:
         launch.run()
         return s_part.sum(1), z_part.sum(1)
 
+    def unpadded(self, s, z):
+        """The padded sums cut to (B·H, d_k, d_v) and (B·H, d_k), contiguous: the shapes the ops declare."""
+        return s[:, :self.dk, :self.dv].contiguous(), z[:, :self.dk].contiguous()
+
     def choose_output(self, forced):
         """The output kernel's config for an unpadded state (B·H, d_k, d_v), as :func:`readout` hands it."""
         return _pick("output", self.key, self.dk, self.dv, self.q.element_size(),
@@ -408,7 +412,7 @@ def forward(q, k, v, *, feature_map: str, eps: float, layout: str, config: dict 
     s, z = problem.sums(state_config)
     out = _empty(q.shape[:-1] + (problem.dv,), q)
     problem.output(output_config, s, z, out).run()
-    return out, s, z
+    return (out, *problem.unpadded(s, z))
 
 
 def backward(q, k, v, out, s, z, d_out, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
@@ -428,10 +432,9 @@ def backward(q, k, v, out, s, z, d_out, *, feature_map: str, eps: float, layout:
 def state(k, v, *, feature_map: str, layout: str, config: dict | None = None):
     """The raw sums ΣS (B, H, d_k, d_v) and Σz (B, H, d_k) in fp32 over these keys: the state kernel alone."""
     problem = _Problem(k, k, v, FEATURE_CODES[feature_map], 0.0, layout)
-    s, z = problem.sums(problem.choose_forward(config)[0])
-    s, z = s[:, :problem.dk, :problem.dv], z[:, :problem.dk]
-    return (s.reshape(problem.batch, problem.heads, problem.dk, problem.dv),
-            z.reshape(problem.batch, problem.heads, problem.dk))
+    s, z = problem.unpadded(*problem.sums(problem.choose_forward(config)[0]))
+    batch, heads = problem.batch, problem.heads
+    return s.view(batch, heads, problem.dk, problem.dv), z.view(batch, heads, problem.dk)
 
 
 def readout(q, s, z, *, feature_map: str, eps: float, layout: str, config: dict | None = None):
