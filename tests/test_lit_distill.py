@@ -7,7 +7,7 @@ import torch
 import yaml
 from diffusers import DDPMScheduler, DiTPipeline, DiTTransformer2DModel
 from safetensors.torch import load_file
-from test_distill import teacher_dir, write_config  # noqa: F401  (the fixture is used by name)
+from test_distill import write_config
 from tiny_models import tiny_vae
 
 from linfuse.distill.lit import lit_loss
@@ -58,7 +58,7 @@ def test_lit_distillation_trains_the_new_attention_against_the_dit(dit_dir, tmp_
                if ".processor." not in k and k.endswith("weight"))
 
 
-def test_hybrid_distillation_keeps_the_widest_layers_softmax(teacher_dir, tmp_path):  # noqa: F811
+def test_hybrid_distillation_keeps_the_widest_layers_softmax(teacher_dir, tmp_path):
     config = load_distill_config(write_config(
         tmp_path / "c.yaml", teacher_dir, tmp_path / "run", method="hybrid",
         options={"base": "linfusion", "softmax_layers": 4}, train={"steps": 2, "checkpoint_every": 2}))
