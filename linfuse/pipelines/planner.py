@@ -20,7 +20,8 @@ import torch
 from ..errors import InvalidArgumentError
 from ..fileio import looks_like_hub_id
 from .dit_memory import DiTMemoryModel
-from .families import default_method, max_side
+from .families import default_method
+from .families import size_rule as family_size_rule
 from .loading import BUNDLED_MODELS, resolve_model
 from .parameters import MAX_SIZE, GenerationParams
 from .plan import Stage, job_stages
@@ -319,12 +320,11 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
 
 
 def size_rule(configs: ModelConfigs, factor: int) -> tuple[int, int]:
-    """(multiple, largest side) of a model's sizes: a UNet's 8 and MAX_SIZE; a DiT's patch (FLUX: the 2×2
-    packing) times the VAE factor, and its position table's reach (SD3) or MAX_SIZE."""
-    if configs.transformer is None:
-        return 8, MAX_SIZE
-    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
-    return multiple, max_side(configs.transformer, factor) or MAX_SIZE
+    """(multiple, largest side) of a model's sizes: :func:`.families.size_rule`, MAX_SIZE where the model sets no
+    limit of its own."""
+    kind = "unet" if configs.transformer is None else configs.family
+    multiple, limit = family_size_rule(kind, factor, configs.transformer)
+    return multiple, limit or MAX_SIZE
 
 
 def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) -> None:
