@@ -57,7 +57,8 @@ class Recipes:
         if view:
             return None, inputs
         try:
-            return (func, _describe(args, inputs), _describe(kwargs, inputs) if kwargs else None), inputs
+            described = _describe(args, inputs), _describe(kwargs, inputs) if kwargs else None
+            return (func, torch.get_default_dtype(), *described), inputs  # factories without a dtype use the default
         except _Unkeyable:
             return None, inputs
 
