@@ -396,8 +396,10 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
 
 def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
                     tile: int = 64, model: MemoryModel | None = None, limit: int | None = None,
-                    memory: str = "auto", host_limit: int | None = None, resident: int = 0) -> MemoryEstimate:
-    """The estimate of every stage, with the free memory now, or ``limit`` bytes (a cap, as on a shared card: for the
+                    memory: str = "auto", host_limit: int | None = None, resident: int = 0,
+                    free: tuple[int | None, int | None] | None = None) -> MemoryEstimate:
+    """The estimate of every stage, with the free memory now (or ``free``, (device, host) bytes read before: a
+    search compares all its sizes with one reading), or ``limit`` bytes (a cap, as on a shared card: for the
     device and, unless ``host_limit`` is given, the host alike; the pipeline's weights count against it, as the
     planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring."""
     model = model or memory_model_for(pipe)
@@ -406,8 +408,8 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
         if pipe is not None and not resident:  # a cap is what the job may hold, its weights included
             resident = weights_bytes(pipe)
     else:
-        free_device, free_host = free_memory(resolve_denoiser(pipe).device if pipe is not None
-                                             else torch.device(model.device_type))
+        free_device, free_host = free or free_memory(resolve_denoiser(pipe).device if pipe is not None
+                                                     else torch.device(model.device_type))
     if host_limit is not None:
         free_host = host_limit
     estimate = MemoryEstimate(model.device_type, [], free_device, free_host, resident)
@@ -444,12 +446,15 @@ def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, str
     """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does.
     ``progressive``: the job is the progressive stages (else one stage at the size); ``fits_now``: whether W×H
     itself fits, when the caller knows (the search then looks only above or below it); ``requested``: W×H's
-    estimate, when the caller has it (it guides the search: :func:`last_fitting`); ``kwargs`` as
-    :func:`estimate_memory` takes them."""
+    estimate, when the caller has it (it guides the search: :func:`last_fitting`, and without a ``limit`` every
+    size is compared with the free memory it was); ``kwargs`` as :func:`estimate_memory` takes them."""
     model = kwargs.pop("model", None) or memory_model_for(pipe)
     multiple = size_multiple(pipe)
     if requested is not None:
         fits_now = requested.fits
+    if kwargs.get("limit") is None and kwargs.get("free") is None:  # every size against one reading
+        kwargs["free"] = (requested.free_device, requested.free_host) if requested is not None else \
+            free_memory(resolve_denoiser(pipe).device)
     sizes = sizes_beside(candidate_sizes(width, height, multiple), width, height, fits_now)
     if not sizes:
         return None
