@@ -28,11 +28,12 @@ from .plan import Stage, job_stages
 from .preflight import (
     MemoryEstimate,
     MemoryModel,
+    SizeSearch,
     candidate_sizes,
     check_memory_mode,
     estimate_memory,
     host_available,
-    last_fitting,
+    load_of,
     sizes_beside,
 )
 from .refusal import memory_hints, refusal_message
@@ -305,14 +306,11 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         return estimate_memory(None, stages, guidance=guided, tile=tile, model=memory_model, limit=memory,
                                memory=memory_mode, host_limit=host_memory, resident=weights)
 
-    def fits(size: tuple[int, int]) -> bool:
-        """The largest stage first (most sizes that fail, fail there), then the whole job."""
-        stages = job_stages(*size, native, multiple=multiple)
-        return all(estimate(part).fits for part in (stages[-1:], stages))
-
     job = estimate(job_stages(width, height, native, multiple=multiple))
     sizes = sizes_beside(search_sizes(configs, factor, width, height), width, height, job.fits)
-    largest = last_fitting(sizes, fits) if find_largest and sizes else None
+    search = SizeSearch(estimate, lambda size: job_stages(*size, native, multiple=multiple))
+    anchors = [((width, height), job.fits, load_of(job))]
+    largest = search.largest(sizes, anchors) if find_largest and sizes else None
     if find_largest and job.fits:
         largest = largest or (width, height)
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
