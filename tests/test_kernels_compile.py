@@ -52,7 +52,7 @@ def reports():
     models on the tightest target (sm_89), fp32 there, and the fallback script."""
     readiness = ["-m", "linfuse.kernels.readiness", "--json"]
     every_arch = ["--arch", ",".join(map(str, ARCHS))]
-    selected = [start(*readiness, *every_arch, "--sass", "--dtype", dtype) for dtype in DTYPES]
+    selected = [start(*readiness, *every_arch, "--sass", "90", "--dtype", dtype) for dtype in DTYPES]
     results = {"selected": [row for process in selected for row in finish(process)]}
     alternatives = start(*readiness, *every_arch, "--dtype", "bf16", "--problems", "SDXL,FLUX 1K r=8",
                          "--alternative", "1")

@@ -1,4 +1,4 @@
-"""The largest-fit search (preflight.last_fitting, SizeSearch): the answer of a bisection over whole jobs, in a few
+"""The largest-fit search (size_search.last_fitting, SizeSearch): the answer of a bisection over whole jobs, in a few
 probes (issue 24, build 5)."""
 
 import math
@@ -6,14 +6,12 @@ import math
 import pytest
 
 from linfuse.pipelines.plan import plan_stages
-from linfuse.pipelines.preflight import (
+from linfuse.pipelines.preflight import MemoryModel, estimate_memory, memory_model_for
+from linfuse.pipelines.size_search import (
     GUIDED_PROBES,
-    MemoryModel,
     candidate_sizes,
-    estimate_memory,
     largest_fitting_size,
     last_fitting,
-    memory_model_for,
     sizes_beside,
 )
 

@@ -72,6 +72,10 @@ def check(problem: AttentionProblem, arch: int, dtype: str, *, sass: bool = Fals
     return reports
 
 
+def _counts_sass(sass: str | None, arch: int) -> bool:
+    return sass is not None and (sass == "all" or str(arch) in sass.split(","))
+
+
 def _plain(config: dict) -> dict:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
 
@@ -82,7 +86,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="fp16,bf16", help=f"comma-separated: {', '.join(DTYPES)}")
     parser.add_argument("--problems", default="", help="problem names (model_shapes.MODEL_PROBLEMS and "
                         "HEAD_DIM_PROBLEMS); default: every model problem")
-    parser.add_argument("--sass", action="store_true", help="count tensor-core instructions in the SASS")
+    parser.add_argument("--sass", nargs="?", const="all", default=None, metavar="ARCHS",
+                        help="count tensor-core instructions in the SASS (of these compute capabilities, "
+                             "comma-separated; without a value: every --arch)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of kernel reports")
     parser.add_argument("--alternative", type=int, default=0,
                         help="compile each kernel's n-th fitting config instead of the first (autotuning's choices)")
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
             if dtype not in DTYPES:
                 parser.error(f"--dtype must be among {', '.join(DTYPES)}; got {dtype!r}")
             for problem in problems:
-                reports += check(problem, arch, dtype, sass=args.sass)
+                reports += check(problem, arch, dtype, sass=_counts_sass(args.sass, arch))
     if args.json:
         json.dump([asdict(r) | {"ready": r.ready} for r in reports], sys.stdout)
         return 0

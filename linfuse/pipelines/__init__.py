@@ -6,7 +6,8 @@ from .highres_pipeline import LinfuseHighResPipeline
 from .loading import LINFUSION_WEIGHTS, load_pipeline
 from .parameters import GenerationParams, parse_size, read_png_parameters, save_png
 from .patch_parallel import patch_parallel
-from .preflight import InsufficientMemoryError, MemoryEstimate, estimate_memory, largest_fitting_size
+from .preflight import InsufficientMemoryError, MemoryEstimate, estimate_memory
+from .size_search import largest_fitting_size
 from .text2image import describe_run, generate, native_size
 from .tiled_vae import tiled_decode, tiled_encode
 

@@ -33,16 +33,10 @@ from .families import call_arguments, default_method, family, is_dit, size_multi
 from .lean import denoiser_lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
-from .preflight import (
-    check_memory_mode,
-    estimate_memory,
-    largest_fitting_size,
-    memory_model_for,
-    memory_text,
-    mode_name,
-)
+from .preflight import check_memory_mode, estimate_memory, memory_model_for, memory_text, mode_name
 from .refusal import memory_hints, refuse
 from .rope import ntk_scaled_rope
+from .size_search import largest_fitting_size
 from .text2image import native_size
 from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
 

@@ -25,18 +25,9 @@ from .families import size_rule as family_size_rule
 from .loading import BUNDLED_MODELS, resolve_model
 from .parameters import MAX_SIZE, GenerationParams
 from .plan import Stage, job_stages
-from .preflight import (
-    MemoryEstimate,
-    MemoryModel,
-    SizeSearch,
-    candidate_sizes,
-    check_memory_mode,
-    estimate_memory,
-    host_available,
-    load_of,
-    sizes_beside,
-)
+from .preflight import MemoryEstimate, MemoryModel, check_memory_mode, estimate_memory, host_available
 from .refusal import memory_hints, refusal_message
+from .size_search import SizeSearch, candidate_sizes, load_of, sizes_beside
 
 CONFIGS = Path(__file__).parent / "configs"
 KNOWN_MODELS = tuple(sorted(p.stem for p in CONFIGS.glob("*.json")))
