@@ -150,17 +150,21 @@ def load_model(args, method, weights):
 
 def renderer(args, pipe):
     """``render(pipe, params)``: plain generation, or progressive when --highres asks for it."""
-    from .pipelines import generate, native_size
+    from .pipelines import generate
     from .pipelines.highres import generate_highres
-    from .pipelines.plan import is_progressive
-
-    native = max(native_size(pipe))
 
     def render(pipe, params):
-        progressive = args.highres == "on" or (args.highres == "auto" and is_progressive(params.width, params.height,
-                                                                                          native))
-        if progressive:
+        if progressive_job(args, pipe, params):
             return generate_highres(pipe, params, highres_options(args))
         return generate(pipe, params, memory=args.memory_mode, memory_limit=getattr(args, "memory_limit", None))
 
     return render
+
+
+def progressive_job(args, pipe, params) -> bool:
+    """Whether --highres makes this job progressive (auto: above twice the model's native size)."""
+    from .pipelines import native_size
+    from .pipelines.plan import is_progressive
+
+    return args.highres == "on" or (args.highres == "auto" and is_progressive(params.width, params.height,
+                                                                              max(native_size(pipe))))
