@@ -5,7 +5,8 @@ few ``steps`` for a refinement to run one denoising step at its strength; softma
 ``max_softmax_pixels``; a job the memory preflight says will not fit, naming the largest size that would), then runs
 them with the pipeline's own components: text-to-image at the base size, and for each refinement the latent upscaled
 ×2 (``upscale="latent"``: bicubic on the latent; ``"pixel"``: tiled VAE decode, bicubic on the image, tiled VAE
-encode) and re-denoised from strength s. The image is decoded in tiles at the end.
+encode) and re-denoised from strength s. The image is decoded in tiles at the end, one row of tiles at a time,
+into the returned image or straight into a PNG file (:func:`write_highres_png`): no float canvas of its size.
 
 ``memory`` ("auto", "plain", "lean"; :mod:`.lean`) says how the UNet runs: "auto" takes, per stage, plain when the
 preflight says it fits, else the cheapest lean setting that does; the progress output says which.
