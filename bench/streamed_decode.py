@@ -4,7 +4,8 @@ filled band by band; ``decode_to_png``: the PNG written while decoding).
 
 Each mode runs in a fresh process: load the student, draw the latents, reset VmHWM (``bench/procstat.py``), decode,
 and report the peak above the resident size before the decode, with the preflight's figure for the stage
-(:func:`linfuse.pipelines.preflight.decode_bytes`, tile included). Saving is part of every mode (``save_png`` for
+(:func:`linfuse.pipelines.preflight.decode_bytes`, tile included; for the canvas, the canvas and 8-bit
+image the preflight counted before streaming). Saving is part of every mode (``save_png`` for
 the in-memory ones), as ``linfuse generate`` does it.
 
     PYTHONPATH=$PWD python bench/streamed_decode.py --size 2048
@@ -28,7 +29,7 @@ def run_mode(mode: str, size: int, out: str) -> dict:
     from bench.procstat import memory_kib, reset_peak
     from linfuse.pipelines import GenerationParams, load_pipeline, save_png
     from linfuse.pipelines.highres import HighResOptions, decode_images, decode_to_png, to_pil
-    from linfuse.pipelines.preflight import decode_bytes, memory_model_for
+    from linfuse.pipelines.preflight import CANVAS_BYTES_PER_PIXEL, decode_bytes, memory_model_for
     from linfuse.pipelines.tiled_vae import tiled_decode
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -37,7 +38,8 @@ def run_mode(mode: str, size: int, out: str) -> dict:
     latents = torch.randn(1, 4, size // factor, size // factor, generator=torch.Generator().manual_seed(0))
     params = GenerationParams(prompt="bench", width=size, height=size)
     tile_bytes = memory_model_for(pipe).vae_tile_memory(options.vae_tile, 1, "decode")[0]
-    predicted = tile_bytes + decode_bytes(size, size, factor, options.vae_tile, to_file=mode == "png")
+    predicted = tile_bytes + (size * size * (CANVAS_BYTES_PER_PIXEL + 3) if mode == "canvas" else  # as counted before
+                              decode_bytes(size, size, factor, options.vae_tile, to_file=mode == "png"))
     base = reset_peak()
     start = time.perf_counter()
     if mode == "canvas":
