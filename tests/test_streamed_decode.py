@@ -13,8 +13,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from linfuse.cli import main
 from linfuse.pipelines import read_png_parameters
 from linfuse.pipelines.highres import HighResOptions, decode_images, decode_to_png, to_pil
+from linfuse.pipelines.plan import Stage
 from linfuse.pipelines.png_stream import PngStream
-from linfuse.pipelines.preflight import CANVAS_BYTES_PER_PIXEL, decode_bytes
+from linfuse.pipelines.preflight import CANVAS_BYTES_PER_PIXEL, decode_bytes, estimate_memory
 from linfuse.pipelines.tiled_vae import decode_bands, tiled_decode
 
 
@@ -78,7 +79,7 @@ def test_the_streamed_decode_holds_no_float_tensor_of_the_image_size(vae):
         for _ in decode_bands(vae, latents, tile=8, overlap=0):
             pass
     strip = 3 * 64 * 256  # one tile's rows × the width: 49152
-    assert strip <= strips.largest < image_elements / 2, (strips.largest, image_elements)
+    assert strip <= strips.largest < image_elements / 2, (strips.largest, image_elements)  # 49152 of 122880
 
 
 def test_decode_images_equals_the_canvas_conversion(pipe):
@@ -147,7 +148,13 @@ def test_cli_generate_streams_a_progressive_png_with_its_parameters(tmp_path, ca
     assert not list(out.parent.glob(".*.tmp"))
 
 
-def test_the_decode_stage_counts_one_strip_and_the_image_only_when_it_is_returned():
+def test_the_decode_stage_counts_one_strip_and_the_image_only_when_it_is_returned(pipe):
+    stage = [Stage(128, 96, 1.0)]
+    held, streamed = (estimate_memory(pipe, stage, tile=8, limit=2**40, to_file=to_file).stages[-1]
+                      for to_file in (False, True))
+    assert held.label == streamed.label == "decode (VAE)"
+    assert streamed.host_bytes == 128 * 64 * (CANVAS_BYTES_PER_PIXEL + 3)  # 64-row strips
+    assert held.host_bytes - streamed.host_bytes == 4 * 128 * 96
     width, height, tile = 4096, 2048, 64  # 512-row strips
     strip = width * 512 * (CANVAS_BYTES_PER_PIXEL + 3)
     assert decode_bytes(width, height, 8, tile, to_file=True) == strip
