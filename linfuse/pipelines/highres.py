@@ -46,7 +46,16 @@ from .preflight import (
 from .refusal import memory_hints, refuse
 from .rope import ntk_scaled_rope
 from .text2image import native_size
-from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, decode_bands, tiled_decode, tiled_encode, to_uint8
+from .tiled_vae import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    check_tiling,
+    decode_bands,
+    tiled_decode,
+    tiled_encode,
+    to_uint8,
+    vae_factor,
+)
 
 UPSCALE_MODES = ("latent", "pixel")
 MAX_SKIP_RESIDUAL = 10
@@ -260,7 +269,7 @@ def write_highres_png(pipe, params: GenerationParams, options: HighResOptions, p
 def decode_to_png(pipe, latents: torch.Tensor, options: HighResOptions, path, text: dict[str, str] | None = None):
     """One image's latents, (1, C, h, w), decoded in tiles and written to the PNG ``path`` band by band as the decode
     streams them (atomically); equal to ``decode_images(...)[0]`` saved. Returns the path."""
-    factor = pipe.vae_scale_factor
+    factor = vae_factor(pipe.vae)
     bands = (band[0].numpy() for _, band in decode_bands(pipe.vae, latents, tile=options.vae_tile,
                                                            overlap=options.vae_overlap))
     return write_png_bands(path, latents.shape[3] * factor, latents.shape[2] * factor, bands, text)
@@ -275,7 +284,7 @@ def decode(pipe, latents: torch.Tensor, options: HighResOptions) -> torch.Tensor
 def decode_images(pipe, latents: torch.Tensor, options: HighResOptions) -> list[Image.Image]:
     """The final latents decoded in tiles to 8-bit images, filled band by band as the decode streams them
     (:func:`~.tiled_vae.decode_bands`; no float canvas); equal to ``to_pil(decode(...))``."""
-    factor = pipe.vae_scale_factor
+    factor = vae_factor(pipe.vae)
     batch, _, height, width = latents.shape
     images = [Image.new("RGB", (width * factor, height * factor)) for _ in range(batch)]
     for top, band in decode_bands(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap):

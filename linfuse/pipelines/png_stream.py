@@ -25,6 +25,7 @@ CHANNELS = 3
 FILTER_ROWS = 16
 IDAT_BYTES = 1 << 20  # compressed bytes gathered before an IDAT chunk is written
 COMPRESS_LEVEL = 6  # Pillow's default
+SIGNED_SIZE = np.minimum(np.arange(256), 256 - np.arange(256)).astype(np.uint8)  # |v| of a byte v read as signed
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -53,7 +54,7 @@ def filter_rows(rows: np.ndarray, above: np.ndarray) -> np.ndarray:
     pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
     paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
     candidates = np.stack([x, x - a, x - b, x - (a + b) // 2, x - paeth]).astype(np.uint8)  # mod 256
-    cost = np.abs(candidates.view(np.int8).astype(np.int32)).sum(axis=2)  # (5, n)
+    cost = SIGNED_SIZE[candidates].sum(axis=2, dtype=np.int64)  # (5, n)
     kind = cost.argmin(axis=0)
     out = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.uint8)
     out[:, 0] = kind

@@ -90,7 +90,8 @@ def to_uint8(band: torch.Tensor) -> torch.Tensor:
     return band.to(torch.uint8).movedim(-3, -1)
 
 
-def _vae_factor(vae) -> int:
+def vae_factor(vae) -> int:
+    """Image pixels per latent pixel of a VAE: 2^(its resolution levels − 1)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
@@ -102,7 +103,7 @@ def tiled_decode(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overla
     from a decode of the whole latent by an amount that depends on the VAE (see README); one tile equals it exactly.
     """
     check_tiling(tile, overlap)
-    scale = _vae_factor(vae)
+    scale = vae_factor(vae)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     batch, _, height, width = latents.shape
 
@@ -126,7 +127,7 @@ def decode_bands(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overla
     bottom, equal to ``to_uint8(tiled_decode(vae, latents, tile=tile, overlap=overlap))`` (module docstring).
     Float memory: one strip of (B, 3, ``strip_rows``, W·f) on the CPU."""
     check_tiling(tile, overlap)
-    scale = _vae_factor(vae)
+    scale = vae_factor(vae)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     batch, _, height, width = latents.shape
     rows = strip_rows(height, tile, scale)
@@ -165,7 +166,7 @@ def tiled_encode(vae, images: torch.Tensor, *, tile: int = DEFAULT_TILE, overlap
     The image side must be a multiple of the VAE factor f; ``tile`` and ``overlap`` count latent pixels.
     """
     check_tiling(tile, overlap)
-    scale = _vae_factor(vae)
+    scale = vae_factor(vae)
     batch, _, pixel_height, pixel_width = images.shape
     if pixel_height % scale or pixel_width % scale:
         raise InvalidArgumentError(f"image size {pixel_width}x{pixel_height} must be a multiple of the VAE factor "
