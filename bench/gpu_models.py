@@ -145,7 +145,7 @@ def compiled_unet(check, budget: gpu_budget.Budget) -> dict:
         return {"skipped": "bench/compile.py has no compile_rows"}
     if not budget.allows("compiling the UNets", BUILD_S["compiled_unet"][check.device]):
         return {}
-    latents = [8, 16] if check.dry_run else [128, 256, 512]
+    latents = [8] if check.dry_run else [128, 256, 512]
     rows = compile_rows(device=check.device, dtype=torch.float32 if check.dry_run else torch.float16,
                         latents=latents, methods=["linfusion", "sdpa"], seconds_left=budget.left,
                         tiny=check.dry_run, backend="eager" if check.dry_run else "inductor")

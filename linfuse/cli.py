@@ -14,7 +14,7 @@ from .cli_common import (
     default_params,
     highres_options,
     load_model,
-    progressive_job,
+    progressive_rule,
     renderer,
     resolve_method,
 )
@@ -56,7 +56,7 @@ def run_generate(args) -> int:
     if not args.size:
         params.width, params.height = native_size(pipe)
     describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
-    if progressive_job(args, pipe, params):  # written while it is decoded: the image never exists whole
+    if progressive_rule(args, pipe)(params):  # written while it is decoded: the image never exists whole
         path = write_highres_png(pipe, params, highres_options(args), args.out, text=png_text(params))
         print(f"wrote {path} ({params.width}x{params.height})")
         return 0

@@ -4,7 +4,7 @@ batch …`` the prompts are split across the processes."""
 import argparse
 
 from .cli_checks import check_writable_folder
-from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
+from .cli_common import add_model_arguments, check_jobs, default_params, load_model, renderer, resolve_method
 
 
 def add_batch_command(commands) -> None:
@@ -36,6 +36,7 @@ def run_batch_command(args) -> int:
     for job in jobs:
         job.width, job.height = job.width or native_width, job.height or native_height
         describe_run(pipe, job, model=args.model or "student", weights=str(weights or ""))
+    check_jobs(args, pipe, jobs)  # memory and steps of every job, before the first image
     stale = stale_jobs(jobs, args.out)
     written = run_batch(pipe, jobs, args.out, render=renderer(args, pipe), overwrite=args.overwrite)
     print(f"wrote {len(written)} images to {args.out} ({len(jobs) - len(written)} of {len(jobs)} were there "

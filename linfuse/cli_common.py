@@ -153,18 +153,39 @@ def renderer(args, pipe):
     from .pipelines import generate
     from .pipelines.highres import generate_highres
 
+    progressive = progressive_rule(args, pipe)
+
     def render(pipe, params):
-        if progressive_job(args, pipe, params):
+        if progressive(params):
             return generate_highres(pipe, params, highres_options(args))
         return generate(pipe, params, memory=args.memory_mode, memory_limit=getattr(args, "memory_limit", None))
 
     return render
 
 
-def progressive_job(args, pipe, params) -> bool:
-    """Whether --highres makes this job progressive (auto: above twice the model's native size)."""
+def progressive_rule(args, pipe):
+    """``progressive(params)``: whether ``render`` runs a job progressively (--highres on, or auto above twice the
+    native size)."""
     from .pipelines import native_size
     from .pipelines.plan import is_progressive
 
-    return args.highres == "on" or (args.highres == "auto" and is_progressive(params.width, params.height,
-                                                                              max(native_size(pipe))))
+    native = max(native_size(pipe))
+    return lambda params: args.highres == "on" or (args.highres == "auto" and
+                                                   is_progressive(params.width, params.height, native))
+
+
+def check_jobs(args, pipe, jobs) -> None:
+    """Every check ``render`` makes before work, the memory preflight included, for each distinct job shape (size,
+    steps, guidance): a job that would be refused is refused before the first image, with generate's message."""
+    from .pipelines.highres import checked_stages
+    from .pipelines.text2image import denoiser_setting
+
+    progressive = progressive_rule(args, pipe)
+    limit = getattr(args, "memory_limit", None)
+    shapes = {(p.width, p.height, p.steps, p.guidance > 1.0): p for p in jobs}
+    for params in shapes.values():
+        if progressive(params):
+            checked_stages(pipe, params, highres_options(args))
+        else:
+            denoiser_setting(pipe, params, args.memory_mode, limit,
+                             check_memory=args.memory_mode == "auto" or limit is not None)

@@ -12,6 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (the README's test command runs two workers) each worker computes on one thread: two workers
+# of two threads each would share two cores four ways. Child processes the tests start keep torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def student():

@@ -9,6 +9,8 @@ from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines import GenerationParams, generate, load_pipeline, native_size
 from linfuse.pipelines.families import call_arguments, family, size_multiple, unpack_latents
 from linfuse.pipelines.highres import HighResOptions, generate_highres, highres_latents
+from linfuse.pipelines.planner import load_configs
+from linfuse.pipelines.planner import size_rule as planner_size_rule
 from tests.tiny_dit_pipelines import NATIVE, save_pipeline
 
 KINDS = ("flux", "sd3", "pixart")
@@ -89,6 +91,9 @@ def test_family_rules(folders):
     assert unpack_latents(flux, packed, 64, 64).shape == (2, 2, 32, 32)
     pixart = load(folders["pixart"])
     assert call_arguments(pixart, 4.5, None)["use_resolution_binning"] is False
+    for kind in ("flux", "sd3", "pixart"):  # one size rule: the loaded pipeline's and the planner's, from configs
+        pipe = load(folders[kind])
+        assert planner_size_rule(load_configs(str(folders[kind])), pipe.vae_scale_factor)[0] == size_multiple(pipe)
 
 
 def test_bad_options_for_dits_are_refused_before_work(folders):

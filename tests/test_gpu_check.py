@@ -154,7 +154,7 @@ def test_compiled_unet_section_runs_compile_rows_when_present(bench_modules, mon
     monkeypatch.setitem(sys.modules, "compile", types.SimpleNamespace(compile_rows=compile_rows))
     budget = gpu_budget.Budget(lambda: 0.0, deadline=100.0)
     assert gpu_models.compiled_unet(check, budget) == {}
-    assert seen == {"device": "cpu", "dtype": torch.float32, "latents": [8, 16], "methods": ["linfusion", "sdpa"],
+    assert seen == {"device": "cpu", "dtype": torch.float32, "latents": [8], "methods": ["linfusion", "sdpa"],
                     "left": 100.0, "tiny": True, "backend": "eager"}
     assert len(budget.partial["rows"]) == 2 and budget.cut_short
 

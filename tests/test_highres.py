@@ -124,6 +124,51 @@ def test_live_bytes_counts_each_storage_once_until_its_last_view_dies():
     assert traced_peak(lambda t: (t * 2) + 1, x) == 8000  # the temporary and the result exist together
 
 
+class _Timeline(LiveBytes):
+    """LiveBytes that also notes the live bytes after every operator."""
+
+    def __init__(self, existing):
+        super().__init__(existing)
+        self.timeline = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        self.timeline.append((str(func), self.current, self.host_current, self.max_elements))
+        return out
+
+
+def test_replayed_meta_calls_count_the_bytes_their_kernels_count(monkeypatch):
+    """A trace whose operators are answered by recipes (:class:`Recipes`) sees the same live bytes after every
+    operator as one that runs every meta kernel: plain, lean and lean with fused up-sampling, parked skips too."""
+    from tiny_models import tiny_unet, unet_inputs
+
+    from linfuse.linearize import linearize
+    from linfuse.linearize.twin import meta_twin
+    from linfuse.pipelines.lean import LeanSettings, lean_mode
+    from linfuse.pipelines.memory_trace import Recipes
+
+    unet = tiny_unet("sd15")
+    linearize(unet, method="linfusion")
+    unet = meta_twin(unet)
+    inputs = {k: v.to("meta") if isinstance(v, torch.Tensor) and v.ndim else v
+              for k, v in unet_inputs(unet, height=24, width=40).items()}
+    if "added_cond_kwargs" in inputs:
+        inputs["added_cond_kwargs"] = {k: v.to("meta") for k, v in inputs["added_cond_kwargs"].items()}
+    existing = [*unet.parameters(), *unet.buffers(), inputs["sample"], inputs["encoder_hidden_states"]]
+    for settings in (None, LeanSettings(band_elements=300, chunk_elements=500),
+                     LeanSettings(park_skips=True, fuse_upsampling=True, band_elements=300, chunk_elements=500)):
+        runs = []
+        for recipes in (Recipes(), None):  # None: the first run's recipes again
+            if recipes is not None:
+                monkeypatch.setattr(LiveBytes, "recipes", recipes)
+            with torch.no_grad(), lean_mode(unet, settings), _Timeline(existing) as traced:
+                unet(**inputs)
+            runs.append(traced)
+        fresh, replayed = runs
+        assert replayed.replayed > 0.3 * len(replayed.timeline) > 0 and fresh.replayed < replayed.replayed
+        assert replayed.timeline == fresh.timeline and replayed.peak == fresh.peak > 0
+
+
 def test_meta_estimate_grows_linearly_with_pixels_for_a_linear_unet(student, teacher):
     linear, dense = MemoryModel(student), MemoryModel(teacher)
     small, large = linear.unet_memory(32, 32, 2)[0], linear.unet_memory(64, 64, 2)[0]

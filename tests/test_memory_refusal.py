@@ -106,6 +106,21 @@ def test_max_memory_caps_generate_as_on_a_shared_card(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_batch_refuses_a_job_that_does_not_fit_before_its_first_image_with_generates_message(tmp_path, capsys):
+    """Under a 400 MiB cap, UNet plain, generate makes 64x64 and refuses 1024x1024 (progressive); a batch of the two
+    makes neither and says what generate says."""
+    cap = ["--steps", "10", "--device", "cpu", "--max-memory", "400MiB", "--memory-mode", "plain"]
+    assert main(["generate", "red apple", "--size", "64x64", *cap, "--out", str(tmp_path / "small.png")]) == 0
+    assert main(["generate", "red apple", "--size", "1024x1024", *cap, "--out", str(tmp_path / "large.png")]) == 2
+    refusal = next(line for line in capsys.readouterr().err.splitlines() if "does not fit" in line)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "red apple", "width": 64, "height": 64}\n'
+                       '{"prompt": "red apple", "width": 1024, "height": 1024}\n')
+    assert main(["batch", str(prompts), "--out", str(tmp_path / "batch"), *cap]) == 2
+    assert refusal in capsys.readouterr().err.splitlines()
+    assert not (tmp_path / "batch").exists()
+
+
 @pytest.mark.parametrize("size, cap_mib", [((64, 64), 90), ((512, 512), 150), ((512, 512), 175)])
 def test_the_planner_and_the_runtime_preflight_give_the_same_verdict_peak_and_largest_size(student, size, cap_mib):
     """``linfuse estimate --model student`` and the preflight of the loaded student under ``--max-memory``."""

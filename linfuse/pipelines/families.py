@@ -88,13 +88,19 @@ def native_size(pipe) -> tuple[int, int]:
 
 
 def size_multiple(pipe) -> int:
-    """Width and height must be multiples of this."""
-    kind = family(pipe)
+    """Width and height must be multiples of this (:func:`size_rule`)."""
+    transformer = getattr(pipe, "transformer", None)
+    return size_rule(family(pipe), pipe.vae_scale_factor, transformer.config if transformer is not None else None)[0]
+
+
+def size_rule(kind: str, vae_factor: int, transformer_config=None) -> tuple[int, int | None]:
+    """(multiple, largest side) of a model's image sizes, for a loaded pipeline and the planner's configs alike: a
+    UNet's sides are multiples of 8 and of its VAE factor; a DiT's of its patch (FLUX: the 2×2 packing) times the
+    VAE factor, up to its position table's reach (:func:`max_side`; None: no limit of its own)."""
     if kind == "unet":  # the UNet's own down-sampling as well: 8 pixels at least, as before DiTs came
-        return max(8, pipe.vae_scale_factor)
-    if kind == "flux":
-        return pipe.vae_scale_factor * 2
-    return pipe.vae_scale_factor * pipe.transformer.config.patch_size
+        return max(8, vae_factor), None
+    patch = 2 if kind == "flux" else transformer_config["patch_size"]
+    return vae_factor * patch, max_side(transformer_config, vae_factor)
 
 
 def text_length(pipe) -> int | None:

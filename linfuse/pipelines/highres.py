@@ -199,7 +199,7 @@ def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stage
     estimate = estimate_memory(pipe, stages, **common)
     if options.check_memory and not estimate.fits:
         best = largest_fitting_size(pipe, params.width, params.height, native_side=max(native_size(pipe)),
-                                    strengths=options.strengths, progressive=progressive, fits_now=False,
+                                    strengths=options.strengths, progressive=progressive, requested=estimate,
                                     **common)
         hints = memory_hints(memory_mode=options.memory, linearized=not softmax_layers(resolve_denoiser(pipe)),
                              method=default_method(None if family(pipe) == "unet" else family(pipe)),

@@ -8,6 +8,12 @@ what eager PyTorch would hold at once; workspace inside a single kernel (cuDNN, 
 Code that moves tensors to host memory while it runs (the lean mode's parked skips) allocates its host copies
 inside :func:`on_host`: the trace counts them apart (``host_peak``), not as device memory. ``max_elements`` is the
 element count of the largest tensor the computation allocated (32-bit indexing fails at 2^31 in some kernels).
+
+Most of a trace's time is PyTorch's meta kernels (several written in Python: a layer norm costs milliseconds), and a
+UNet repeats the same operator on the same shapes many times (row bands, blocks, rungs). :class:`Recipes` remembers,
+per operator and input metadata, what a meta call returns when its outputs are fresh tensors or its inputs
+themselves (in-place operators), and replays that without the kernel: the same shapes, strides, dtypes and storage
+sizes, so the counts are those of the kernel's run. Views and calls on other devices always run the kernel.
 """
 
 import threading
@@ -27,11 +33,115 @@ def storage_key(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage()._cdata
 
 
+_SCALARS = {int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout}
+_TENSORS = {torch.Tensor, torch.nn.Parameter}
+_RUN = object()  # a recipe: run the kernel (its outputs view its inputs, or are not plain meta tensors)
+
+
+class Recipes:
+    """Meta calls' outputs by (operator, input metadata): ``key(func, args, kwargs)`` → (key or None, input
+    tensors); ``learn`` after a kernel's run, ``replay`` instead of the next one (see the module docstring)."""
+
+    LIMIT = 200_000  # entries kept (a 16K trace adds about a thousand)
+
+    def __init__(self):
+        self.table: dict = {}
+        self.views: dict = {}  # operator -> whether it returns a view of an input (never replayed: cheap anyway)
+
+    def key(self, func, args, kwargs) -> tuple[tuple | None, list[torch.Tensor]]:
+        inputs: list[torch.Tensor] = []
+        view = self.views.get(func)
+        if view is None:
+            view = self.views[func] = any(r.alias_info is not None and not r.alias_info.is_write
+                                          for r in func._schema.returns)
+        if view:
+            return None, inputs
+        try:
+            described = _describe(args, inputs), _describe(kwargs, inputs) if kwargs else None
+            return (func, torch.get_default_dtype(), *described), inputs  # factories without a dtype use the default
+        except _Unkeyable:
+            return None, inputs
+
+    def learn(self, key, out, inputs: list[torch.Tensor]) -> None:
+        if len(self.table) >= self.LIMIT:
+            self.table.clear()
+        storages = {storage_key(t) for t in inputs}
+        try:
+            self.table[key] = _recipe(out, inputs, storages, set())
+        except _Unkeyable:
+            self.table[key] = _RUN
+
+    def get(self, key):
+        return self.table.get(key)
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _describe(value, inputs: list[torch.Tensor]):
+    """A hashable description of a call's argument: a tensor's shape, strides, dtype (meta tensors only)."""
+    kind = type(value)
+    if kind in _TENSORS:
+        if not value.is_meta:
+            raise _Unkeyable
+        inputs.append(value)
+        return (value.shape, value.stride(), value.dtype)
+    if kind in _SCALARS:
+        return (kind, value)
+    if kind is list or kind is tuple:
+        return (kind, tuple([_describe(item, inputs) for item in value]))
+    if kind is dict:
+        return (dict, tuple([(name, _describe(item, inputs)) for name, item in value.items()]))
+    raise _Unkeyable
+
+
+def _recipe(out, inputs: list[torch.Tensor], storages: set, made: set):
+    """How to rebuild ``out``: ("input", i) for an input tensor returned, ("new", shape, strides, dtype) for a fresh
+    tensor of its own storage; _Unkeyable for anything else (a view, a shared storage)."""
+    if isinstance(out, torch.Tensor):
+        for index, tensor in enumerate(inputs):
+            if out is tensor:
+                return ("input", index)
+        key = storage_key(out) if out.device.type == "meta" else None
+        if (key is None or key in storages or key in made or type(out) is not torch.Tensor
+                or out.layout != torch.strided or out.storage_offset() != 0 or out.requires_grad
+                or out.untyped_storage().nbytes() != _storage_bytes(out)):
+            raise _Unkeyable
+        made.add(key)
+        return ("new", tuple(out.shape), out.stride(), out.dtype)
+    if isinstance(out, (list, tuple)):
+        return (type(out), tuple(_recipe(item, inputs, storages, made) for item in out))
+    if isinstance(out, (int, float, bool, type(None))):
+        return ("value", out)
+    raise _Unkeyable
+
+
+def _storage_bytes(tensor: torch.Tensor) -> int:
+    if tensor.numel() == 0:
+        return 0
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    return span * tensor.element_size()
+
+
+def _replay(recipe, inputs: list[torch.Tensor]):
+    kind = recipe[0]
+    if kind == "input":
+        return inputs[recipe[1]]
+    if kind == "new":
+        return torch.empty_strided(recipe[1], recipe[2], dtype=recipe[3], device="meta")
+    if kind == "value":
+        return recipe[1]
+    items = tuple(_replay(item, inputs) for item in recipe[1])
+    return items if kind is tuple else kind(items)
+
+
 class LiveBytes(TorchDispatchMode):
     """``with LiveBytes(existing) as trace: …`` then ``trace.peak`` (device bytes), ``trace.host_peak`` and
     ``trace.max_elements``."""
 
     _local = threading.local()  # the traces running in this thread (dispatch modes are per thread too)
+    recipes = Recipes()  # shared by every trace: meta outputs depend on the inputs' metadata only
 
     @classmethod
     def active(cls) -> list["LiveBytes"]:
@@ -47,6 +157,7 @@ class LiveBytes(TorchDispatchMode):
         self.host_current = self.host_peak = 0
         self.max_elements = 0
         self.host_block: int | None = None  # inside on_host: the bytes a new storage takes on the host (0: its own)
+        self.replayed = 0  # calls answered by a recipe, without their kernel
 
     def __enter__(self):
         LiveBytes.active().append(self)
@@ -57,7 +168,16 @@ class LiveBytes(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        key, inputs = self.recipes.key(func, args, kwargs)
+        recipe = self.recipes.get(key) if key is not None else None
+        if recipe is None or recipe is _RUN:
+            out = func(*args, **kwargs)
+            if key is not None and recipe is None:
+                self.recipes.learn(key, out, inputs)
+        else:
+            out = _replay(recipe, inputs)
+            self.replayed += 1
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
                 self._track(tensor)

@@ -20,18 +20,20 @@ import torch
 from ..errors import InvalidArgumentError
 from ..fileio import looks_like_hub_id
 from .dit_memory import DiTMemoryModel
-from .families import default_method, max_side
+from .families import default_method
+from .families import size_rule as family_size_rule
 from .loading import BUNDLED_MODELS, resolve_model
 from .parameters import MAX_SIZE, GenerationParams
 from .plan import Stage, job_stages
 from .preflight import (
     MemoryEstimate,
     MemoryModel,
+    SizeSearch,
     candidate_sizes,
     check_memory_mode,
     estimate_memory,
     host_available,
-    last_fitting,
+    load_of,
     sizes_beside,
 )
 from .refusal import memory_hints, refusal_message
@@ -304,14 +306,11 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
         return estimate_memory(None, stages, guidance=guided, tile=tile, model=memory_model, limit=memory,
                                memory=memory_mode, host_limit=host_memory, resident=weights)
 
-    def fits(size: tuple[int, int]) -> bool:
-        """The largest stage first (most sizes that fail, fail there), then the whole job."""
-        stages = job_stages(*size, native, multiple=multiple)
-        return all(estimate(part).fits for part in (stages[-1:], stages))
-
     job = estimate(job_stages(width, height, native, multiple=multiple))
     sizes = sizes_beside(search_sizes(configs, factor, width, height), width, height, job.fits)
-    largest = last_fitting(sizes, fits) if find_largest and sizes else None
+    search = SizeSearch(estimate, lambda size: job_stages(*size, native, multiple=multiple))
+    anchors = [((width, height), job.fits, load_of(job))]
+    largest = search.largest(sizes, anchors) if find_largest and sizes else None
     if find_largest and job.fits:
         largest = largest or (width, height)
     return JobPlan(model, width, height, device, dtype, method or "none", memory_mode, weights, job, memory,
@@ -319,12 +318,11 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
 
 
 def size_rule(configs: ModelConfigs, factor: int) -> tuple[int, int]:
-    """(multiple, largest side) of a model's sizes: a UNet's 8 and MAX_SIZE; a DiT's patch (FLUX: the 2×2
-    packing) times the VAE factor, and its position table's reach (SD3) or MAX_SIZE."""
-    if configs.transformer is None:
-        return 8, MAX_SIZE
-    multiple = factor * (2 if configs.family == "flux" else configs.transformer["patch_size"])
-    return multiple, max_side(configs.transformer, factor) or MAX_SIZE
+    """(multiple, largest side) of a model's sizes: :func:`.families.size_rule`, MAX_SIZE where the model sets no
+    limit of its own."""
+    kind = "unet" if configs.transformer is None else configs.family
+    multiple, limit = family_size_rule(kind, factor, configs.transformer)
+    return multiple, limit or MAX_SIZE
 
 
 def check_dit_size(configs: ModelConfigs, factor: int, width: int, height: int) -> None:

@@ -56,6 +56,7 @@ CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
 IMAGE_BYTES_PER_PIXEL = 4  # an RGB PIL image: Pillow stores a pixel in 4 bytes
 INDEX_LIMIT = 2**31
 MEMORY_MODES = ("auto", "plain", "lean")
+GUIDED_PROBES = 6  # secant probes of the largest-fit search before it bisects (last_fitting)
 
 
 def check_memory_mode(memory) -> str:
@@ -271,6 +272,14 @@ class MemoryModel:
                             f"denoiser at {latent_width * self.vae_factor}x{latent_height * self.vae_factor}, "
                             f"{mode_name(lean)}")
 
+    def traced_within(self, latent_height: int, latent_width: int, batch: int, lean) -> list[tuple[int, int, int]]:
+        """:meth:`unet_memory` of the latents traced so far with this batch and setting that are no larger than
+        this one in either side."""
+        with self._lock:
+            return [figures for key, figures in self._cache.items()
+                    if key[0] == "unet" and key[3:] == (batch, lean) and key[1] <= latent_height
+                    and key[2] <= latent_width]
+
     def vae_tile_memory(self, tile: int, batch: int, kind: str) -> tuple[int, int]:
         """(bytes, largest tensor's elements) of one tile's decode or encode."""
         return self._cached(("vae", tile, batch, kind), lambda: self._trace_vae(tile, batch, kind),
@@ -312,13 +321,24 @@ class MemoryModel:
 
 def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, estimate,
                     runtime: int = 0) -> StageMemory:
-    """The stage's memory with the first UNet setting of ``ladder`` that fits (the last one if none does)."""
+    """The stage's memory with the first UNet setting of ``ladder`` that fits (the last one if none does).
+
+    A setting that did not fit at a latent no larger in either side (traced before, for an earlier stage or
+    another size) is passed over without a trace: a larger latent needs no less."""
     factor = model.vae_factor
+    height, width = stage.height // factor, stage.width // factor
     label = "base" if stage.is_base else f"refine s={stage.strength:g}"
-    for lean in ladder:
-        device, host, elements = model.unet_memory(stage.height // factor, stage.width // factor, unet_batch, lean)
-        memory = StageMemory(label, stage.width, stage.height, device + runtime, host, elements, lean,
-                             denoising=True)
+
+    def memory_of(figures, lean) -> StageMemory:
+        device, host, elements = figures
+        return StageMemory(label, stage.width, stage.height, device + runtime, host, elements, lean, denoising=True)
+
+    for index, lean in enumerate(ladder):
+        if estimate is not None and index < len(ladder) - 1 and any(
+                not estimate.stage_fits(memory_of(figures, lean))
+                for figures in model.traced_within(height, width, unet_batch, lean)):
+            continue
+        memory = memory_of(model.unet_memory(height, width, unet_batch, lean), lean)
         if estimate is None or estimate.stage_fits(memory):
             break
     return memory
@@ -389,18 +409,20 @@ def decode_bytes(width: int, height: int, factor: int, tile: int, batch: int = 1
 def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
                     tile: int = 64, model: MemoryModel | None = None, limit: int | None = None,
                     memory: str = "auto", host_limit: int | None = None, resident: int = 0,
-                    to_file: bool = False) -> MemoryEstimate:
-    """The estimate of every stage, with the free memory now, or ``limit`` bytes (a cap, as on a shared card: for the
+                    free: tuple[int | None, int | None] | None = None, to_file: bool = False) -> MemoryEstimate:
+    """The estimate of every stage, with the free memory now (or ``free``, (device, host) bytes read before: a
+    search compares all its sizes with one reading), or ``limit`` bytes (a cap, as on a shared card: for the
     device and, unless ``host_limit`` is given, the host alike; the pipeline's weights count against it, as the
-    planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring."""
+    planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring;
+    ``to_file``: the final image is streamed to a file (:func:`decode_bytes`)."""
     model = model or memory_model_for(pipe)
     if limit is not None:
         free_device, free_host = limit, limit
         if pipe is not None and not resident:  # a cap is what the job may hold, its weights included
             resident = weights_bytes(pipe)
     else:
-        free_device, free_host = free_memory(resolve_denoiser(pipe).device if pipe is not None
-                                             else torch.device(model.device_type))
+        free_device, free_host = free or free_memory(resolve_denoiser(pipe).device if pipe is not None
+                                                     else torch.device(model.device_type))
     if host_limit is not None:
         free_host = host_limit
     estimate = MemoryEstimate(model.device_type, [], free_device, free_host, resident)
@@ -432,13 +454,20 @@ def candidate_sizes(width: int, height: int, multiple: int = 8) -> list[tuple[in
 
 
 def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, strengths=None,
-                         progressive: bool = True, fits_now: bool | None = None, **kwargs) -> tuple[int, int] | None:
+                         progressive: bool = True, fits_now: bool | None = None,
+                         requested: MemoryEstimate | None = None, **kwargs) -> tuple[int, int] | None:
     """The largest size of W:H (see :func:`candidate_sizes`) whose job fits; None if not even the smallest does.
     ``progressive``: the job is the progressive stages (else one stage at the size); ``fits_now``: whether W×H
-    itself fits, when the caller knows (the search then looks only above or below it); ``kwargs`` as
-    :func:`estimate_memory` takes them."""
+    itself fits, when the caller knows (the search then looks only above or below it); ``requested``: W×H's
+    estimate, when the caller has it (it guides the search: :func:`last_fitting`, and without a ``limit`` every
+    size is compared with the free memory it was); ``kwargs`` as :func:`estimate_memory` takes them."""
     model = kwargs.pop("model", None) or memory_model_for(pipe)
     multiple = size_multiple(pipe)
+    if requested is not None:
+        fits_now = requested.fits
+    if kwargs.get("limit") is None and kwargs.get("free") is None:  # every size against one reading
+        kwargs["free"] = (requested.free_device, requested.free_host) if requested is not None else \
+            free_memory(resolve_denoiser(pipe).device)
     sizes = sizes_beside(candidate_sizes(width, height, multiple), width, height, fits_now)
     if not sizes:
         return None
@@ -451,12 +480,49 @@ def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, str
         schedule = None if strengths is None else _resample(list(strengths), count)
         return plan_stages(w, h, native_side, schedule, multiple=multiple)
 
-    return last_fitting(sizes, lambda size: job_fits(pipe, stages_of(size), model=model, **kwargs))
+    search = SizeSearch(lambda stages: estimate_memory(pipe, stages, model=model, **kwargs), stages_of,
+                        whole=kwargs.get("upscale") == "pixel")
+    return search.largest(sizes, [((width, height), requested.fits, load_of(requested))] if requested else [])
 
 
-def job_fits(pipe, stages: list[Stage], **kwargs) -> bool:
-    """Whether a job fits: its largest stage first (most sizes that fail, fail there: one trace), then all."""
-    return all(estimate_memory(pipe, part, **kwargs).fits for part in (stages[-1:], stages))
+class SizeSearch:
+    """The largest size whose job fits, for :func:`last_fitting`: ``estimate(stages)`` is a MemoryEstimate,
+    ``stages_of(size)`` a size's job.
+
+    A job is decided by its largest denoising stage (with the final decode): each UNet setting needs no less at a
+    larger latent, so when the largest stage fits with some setting, every earlier (smaller) stage fits with the
+    same one or a cheaper one, and auto picks the first that fits. :meth:`largest` thus searches by the largest
+    stage alone (one stage to trace per probe). With ``whole`` (pixel up-scaling, whose VAE stages between the
+    denoising ones may be larger) it then estimates the whole job at the size found and, when that does not fit,
+    searches on below it with whole jobs. ``load(size)`` is the load of the last estimate of ``size``."""
+
+    def __init__(self, estimate, stages_of, whole: bool = False):
+        self.estimate, self.stages_of, self.whole = estimate, stages_of, whole
+        self.loads: dict[tuple[int, int], float] = {}
+
+    def largest(self, sizes: list[tuple[int, int]], anchors=()) -> tuple[int, int] | None:
+        best = last_fitting(sizes, self.stage_fits, self.load, anchors)
+        if best is None or not self.whole or self.job_fits(best):
+            return best
+        below = sizes[:sizes.index(best)]
+        if not below:
+            return None
+        return last_fitting(below, self.job_fits, self.load, [*anchors, (best, False, self.loads[best])])
+
+    def stage_fits(self, size: tuple[int, int]) -> bool:
+        return self._fits(size, self.stages_of(size)[-1:])
+
+    def job_fits(self, size: tuple[int, int]) -> bool:
+        stages = self.stages_of(size)
+        return self._fits(size, stages[-1:]) and self._fits(size, stages)
+
+    def load(self, size: tuple[int, int]) -> float:
+        return self.loads[size]
+
+    def _fits(self, size: tuple[int, int], stages: list[Stage]) -> bool:
+        estimate = self.estimate(stages)
+        self.loads[size] = load_of(estimate)
+        return estimate.fits
 
 
 def sizes_beside(sizes: list[tuple[int, int]], width: int, height: int,
@@ -469,18 +535,85 @@ def sizes_beside(sizes: list[tuple[int, int]], width: int, height: int,
     return [s for s in sizes if (s[0] * s[1] >= area if fits_now else s[0] * s[1] < area)]
 
 
-def last_fitting(sizes: list[tuple[int, int]], fits) -> tuple[int, int] | None:
-    """The last of ``sizes`` (small to large) for which ``fits(size)``, by bisection (fitting is monotone in size);
-    None if not even the first fits. The largest is tried first: when it fits, that is one estimate."""
-    if fits(sizes[-1]):
+def load_of(estimate: MemoryEstimate) -> tuple[str, float]:
+    """How full a job is, for the largest-fit search: (the denoiser's mode at its last stage, the largest of its
+    device peak over what it may use, its host peak likewise and its largest tensor over 2^31). The job fits when
+    the figure is at most 1 (the tensor: below 1); figures of one mode grow with the size."""
+    parts = [estimate.max_elements / INDEX_LIMIT]
+    if estimate.free_device is not None:
+        parts.append(estimate.peak_device / max(1, SAFETY * estimate.free_device))
+    if not estimate.shared and estimate.free_host is not None:
+        parts.append(estimate.peak_host / max(1, SAFETY * estimate.free_host))
+    modes = estimate.modes
+    return (modes[-1] if modes else "", max(parts))
+
+
+def last_fitting(sizes: list[tuple[int, int]], fits, load=None, anchors=()) -> tuple[int, int] | None:
+    """The last of ``sizes`` (small to large) for which ``fits(size)``; None if not even the first fits.
+
+    Fitting is monotone in size: the search keeps the last size known to fit and the first known not to, and
+    probes between them until they are neighbours. Unless a size above them is known not to fit, the largest is
+    tried first (when it fits, that is one estimate), then the smallest, then by bisection. ``anchors``:
+    (size, fits, load) of sizes already estimated (the requested job), which bound the search as probes would.
+
+    ``load(size)``: (kind, figure) of a probed size, the figure at most 1 where it fits and growing with the size
+    among sizes of one kind (:func:`load_of`: the kind is the denoiser's mode, whose peak grows almost linearly
+    with the area, plus the constant of its fixed-size bands); read after ``fits(size)``, from the same traces.
+    With it a probe is where the line through the two points nearest to a figure of 1 of the kind that stops
+    fitting (or one and the origin) reaches 1 (the secant method), kept inside the bracket: when the line is right,
+    that probe and its neighbour end the search. After ``GUIDED_PROBES`` such probes it bisects (at most that many
+    probes more than bisection alone). The answer is the same with or without ``load``; only the number of probes
+    differs."""
+    areas = [width * height for width, height in sizes]
+    count = len(sizes)
+    known: list[tuple[int, bool, tuple | None]] = []  # (area, fits, (kind, figure)) of every size estimated
+    low, high = -1, count  # sizes[: low + 1] fit, sizes[high:] do not
+
+    def learn(area: int, ok: bool, figure: tuple | None) -> bool:
+        nonlocal low, high
+        known.append((area, ok, figure))
+        if ok:
+            low = max([low] + [index for index in range(count) if areas[index] <= area])
+        else:
+            high = min([high] + [index for index in range(count) if areas[index] >= area])
+        return ok
+
+    def probe(index: int) -> bool:
+        ok = fits(sizes[index])
+        return learn(areas[index], ok, load(sizes[index]) if load is not None else None)
+
+    for (width, height), ok, figure in anchors:
+        learn(width * height, ok, figure)
+    if low == count - 1 or (all(ok for _, ok, _ in known) and probe(count - 1)):
         return sizes[-1]
-    if not fits(sizes[0]):
+    if low == -1 and (high == 0 or not probe(0)):
         return None
-    low, high = 0, len(sizes) - 1  # fits(sizes[low]) holds, fits(sizes[high]) does not
+    guided = 0
     while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(sizes[middle]) else (low, middle)
+        index = _secant(areas, known, low, high) if guided < GUIDED_PROBES else None
+        guided += index is not None
+        probe((low + high) // 2 if index is None else index)
     return sizes[low]
+
+
+def _secant(areas: list[int], known: list, low: int, high: int) -> int | None:
+    """The index in (low, high) of the last area at which a line is at most 1: through the two points nearest to a
+    figure of 1 (at least 2 % apart in area) of the kind of the smallest size known not to fit (its last, most
+    frugal setting: the one that decides where sizes stop fitting), or through one and the origin; None without
+    loads, or when the line does not rise."""
+    failing = [(area, figure) for area, ok, figure in known if not ok and figure is not None]
+    if not failing:
+        return None
+    kind = min(failing)[1][0]
+    points = sorted((abs(figure[1] - 1), area, figure[1]) for area, _, figure in known
+                    if figure is not None and figure[0] == kind)
+    _, area_one, load_one = points[0]
+    area_two, load_two = next(((a, f) for _, a, f in points[1:] if abs(a - area_one) >= 0.02 * area_one), (0, 0.0))
+    if (load_two - load_one) * (area_two - area_one) <= 0:
+        return None
+    target = area_one + (1 - load_one) * (area_two - area_one) / (load_two - load_one)
+    below = [index for index in range(low + 1, high) if areas[index] <= target]
+    return min(max(below[-1] if below else low + 1, low + 1), high - 1)
 
 
 def _resample(strengths: list[float], count: int) -> list[float]:

@@ -36,10 +36,14 @@ def block_supported(block) -> bool:
     return block.norm_type == "layer_norm" and block.pos_embed is None and not block.only_cross_attention
 
 
-def token_rows(model, width: int, chunk_elements: int, at_least: int = 1) -> int:
-    """Grid rows per chunk: the widest per-token tensor of the model's linear layers, ``chunk_elements`` a chunk."""
+def token_rows(model, width: int, chunk_elements: int, at_least: int = 1, context_tokens: int = 0) -> int:
+    """Grid rows per chunk, so that a chunk of the widest per-token tensor holds at most ``chunk_elements``: the
+    widest of the model's linear layers' outputs and of its cross-attention score rows (heads × ``context_tokens``
+    per token, as an attention that is not fused holds them)."""
     widest = max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=1)
-    return max(at_least, rows_per_band(width * widest, chunk_elements))
+    scores = max((block.attn2.heads * context_tokens for block in model.transformer_blocks
+                  if getattr(block, "attn2", None) is not None), default=0)
+    return max(at_least, rows_per_band(width * max(widest, scores), chunk_elements))
 
 
 def lean_transformer(model, x: Parts, context, settings, cross_attention_kwargs=None,
@@ -49,7 +53,8 @@ def lean_transformer(model, x: Parts, context, settings, cross_attention_kwargs=
         return None
     height, width = x.height, x.width
     halo = max((_local_rows(block.attn1) for block in model.transformer_blocks), default=0)
-    step = token_rows(model, width, settings.chunk_elements, at_least=halo)
+    text = context.shape[1] if isinstance(context, torch.Tensor) else 0
+    step = token_rows(model, width, settings.chunk_elements, at_least=halo, context_tokens=text)
     bands = spans(height, step, x.first.is_meta)
     tokens = _tokens_in(model, x, bands, settings.band_elements)
     for block in model.transformer_blocks:
