@@ -9,7 +9,15 @@ from pathlib import Path
 from . import __version__
 from .cli_batch import add_batch_command
 from .cli_checks import check_environment, check_output_file
-from .cli_common import add_model_arguments, default_params, load_model, renderer, resolve_method
+from .cli_common import (
+    add_model_arguments,
+    default_params,
+    highres_options,
+    load_model,
+    progressive_rule,
+    renderer,
+    resolve_method,
+)
 from .cli_companions import add_companion_commands
 from .cli_estimate import add_estimate_command
 from .cli_training import add_training_commands
@@ -38,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_generate(args) -> int:
     from .pipelines import describe_run, native_size, save_png
+    from .pipelines.highres import write_highres_png
+    from .pipelines.parameters import png_text
 
     params = default_params(args, args.prompt)  # before loading anything: a bad argument costs no model load
     check_output_file(args.out)
@@ -46,6 +56,10 @@ def run_generate(args) -> int:
     if not args.size:
         params.width, params.height = native_size(pipe)
     describe_run(pipe, params, model=args.model or "student", weights=str(weights or ""))
+    if progressive_rule(args, pipe)(params):  # written while it is decoded: the image never exists whole
+        path = write_highres_png(pipe, params, highres_options(args), args.out, text=png_text(params))
+        print(f"wrote {path} ({params.width}x{params.height})")
+        return 0
     image = renderer(args, pipe)(pipe, params)
     path = save_png(image, args.out, params)
     print(f"wrote {path} ({image.width}x{image.height})")

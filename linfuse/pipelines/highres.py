@@ -5,7 +5,8 @@ few ``steps`` for a refinement to run one denoising step at its strength; softma
 ``max_softmax_pixels``; a job the memory preflight says will not fit, naming the largest size that would), then runs
 them with the pipeline's own components: text-to-image at the base size, and for each refinement the latent upscaled
 ×2 (``upscale="latent"``: bicubic on the latent; ``"pixel"``: tiled VAE decode, bicubic on the image, tiled VAE
-encode) and re-denoised from strength s. The image is decoded in tiles at the end.
+encode) and re-denoised from strength s. The image is decoded in tiles at the end, one row of tiles at a time,
+into the returned image or straight into a PNG file (:func:`write_highres_png`): no float canvas of its size.
 
 ``memory`` ("auto", "plain", "lean"; :mod:`.lean`) says how the UNet runs: "auto" takes, per stage, plain when the
 preflight says it fits, else the cheapest lean setting that does; the progress output says which.
@@ -33,12 +34,22 @@ from .families import call_arguments, default_method, family, is_dit, size_multi
 from .lean import denoiser_lean_mode
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
+from .png_stream import write_png_bands
 from .preflight import check_memory_mode, estimate_memory, memory_model_for, memory_text, mode_name
 from .refusal import memory_hints, refuse
 from .rope import ntk_scaled_rope
 from .size_search import largest_fitting_size
 from .text2image import native_size
-from .tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tiled_decode, tiled_encode
+from .tiled_vae import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    check_tiling,
+    decode_bands,
+    tiled_decode,
+    tiled_encode,
+    to_uint8,
+    vae_factor,
+)
 
 UPSCALE_MODES = ("latent", "pixel")
 MAX_SKIP_RESIDUAL = 10
@@ -170,14 +181,15 @@ def clear_processors(pipe) -> list:
 
 
 def preflight_job(pipe, params: GenerationParams, options: HighResOptions, stages: list[Stage], model=None, *,
-                  what: str = "progressive generation", progressive: bool = True):
+                  what: str = "progressive generation", progressive: bool = True, to_file: bool = False):
     """The memory estimate of ``stages``; raises InsufficientMemoryError (:mod:`.refusal`: with the largest size of
     the job's aspect ratio that fits) when it does not fit and ``options.check_memory``. ``progressive``: how the
-    job is planned at other sizes (the search for the largest fit)."""
+    job is planned at other sizes (the search for the largest fit); ``to_file``: the final image is streamed to a
+    file, not held."""
     guidance = params.guidance > 1.0
     model = model or memory_model_for(pipe)
     common = {"guidance": guidance, "upscale": options.upscale, "tile": options.vae_tile, "model": model,
-              "limit": options.memory_limit, "memory": options.memory}
+              "limit": options.memory_limit, "memory": options.memory, "to_file": to_file}
     estimate = estimate_memory(pipe, stages, **common)
     if options.check_memory and not estimate.fits:
         best = largest_fitting_size(pipe, params.width, params.height, native_side=max(native_size(pipe)),
@@ -226,8 +238,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     for image in images:
         array = np.empty((image.shape[1], image.shape[2], 3), dtype=np.uint8)
         for top in range(0, image.shape[1], BAND_ROWS):
-            band = image[:, top:top + BAND_ROWS].float().add(1).mul_(127.5).round_().clamp_(0, 255)
-            array[top:top + BAND_ROWS] = band.to(torch.uint8).permute(1, 2, 0).numpy()
+            array[top:top + BAND_ROWS] = to_uint8(image[:, top:top + BAND_ROWS].to(torch.float32, copy=True)).numpy()
         out.append(Image.fromarray(array))
     return out
 
@@ -237,21 +248,53 @@ def generate_highres(pipe, params: GenerationParams, options: HighResOptions | N
     """One image of params.width × params.height by progressive refinement (see the module docstring)."""
     options = options or HighResOptions()
     latents = highres_latents(pipe, params, options, progress=progress)
-    return to_pil(decode(pipe, latents, options))[0]
+    return decode_images(pipe, latents, options)[0]
+
+
+def write_highres_png(pipe, params: GenerationParams, options: HighResOptions, path, *, progress: bool = True,
+                      text: dict[str, str] | None = None):
+    """:func:`generate_highres` written to the PNG ``path`` while it is decoded (:mod:`.png_stream`): neither a
+    float canvas nor the 8-bit image exists whole. ``text``: the PNG's text chunks. Returns the path."""
+    stages = checked_stages(pipe, params, options, to_file=True)
+    latents = highres_latents(pipe, params, options, stages=stages, progress=progress)
+    return decode_to_png(pipe, latents[:1], options, path, text)
+
+
+def decode_to_png(pipe, latents: torch.Tensor, options: HighResOptions, path, text: dict[str, str] | None = None):
+    """One image's latents, (1, C, h, w), decoded in tiles and written to the PNG ``path`` band by band as the decode
+    streams them (atomically); equal to ``decode_images(...)[0]`` saved. Returns the path."""
+    factor = vae_factor(pipe.vae)
+    bands = (band[0].numpy() for _, band in decode_bands(pipe.vae, latents, tile=options.vae_tile,
+                                                           overlap=options.vae_overlap))
+    return write_png_bands(path, latents.shape[3] * factor, latents.shape[2] * factor, bands, text)
 
 
 def decode(pipe, latents: torch.Tensor, options: HighResOptions) -> torch.Tensor:
-    """The final latents decoded in tiles: (B, 3, H, W) in [-1, 1], on the CPU."""
+    """The final latents decoded in tiles: (B, 3, H, W) in [-1, 1], on the CPU (the float canvas, for outputs that
+    need floats; images come from :func:`decode_images`)."""
     return tiled_decode(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap)
 
 
-def checked_stages(pipe, params: GenerationParams, options: HighResOptions) -> list[Stage]:
+def decode_images(pipe, latents: torch.Tensor, options: HighResOptions) -> list[Image.Image]:
+    """The final latents decoded in tiles to 8-bit images, filled band by band as the decode streams them
+    (:func:`~.tiled_vae.decode_bands`; no float canvas); equal to ``to_pil(decode(...))``."""
+    factor = vae_factor(pipe.vae)
+    batch, _, height, width = latents.shape
+    images = [Image.new("RGB", (width * factor, height * factor)) for _ in range(batch)]
+    for top, band in decode_bands(pipe.vae, latents, tile=options.vae_tile, overlap=options.vae_overlap):
+        for image, rows in zip(images, band.numpy(), strict=True):
+            image.paste(Image.fromarray(rows), (0, top))
+    return images
+
+
+def checked_stages(pipe, params: GenerationParams, options: HighResOptions, *, to_file: bool = False
+                   ) -> list[Stage]:
     """The job's stages, after every check that comes before work: parameters, options, refinement steps, softmax
     size and the memory preflight, each with the UNet mode it runs (``Stage.lean``). Jobs of the same size and
-    options share them."""
+    options share them. ``to_file``: the image is streamed to a file (:func:`write_highres_png`), not returned."""
     stages = plan_job(pipe, params, options)
     check_softmax(pipe, params, options, batch=2 if params.guidance > 1.0 else 1)
-    estimate = preflight_job(pipe, params, options, stages)
+    estimate = preflight_job(pipe, params, options, stages, to_file=to_file)
     modes = [s.lean for s in estimate.stages if s.denoising]
     return [replace(stage, lean=lean) for stage, lean in zip(stages, modes, strict=True)]
 

@@ -27,7 +27,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InvalidArgumentError
-from .highres import HighResOptions, checked_stages, decode, highres_latents, to_pil
+from .highres import HighResOptions, checked_stages, decode, decode_images, highres_latents
 from .parameters import GenerationParams
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -80,7 +80,8 @@ class LinfuseHighResPipeline(DiffusionPipeline):
                                       callback_on_step_end=callback_on_step_end,
                                       callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or
                                       ["latents"], progress=progress)
-            results.append(latents if output_type == "latent" else decode(pipe, latents, settings))
+            results.append(latents if output_type == "latent" else decode_images(pipe, latents, settings)
+                           if output_type == "pil" else decode(pipe, latents, settings))
         images = self.postprocess(results, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
@@ -124,7 +125,7 @@ class LinfuseHighResPipeline(DiffusionPipeline):
     def postprocess(results: list[torch.Tensor], output_type: str):
         if output_type == "latent":
             return torch.cat(results)
-        if output_type == "pil":
-            return [image for batch in results for image in to_pil(batch)]
+        if output_type == "pil":  # decoded in streamed bands: no float canvas
+            return [image for batch in results for image in batch]
         return np.concatenate([batch.float().add(1).div_(2).clamp_(0, 1).permute(0, 2, 3, 1).numpy()
                                for batch in results])

@@ -17,14 +17,14 @@ from .highres import (
     HighResOptions,
     check_family_options,
     check_softmax,
+    decode_images,
     image_to_image,
     preflight_job,
     stage_mode,
-    to_pil,
 )
 from .parameters import MAX_SIZE, GenerationParams
 from .plan import Stage, denoising_steps, minimum_steps
-from .tiled_vae import tiled_decode, tiled_encode
+from .tiled_vae import tiled_encode
 
 
 def target_size(image: Image.Image, size: tuple[int, int] | None, multiple: int = 8) -> tuple[int, int]:
@@ -89,4 +89,4 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
                          generator=generator, output_type="latent", width=params.width, height=params.height,
                          **call_arguments(pipe, params.guidance, params.negative_prompt)).images
     latents = unpack_latents(pipe, latents, params.width, params.height)
-    return to_pil(tiled_decode(pipe.vae, latents, **tiling))[0]
+    return decode_images(pipe, latents, options)[0]  # streamed bands: no float canvas

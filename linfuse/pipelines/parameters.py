@@ -137,10 +137,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def png_text(params: GenerationParams) -> dict[str, str]:
+    """The PNG text chunks of an image made with ``params`` (what :func:`read_png_parameters` reads)."""
+    return {PNG_KEY: params.to_text()}
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, params: GenerationParams) -> Path:
     """Write the image with its parameters in PNG text metadata; atomic (temporary file, then rename)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(PNG_KEY, params.to_text())
+    for key, value in png_text(params).items():
+        info.add_text(key, value)
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 

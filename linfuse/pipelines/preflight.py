@@ -8,7 +8,8 @@ excluded from the free memory it is compared with):
   allocator's overhead (``ALLOCATOR_OVERHEAD``), plus the sampler's latents (``LATENT_BUFFERS`` latent-sized
   tensors: latents, noise, CFG copies, multistep history);
 * a VAE stage: one tile's decode or encode (traced the same way) plus the canvases of whole images it fills
-  (float32, on the CPU), and for the final image the 8-bit copy;
+  (float32, on the CPU); the final decode streams rows and holds one strip of float rows instead, and the 8-bit
+  image unless it is written to a file as it is decoded (:func:`decode_bytes`);
 * on the CPU, every stage also ``CPU_RUNTIME_BYTES``, the part of a job that does not grow with the image.
 
 On the CPU the device and host are the same memory and the two parts add up; on a GPU the device part is compared
@@ -36,6 +37,7 @@ from .lean import LeanSettings, lean_mode
 from .lean.dit import DiTLeanSettings
 from .memory_trace import trace
 from .plan import Stage
+from .tiled_vae import strip_rows
 
 SAFETY = 0.9
 LATENT_BUFFERS = 10
@@ -50,6 +52,7 @@ ALLOCATOR_OVERHEAD = {"cpu": 1.25, "cuda": 1.1}
 # growth from stage to stage matches the measured one, with a constant 50–70 MiB above it.
 CPU_RUNTIME_BYTES = 64 * 2**20
 CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
+IMAGE_BYTES_PER_PIXEL = 4  # an RGB PIL image: Pillow stores a pixel in 4 bytes
 INDEX_LIMIT = 2**31
 MEMORY_MODES = ("auto", "plain", "lean")
 
@@ -368,9 +371,10 @@ def _memory_model(pipe) -> MemoryModel:
 
 def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, guidance: bool = True,
                     upscale: str = "latent", tile: int = 64, memory: str = "plain",
-                    estimate: "MemoryEstimate | None" = None) -> list[StageMemory]:
+                    estimate: "MemoryEstimate | None" = None, to_file: bool = False) -> list[StageMemory]:
     """The memory of every stage of a progressive job (a single image: ``stages`` with one base stage); with
-    ``memory="auto"`` each denoising stage takes the first setting that fits ``estimate``'s free memory."""
+    ``memory="auto"`` each denoising stage takes the first setting that fits ``estimate``'s free memory;
+    ``to_file``: the final image is streamed to a file (:func:`decode_bytes`)."""
     ladder = model.ladder(memory)
     unet_batch = model.denoiser_batch(batch, guidance)
     runtime = CPU_RUNTIME_BYTES if model.device_type == "cpu" else 0
@@ -385,21 +389,30 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
                                    canvases, max(decode[1], encode[1])))
         previous = stage
     final = stages[-1]
-    pixels = final.width * final.height
     decode = model.vae_tile_memory(tile, batch, "decode")
     out.append(StageMemory("decode (VAE)", final.width, final.height, decode[0] + runtime,
-                           batch * pixels * (CANVAS_BYTES_PER_PIXEL + 3), decode[1]))
+                           decode_bytes(final.width, final.height, model.vae_factor, tile, batch, to_file), decode[1]))
     return out
+
+
+def decode_bytes(width: int, height: int, factor: int, tile: int, batch: int = 1, to_file: bool = False) -> int:
+    """Host bytes of the final decode beyond one tile's (:func:`~.tiled_vae.decode_bands`): its float strip of one
+    tile's rows, B·W·rows·``CANVAS_BYTES_PER_PIXEL``, the 8-bit band handed on, B·W·rows·3, and unless the image
+    is streamed to a file (``to_file``), the images it fills, B·W·H·``IMAGE_BYTES_PER_PIXEL``."""
+    rows = strip_rows(height // factor, tile, factor)
+    images = 0 if to_file else batch * width * height * IMAGE_BYTES_PER_PIXEL
+    return batch * width * rows * (CANVAS_BYTES_PER_PIXEL + 3) + images
 
 
 def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool = True, upscale: str = "latent",
                     tile: int = 64, model: MemoryModel | None = None, limit: int | None = None,
                     memory: str = "auto", host_limit: int | None = None, resident: int = 0,
-                    free: tuple[int | None, int | None] | None = None) -> MemoryEstimate:
+                    free: tuple[int | None, int | None] | None = None, to_file: bool = False) -> MemoryEstimate:
     """The estimate of every stage, with the free memory now (or ``free``, (device, host) bytes read before: a
     search compares all its sizes with one reading), or ``limit`` bytes (a cap, as on a shared card: for the
     device and, unless ``host_limit`` is given, the host alike; the pipeline's weights count against it, as the
-    planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring."""
+    planner counts them: ``resident``, see :class:`MemoryEstimate`). ``memory`` as in the module docstring;
+    ``to_file``: the final image is streamed to a file (:func:`decode_bytes`)."""
     model = model or memory_model_for(pipe)
     if limit is not None:
         free_device, free_host = limit, limit
@@ -412,7 +425,7 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
         free_host = host_limit
     estimate = MemoryEstimate(model.device_type, [], free_device, free_host, resident)
     estimate.stages = estimate_stages(model, stages, batch=batch, guidance=guidance, upscale=upscale, tile=tile,
-                                      memory=memory, estimate=estimate)
+                                      memory=memory, estimate=estimate, to_file=to_file)
     return estimate
 
 

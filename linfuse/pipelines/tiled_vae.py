@@ -9,6 +9,12 @@ Blending. Along one axis, tile i has the weight r_i(x): a linear ramp up across 
 no weight is 0. With R(x) = Σ_i r_i(x) the normalised weights r_i / R sum to 1 at every x, and the 2-D weight of
 tile (i, j) is the product (r_i / R)(x) · (c_j / C)(y). The products sum to 1 everywhere, so the canvas is a convex
 combination of the tiles at every pixel and no weight canvas is needed.
+
+Streaming. :func:`decode_bands` decodes one row of tiles (a strip) at a time into a float strip of one tile's height
+and the image's width, adding the tiles in the order and with the arithmetic of :func:`tiled_decode`; the rows above
+the next strip's first row receive no more tiles, so they are converted to 8 bit (:func:`to_uint8`) and handed on,
+and the rest (the overlap) moves to the top of the strip. The bands equal ``to_uint8`` of the whole canvas bit for
+bit, with one strip held in float instead of the canvas.
 """
 
 import math
@@ -76,7 +82,16 @@ def _run_tiles(tile_fn, height: int, width: int, tile: int, overlap: int, scale:
     return canvas
 
 
-def _vae_factor(vae) -> int:
+def to_uint8(band: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1], (..., 3, rows, W), to 8 bit, (..., rows, W, 3): round((x + 1)·127.5) clamped to [0, 255].
+    A float32 band is converted in place (its values are spent)."""
+    band = band.float() if band.dtype != torch.float32 else band
+    band = band.add_(1).mul_(127.5).round_().clamp_(0, 255)
+    return band.to(torch.uint8).movedim(-3, -1)
+
+
+def vae_factor(vae) -> int:
+    """Image pixels per latent pixel of a VAE: 2^(its resolution levels − 1)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
@@ -88,7 +103,7 @@ def tiled_decode(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overla
     from a decode of the whole latent by an amount that depends on the VAE (see README); one tile equals it exactly.
     """
     check_tiling(tile, overlap)
-    scale = _vae_factor(vae)
+    scale = vae_factor(vae)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     batch, _, height, width = latents.shape
 
@@ -102,6 +117,48 @@ def tiled_decode(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overla
     return _run_tiles(decode, height, width, tile, overlap, scale, canvas)
 
 
+def strip_rows(latent_height: int, tile: int, factor: int) -> int:
+    """Image rows of the float strip :func:`decode_bands` holds: one tile's height."""
+    return min(tile, latent_height) * factor
+
+
+def decode_bands(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP):
+    """Yield ``(top, band)``: 8-bit rows ``top:top + len`` of the decoded images, (B, rows, W·f, 3) uint8, top to
+    bottom, equal to ``to_uint8(tiled_decode(vae, latents, tile=tile, overlap=overlap))`` (module docstring).
+    Float memory: one strip of (B, 3, ``strip_rows``, W·f) on the CPU."""
+    check_tiling(tile, overlap)
+    scale = vae_factor(vae)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    batch, _, height, width = latents.shape
+    rows = strip_rows(height, tile, scale)
+    strip = torch.zeros(batch, vae.config.out_channels, rows, width * scale)
+    starts = tile_starts(height, tile, overlap)
+    top = 0  # the image row of the strip's first row
+    for y0, x0, sy, sx, weight in weighted_tiles(height, width, tile, overlap, scale):
+        if y0 * scale != top:  # a new row of tiles: hand on the rows it does not reach
+            _shift(strip, y0 * scale - top)
+            top = y0 * scale
+        z = latents[:, :, y0:y0 + sy, x0:x0 + sx].to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
+        with torch.no_grad():
+            out = vae.decode(z).sample
+        strip[:, :, :sy * scale, x0 * scale:(x0 + sx) * scale] += out.to(strip) * weight.to(strip)
+        if x0 + sx == width:  # the row of tiles is complete
+            following = next((s for s in starts if s > y0), None)
+            done = (following - y0) * scale if following is not None else sy * scale
+            yield top, to_uint8(strip[:, :, :done])
+    del strip
+
+
+def _shift(strip: torch.Tensor, count: int) -> None:
+    """Move the strip's rows ``count:`` to its top in place and zero the rest (copies of at most ``count`` rows,
+    so that no copy reads rows it writes)."""
+    rows = strip.shape[2]
+    for first in range(0, rows - count, count):
+        size = min(count, rows - count - first)
+        strip[:, :, first:first + size] = strip[:, :, first + count:first + count + size]
+    strip[:, :, max(rows - count, 0):].zero_()
+
+
 def tiled_encode(vae, images: torch.Tensor, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                  canvas_device="cpu", canvas_dtype=torch.float32) -> torch.Tensor:
     """Latents in the denoiser's scale, (B, C, H/f, W/f): the blended posterior means of image tiles in [-1, 1].
@@ -109,7 +166,7 @@ def tiled_encode(vae, images: torch.Tensor, *, tile: int = DEFAULT_TILE, overlap
     The image side must be a multiple of the VAE factor f; ``tile`` and ``overlap`` count latent pixels.
     """
     check_tiling(tile, overlap)
-    scale = _vae_factor(vae)
+    scale = vae_factor(vae)
     batch, _, pixel_height, pixel_width = images.shape
     if pixel_height % scale or pixel_width % scale:
         raise InvalidArgumentError(f"image size {pixel_width}x{pixel_height} must be a multiple of the VAE factor "
