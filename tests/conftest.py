@@ -12,10 +12,12 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Under pytest-xdist (the README's test command runs two workers) each worker computes on one thread: two workers
-# of two threads each would share two cores four ways. Child processes the tests start keep torch's default.
+# Under pytest-xdist (the README's test command runs two workers) each worker, and every process it starts, computes
+# on one thread: two workers of two threads each would share two cores four ways, and a picture made in a child
+# process must be the one the worker makes (reductions split over another thread count round differently).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")
