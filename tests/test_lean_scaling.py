@@ -5,9 +5,9 @@ included) stays within the chunk budget."""
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
+from largest_output import LargestOutput
 from test_lean import split
 from tiny_models import tiny_unet
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from linfuse.linearize import linearize
 from linfuse.linearize.twin import _quiet_diffusers
@@ -53,18 +53,9 @@ def test_the_lean_peak_is_a_fixed_number_of_finest_activations_for_any_width():
         assert all(bounds[0] < ratios[width, name][1] < bounds[1] for width in (32, 160)), ratios
 
 
-class LargestScores(TorchDispatchMode):
+def largest_scores() -> LargestOutput:
     """The most elements of any batched matrix product's output (attention scores when they are not fused)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func in (torch.ops.aten.baddbmm.default, torch.ops.aten.bmm.default):
-            self.largest = max(self.largest, out.nelement())
-        return out
+    return LargestOutput(lambda func, tensor: func in (torch.ops.aten.baddbmm.default, torch.ops.aten.bmm.default))
 
 
 def test_a_chunk_holds_its_cross_attention_scores_within_the_chunk_budget():
@@ -82,7 +73,7 @@ def test_a_chunk_holds_its_cross_attention_scores_within_the_chunk_budget():
     x, context = torch.randn(1, channels, 40, 16), torch.randn(1, 77, unet.config.cross_attention_dim)
     with torch.no_grad():
         expected = block(x, encoder_hidden_states=context, return_dict=False)[0]
-        with LargestScores() as scores:
+        with largest_scores() as scores:
             out = lean_transformer(block, split(x, channels // 2), context,
                                    LeanSettings(band_elements=budget, chunk_elements=budget)).tensor()
     assert torch.allclose(out, expected, atol=1e-5)

@@ -7,6 +7,7 @@ the proof of a whole graph is ``torch._dynamo.explain`` with no break plus ``ful
 
 import pytest
 import torch
+from largest_output import LargestOutput
 from tiny_dits import TINY_DITS, dit_inputs, flux_ids
 from tiny_models import tiny_unet, unet_inputs
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,19 +42,9 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class Float32Sizes(TorchDispatchMode):
+def float32_sizes() -> LargestOutput:
     """The largest float32 tensor any op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32:
-                self.largest = max(self.largest, tensor.numel())
-        return out
+    return LargestOutput(lambda func, tensor: tensor.dtype == torch.float32)
 
 
 def converted_dit(case: str):
@@ -174,9 +165,9 @@ def test_half_precision_lean_unet_holds_no_float32_tensor_larger_than_a_chunk():
     settings = LeanSettings(band_elements=2048, chunk_elements=2048)
     finest = unet.config.block_out_channels[0] * 32 * 32
     with torch.no_grad():
-        with Float32Sizes() as plain:
+        with float32_sizes() as plain:
             unet(**inputs)
-        with lean_mode(unet, settings), Float32Sizes() as lean:
+        with lean_mode(unet, settings), float32_sizes() as lean:
             out = unet(**inputs).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert plain.largest >= finest  # the plain forward upcasts whole activations (GroupNorm, attention)

@@ -6,9 +6,9 @@ import io
 import numpy as np
 import pytest
 import torch
+from largest_output import LargestOutput
 from PIL import Image
 from tiny_models import tiny_sd_pipeline, tiny_vae
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from linfuse.cli import main
 from linfuse.pipelines import read_png_parameters
@@ -54,28 +54,18 @@ def test_streamed_bands_equal_the_canvas_decode_bit_for_bit(vae, height, width, 
     assert (reference == 0).any() and (reference == 255).any() and len(np.unique(reference)) > 200
 
 
-class LargestFloat(TorchDispatchMode):
+def largest_float() -> LargestOutput:
     """Records the element count of the largest floating-point tensor any operation makes."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                self.largest = max(self.largest, tensor.nelement())
-        return tensor if not isinstance(out, (tuple, list)) else out
+    return LargestOutput(lambda func, tensor: tensor.is_floating_point())
 
 
 def test_the_streamed_decode_holds_no_float_tensor_of_the_image_size(vae):
-    with LargestFloat() as canvas:
+    with largest_float() as canvas:
         tiled_decode(vae, torch.randn(1, 4, 8, 8), tile=8, overlap=0)
     assert canvas.largest >= 3 * 64 * 64  # the mode sees a canvas decode's canvas
     latents = torch.randn(1, 4, 20, 32)  # 160×256 pixels; rows of tiles at 0, 8, 12: the last reaches back
     image_elements = 3 * 160 * 256  # 122880
-    with LargestFloat() as strips:
+    with largest_float() as strips:
         for _ in decode_bands(vae, latents, tile=8, overlap=0):
             pass
     strip = 3 * 64 * 256  # one tile's rows × the width: 49152
