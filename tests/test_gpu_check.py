@@ -86,10 +86,13 @@ def test_dry_run_runs_every_section_through_the_triton_kernels(tmp_path):
     assert "| SDXL |" in report and "_state_kernel: BLOCK_N=" in report and "| estimate, lean |" in report
 
 
-def test_a_twenty_second_budget_ends_within_thirty_seconds(tmp_path):
+def test_a_twenty_second_budget_ends_within_forty_seconds(tmp_path):
+    """The whole dry run takes about 140 s; a 20 s budget ends it by cutting sections short. What runs past the
+    budget is the case in flight when time runs out (cases are not interrupted) and Python's start: 4–10 s on an
+    idle 2-core machine, up to 10 s more beside the other test worker, on one thread."""
     results, seconds = dry_run(tmp_path, "--budget", "20")
     sections = results["sections"]
-    assert seconds < 30, seconds
+    assert seconds < 40, seconds
     assert list(sections) == ORDER and not [name for name, s in sections.items() if "error" in s]
     assert all(isinstance(s["cut_short"], bool) for s in sections.values())
     cut = [name for name, s in sections.items() if s["cut_short"]]
