@@ -68,7 +68,7 @@ def stage_seconds(log: str) -> list[float]:
     return [float(b - a) for a, b in zip(marks, marks[1:], strict=False)]
 
 
-def plan(size: int, steps: int) -> dict:
+def plan(size: int) -> dict:
     """``linfuse estimate``'s plan of the same job, with this machine's total memory as the cap."""
     import torch
 
@@ -139,7 +139,7 @@ def main() -> None:
     for size in sizes:
         if str(size) in rows and not args.rerun:
             continue
-        row = plan(size, args.steps)
+        row = plan(size)
         verdict = "fits" if row["fits"] else "does not fit"
         print(f"{size}²: planned peak {row['planned_peak_bytes'] / 2**30:.2f} GiB ({verdict}), "
               f"rungs {row['planned_rungs']}; running linfuse generate …", flush=True)
@@ -150,7 +150,7 @@ def main() -> None:
     if rows:
         print_table(rows)
     if not args.run_16k:
-        row = plan(16384, args.steps)
+        row = plan(16384)
         print(f"\n16384² plan: peak {row['planned_peak_bytes'] / 2**30:.2f} GiB of {row['memory_bytes'] / 2**30:.1f}"
               f" GiB ({'fits' if row['fits'] else 'does not fit'}), rungs {', '.join(row['planned_rungs'])}, "
               f"planned in {row['plan_seconds']:.1f} s", flush=True)

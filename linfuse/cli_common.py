@@ -187,5 +187,4 @@ def check_jobs(args, pipe, jobs) -> None:
         if progressive(params):
             checked_stages(pipe, params, highres_options(args))
         else:
-            denoiser_setting(pipe, params, args.memory_mode, limit,
-                             check_memory=args.memory_mode == "auto" or limit is not None)
+            denoiser_setting(pipe, params, args.memory_mode, limit)

@@ -36,8 +36,6 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
     from .lean import denoiser_lean_mode
 
     params.validate(multiple_of=size_multiple(pipe))
-    if check_memory is None:
-        check_memory = memory == "auto" or memory_limit is not None
     settings = denoiser_setting(pipe, params, memory, memory_limit, check_memory)
     if progress and memory != "plain":
         from tqdm.auto import tqdm
@@ -50,13 +48,17 @@ def generate(pipe, params: GenerationParams, *, progress: bool = True, callback_
 
 
 def denoiser_setting(pipe, params: GenerationParams, memory: str, memory_limit: int | None = None,
-                     check_memory: bool = False):
+                     check_memory: bool | None = None):
     """The denoiser's lean settings (None: plain) for one text-to-image call, as ``memory`` asks; the memory
-    preflight (:func:`~.highres.preflight_job`) runs when ``memory`` is "auto" or ``check_memory``."""
+    preflight (:func:`~.highres.preflight_job`) runs when ``memory`` is "auto" or ``check_memory`` (default: with
+    "auto" or a ``memory_limit``, as :func:`generate` and ``linfuse batch``'s checks take it)."""
     from .families import is_dit
     from .highres import HighResOptions, preflight_job
     from .plan import Stage
     from .preflight import check_memory_mode, rung_ladder
+
+    if check_memory is None:
+        check_memory = memory == "auto" or memory_limit is not None
 
     if check_memory_mode(memory) != "auto" and not check_memory:
         return rung_ladder(memory, resolve_denoiser(pipe).device.type, dit=is_dit(pipe))[0]
