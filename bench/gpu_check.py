@@ -19,7 +19,7 @@ results.md are rewritten after every section; results.md opens with the three ta
    GEGLU at 1024², or above the memory cap) are skipped with the reason;
 5. local attention FLUX-4K: 256×256 image tokens + 512 text, 24 heads, d = 128, circle r = 40, bf16: the Triton
    kernel, dense SDPA (all pairs), then FlexAttention (compiled) with a BlockMask built from the tiles' visibility
-   (bench/kernels.local_block_mask, no N² memory), in effective TFLOP/s = 4·d·heads·visible pairs / time;
+   (bench/kernel_speed.local_block_mask, no N² memory), in effective TFLOP/s = 4·d·heads·visible pairs / time;
 6. the compiled UNet: bench/compile.py's compile_rows (eager vs torch.compile), when that file exists;
 7. a 16384² SD-1.5 lean job (LinFusion, fp16): the largest UNet call of the 16K stage, batch 2, lean mode with the
    skips parked in host memory, after a warm-up call at a small latent: time, finiteness, and
@@ -89,7 +89,7 @@ class Check:
         """do_bench's median on CUDA; one timed call in a dry run (the interpreter compiles nothing)."""
         if self.dry_run:
             return 1e3 * gpu_budget.timed(fn)[1]
-        import kernels as kernel_bench
+        import kernel_speed as kernel_bench
 
         return kernel_bench.gpu_time_ms(fn)
 
@@ -230,7 +230,7 @@ def _shape(problem) -> str:
 
 
 def linear_bandwidth(check: Check, budget: gpu_budget.Budget) -> dict:
-    import kernels as kernel_bench
+    import kernel_speed as kernel_bench
 
     from linfuse.kernels import linear_attention
 
@@ -264,7 +264,7 @@ def linear_bandwidth(check: Check, budget: gpu_budget.Budget) -> dict:
 def local_flux4k(check: Check, budget: gpu_budget.Budget) -> dict:
     """Triton first (the figure that matters), then dense SDPA, then FlexAttention; each row stands alone (one
     failing records its error in its row), and each output is compared with Triton's."""
-    import kernels as kernel_bench
+    import kernel_speed as kernel_bench
 
     from linfuse.kernels import local_attention
     from linfuse.kernels.local_attention_reference import count_visible_pairs

@@ -28,9 +28,9 @@ def bench_modules():
     try:
         import gpu_budget
         import gpu_models
-        import kernels
+        import kernel_speed
 
-        yield types.SimpleNamespace(budget=gpu_budget, models=gpu_models, kernels=kernels)
+        yield types.SimpleNamespace(budget=gpu_budget, models=gpu_models, kernel_speed=kernel_speed)
     finally:
         sys.path.remove(str(BENCH))
 
@@ -43,6 +43,17 @@ def dry_run(out: Path, *extra: str) -> tuple[dict, float]:
     seconds = time.perf_counter() - began
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), seconds
+
+
+def test_bench_scripts_do_not_shadow_what_the_libraries_import():
+    """A bench script runs with bench/ first on sys.path, so a bench file named like a package that transformers or
+    diffusers probe for (bench/kernels.py against Hugging Face's `kernels`, probed by transformers 5.25) breaks every
+    model import of that script. The models gpu_check builds must import with bench/ first on the path."""
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import accelerate, peft; "
+             "from diffusers import FluxTransformer2DModel, UNet2DConditionModel; "
+             "from transformers import CLIPTextModel")
+    run = subprocess.run([sys.executable, "-c", probe, str(BENCH)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def test_dry_run_runs_every_section_through_the_triton_kernels(tmp_path):
@@ -103,8 +114,8 @@ def test_local_block_mask_matches_the_kernels_visibility(bench_modules):
     for grid, radius, window, text, block in (((9, 13), 3, "circle", 5, 16), ((12, 12), 2, "square", 32, 32)):
         n = text + grid[0] * grid[1]
         blocks = -(-n // block)
-        mask, _ = bench_modules.kernels.local_block_mask(grid, radius, text, block=block, window=window,
-                                                         band_elements=2 * block * blocks * block)  # 2 per band
+        mask, _ = bench_modules.kernel_speed.local_block_mask(grid, radius, text, block=block, window=window,
+                                                              band_elements=2 * block * blocks * block)  # 2 per band
         dense = torch.zeros(blocks * block, blocks * block, dtype=torch.bool)
         dense[:n, :n] = local_attention_mask(grid, radius, window, text)
         tiles = dense.view(blocks, block, blocks, block)

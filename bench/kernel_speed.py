@@ -1,7 +1,7 @@
 """Kernel benchmarks: linear attention as bandwidth, local attention as effective TFLOP/s.
 
-    python bench/kernels.py            # on a CUDA GPU: Triton kernels vs copy bandwidth, SDPA and FlexAttention
-    python bench/kernels.py --quick    # smaller problems
+    python bench/kernel_speed.py            # on a CUDA GPU: Triton kernels vs copy bandwidth, SDPA and FlexAttention
+    python bench/kernel_speed.py --quick    # smaller problems
 
 On CUDA:
 * linear attention (bf16, d = 64, B = 1, 16 heads): achieved GB/s of the minimal traffic 8·N·d bytes per head
