@@ -5,6 +5,8 @@ import sys
 from .cli_checks import environment_model
 from .errors import InvalidArgumentError
 
+CLI_MEMORY_MODES = ("auto", "plain", "lean", "floor")  # preflight.MEMORY_MODES, without importing torch
+
 BUNDLED_GUIDANCE = 5.0
 
 
@@ -38,10 +40,11 @@ def add_model_arguments(parser) -> None:
                              "(CLEAR's high-res recipe: 10; 1 = off)")
     parser.add_argument("--proportional-attention", action="store_true",
                         help="CLEAR, progressive mode: softmax scale for the token count above the native size")
-    parser.add_argument("--memory-mode", choices=("auto", "plain", "lean"), default="auto",
+    parser.add_argument("--memory-mode", choices=CLI_MEMORY_MODES, default="auto",
                         help="how the UNet runs: plain, lean (one sample at a time, in bands and chunks, skips parked "
-                             "in host memory on CUDA: for 8K-16K), or auto: plain when the memory preflight says it "
-                             "fits, else the cheapest lean setting that does")
+                             "in host memory on CUDA: for 8K-16K), floor (the least memory: resnets depth-first, on "
+                             "CUDA skips and residuals read back from host memory band by band; slower), or auto: "
+                             "plain when the memory preflight says it fits, else the cheapest lean setting that does")
     parser.add_argument("--max-memory", default=None,
                         help="the most memory the job may use, e.g. 8GiB (as on a shared card; the preflight refuses "
                              "what does not fit in 90 %% of it). Default: what is free on the device")

@@ -32,7 +32,7 @@ def add_estimate_command(commands) -> None:
     estimate.add_argument("--method", default="auto",
                           help="linearisation method, none for softmax, or auto (default): linfusion for UNets, "
                                "clear for FLUX/SD3/PixArt")
-    estimate.add_argument("--memory-mode", default="auto", help="auto, plain or lean (default auto)")
+    estimate.add_argument("--memory-mode", default="auto", help="auto, plain, lean or floor (default auto)")
     estimate.add_argument("--guidance", type=float, default=7.5,
                           help="from 0 to 100, as generate takes it; > 1 runs classifier-free guidance (batch 2)")
     estimate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

@@ -18,9 +18,11 @@ needs at most ``SAFETY`` of what is free and no tensor reaches 2^31 elements (``
 up-sampling kernels index with 32 bits).
 
 ``memory`` picks how the UNet runs (:mod:`.lean`): "plain" (its own forward), "lean" (skips parked in host memory
-on CUDA), or "auto": per denoising stage the first of plain, lean, lean with parked skips (CUDA), and as a last
-resort lean with the up-samplers fused into their consumers (recomputed) that fits. The trace runs that very code
-path, so the host memory of parked skips and the largest tensor are counted, not assumed.
+on CUDA), "floor" (the least memory: :class:`~.lean.LeanSettings` ``floor``; a DiT runs lean), or "auto": per
+denoising stage the first of plain, lean, lean with parked skips (CUDA), lean with the up-samplers fused into their
+consumers (recomputed), and as a last resort the floor (resnets depth-first; on CUDA skips and residuals read from
+host memory band by band) that fits. The trace runs that very code path, so the host memory of parked skips and the
+largest tensor are counted, not assumed.
 """
 
 import threading
@@ -54,7 +56,7 @@ CPU_RUNTIME_BYTES = 64 * 2**20
 CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
 IMAGE_BYTES_PER_PIXEL = 4  # an RGB PIL image: Pillow stores a pixel in 4 bytes
 INDEX_LIMIT = 2**31
-MEMORY_MODES = ("auto", "plain", "lean")
+MEMORY_MODES = ("auto", "plain", "lean", "floor")
 
 
 def check_memory_mode(memory) -> str:
@@ -65,8 +67,9 @@ def check_memory_mode(memory) -> str:
 
 def rung_ladder(memory: str, device_type: str, *, dit: bool = False) -> list:
     """The denoiser settings (rungs) ``memory`` may run, cheapest first (None = the plain forward). A UNet: plain,
-    lean, lean with parked skips (CUDA), lean with fused up-sampling (the last resort: recomputes the up-samplers);
-    a DiT (:mod:`.lean.dit`): plain, lean."""
+    lean, lean with parked skips (CUDA), lean with fused up-sampling (recomputes the up-samplers), then the floor
+    (the last resort: depth-first resnets that recompute conv1; on CUDA skips and transformer residuals read back
+    from host memory band by band); a DiT (:mod:`.lean.dit`): plain, lean."""
     check_memory_mode(memory)
     if memory == "plain":
         return [None]
@@ -77,7 +80,10 @@ def rung_ladder(memory: str, device_type: str, *, dit: bool = False) -> list:
     if memory == "lean":
         return [frugal]
     fused = LeanSettings(park_skips=cuda, fuse_upsampling=True)
-    return [None, LeanSettings(), *([frugal] if cuda else []), fused]
+    floor = LeanSettings(park_skips=cuda, fuse_upsampling=True, floor=True)
+    if memory == "floor":
+        return [floor]
+    return [None, LeanSettings(), *([frugal] if cuda else []), fused, floor]
 
 
 def mode_name(settings: LeanSettings | None) -> str:

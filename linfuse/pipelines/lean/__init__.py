@@ -14,7 +14,11 @@ it was; ``with lean_mode(unet, settings): …`` does both. While installed, with
 * with ``park_skips`` on CUDA the skip activations wait in pinned host memory (:mod:`.skips`);
 * with ``fuse_upsampling`` each up-sampler is computed band by band inside the resnet that reads it
   (:class:`.conv.Upsampled`): the up-sampled activation never exists whole, for about four times that
-  convolution's work.
+  convolution's work;
+* with ``floor`` (the last rung) each resnet runs depth-first and writes its output over its input
+  (:mod:`.depth_first`: conv1 recomputed, no stored hidden activation), and with ``park_skips`` the skips and each
+  transformer block's input wait in host memory as :class:`.host_rows.HostRows`, read back one band at a time: the
+  finest level holds about one activation of its size.
 
 With autograd on (training) the UNet's own forward runs.
 
@@ -41,12 +45,16 @@ MIN_BUDGET, MAX_BUDGET = 2**20, 2**26  # elements of one band or chunk tensor
 @dataclass(frozen=True)
 class LeanSettings:
     """``park_skips``: skips in pinned host memory (CUDA only); ``fuse_upsampling``: up-samplers recomputed inside
-    their consumer instead of stored; ``band_elements`` / ``chunk_elements``: the most elements of one band
-    (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of the finest activation,
-    within [2^20, 2^26]."""
+    their consumer instead of stored; ``floor``: resnets depth-first, their output over their input
+    (:mod:`.depth_first`), and with ``park_skips`` the skips and the transformer blocks' residuals read back from
+    host memory band by band (:mod:`.host_rows`; on any device); ``band_elements`` / ``chunk_elements``: the most
+    elements of one band
+    (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of the finest activation
+    within [2^20, 2^26] (the floor: 1/16 within [2^20, 2^25])."""
 
     park_skips: bool = False
     fuse_upsampling: bool = False
+    floor: bool = False
     band_elements: int | None = None
     chunk_elements: int | None = None
 
@@ -58,12 +66,14 @@ class LeanSettings:
 
     def resolved(self, unet, sample) -> "LeanSettings":
         finest = unet.config.block_out_channels[0] * sample.shape[-2] * sample.shape[-1]
-        auto = min(MAX_BUDGET, max(MIN_BUDGET, finest // 8))
+        share = 16 if self.floor else 8  # the floor's bands are a larger part of what it holds
+        auto = min(MAX_BUDGET // (share // 8), max(MIN_BUDGET, finest // share))
         return replace(self, band_elements=self.band_elements or auto, chunk_elements=self.chunk_elements or auto)
 
     def describe(self) -> str:
-        parts = ["lean"] + (["skips parked in host memory"] if self.park_skips else []) + \
-            (["up-sampling fused"] if self.fuse_upsampling else [])
+        parts = ["floor" if self.floor else "lean"] + (["skips parked in host memory"] if self.park_skips else []) + \
+            (["up-sampling fused"] if self.fuse_upsampling else []) + \
+            (["resnets depth-first"] if self.floor else [])
         return ", ".join(parts)
 
 

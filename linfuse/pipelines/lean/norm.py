@@ -42,6 +42,37 @@ def group_stats(x: Parts, norm: nn.GroupNorm, band_elements: int) -> GroupStats:
         centred = torch.sub(x.rows(top, bottom).float(), mean.view(1, -1, 1, 1))  # a copy, never x itself
         squares += per_group(centred.square_().sum(dim=(0, 2, 3)).double())
     variance = (squares / count).float().repeat_interleave(channels // groups)
+    return _affine(mean, variance, norm)
+
+
+def streamed_group_stats(bands, norm: nn.GroupNorm, channels: int, device) -> GroupStats:
+    """The statistics of an activation that is never stored: ``bands`` yields its row bands (1, C, r, W) once each.
+
+    Per group, each band's count n_b, mean m_b and M2_b = Σ (x − m_b)² (float32 within the band) are merged into
+    the running (n, m, M2) in float64 (Chan, Golub and LeVeque)::
+
+        δ = m_b − m,   m ← m + δ·n_b/(n + n_b),   M2 ← M2 + M2_b + δ²·n·n_b/(n + n_b),   n ← n + n_b
+    """
+    groups = norm.num_groups
+    count = 0
+    mean = torch.zeros(groups, dtype=torch.float64, device=device)
+    m2 = torch.zeros(groups, dtype=torch.float64, device=device)
+    for band in bands:
+        values = band.float().reshape(groups, -1)  # (1, C, r, W): group g is channels [g·C/G, (g+1)·C/G)
+        band_count = values.shape[1]
+        band_mean = values.mean(dim=1)
+        band_m2 = torch.sub(values, band_mean[:, None]).square_().sum(dim=1)
+        delta = band_mean.double() - mean
+        total = count + band_count
+        mean = mean + delta * (band_count / total)
+        m2 = m2 + band_m2.double() + delta.square() * (count * band_count / total)
+        count = total
+    per_group = channels // groups
+    return _affine(mean.float().repeat_interleave(per_group), (m2 / count).float().repeat_interleave(per_group), norm)
+
+
+def _affine(mean: torch.Tensor, variance: torch.Tensor, norm: nn.GroupNorm) -> GroupStats:
+    """Per-channel scale and shift of GroupNorm from per-channel mean and variance."""
     scale = torch.rsqrt(variance + norm.eps)
     if norm.affine:
         scale = scale * norm.weight.float()

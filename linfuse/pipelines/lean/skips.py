@@ -5,43 +5,51 @@ in, first out. Parked (``park=True``, CUDA), each is copied to pinned host memor
 copied back while the layer before its use runs (:meth:`SkipStore.prefetch`), so the copies overlap the UNet's
 compute; the device holds at most the skip in use or the next one. In a meta-device trace the host copies are
 counted as host memory (:func:`~linfuse.pipelines.memory_trace.on_host`); on the CPU there is nothing to park to.
+The floor rung parks them as :class:`~.host_rows.HostRows` instead: never brought back whole, read a band at a time
+by the block that joins them.
 """
 
 import torch
 
 from ..memory_trace import on_host
+from .host_rows import HostRows, pinned_pieces
 from .parts import Parts
-
-MIN_PIECE = 1 << 20
-
-
-def pinned_pieces(nbytes: int) -> list[int]:
-    """Sizes of the pinned host blocks that hold ``nbytes``: the powers of two of its binary expansion (down to 1 MiB,
-    the rest rounded up to it). PyTorch's caching host allocator rounds each block up to a power of two, so one
-    block for a 1.25 GiB skip would take 2 GiB; these take what the skip holds, to within 1 MiB."""
-    pieces, remaining = [], nbytes
-    while remaining > 0:
-        piece = max(MIN_PIECE, 1 << (remaining.bit_length() - 1))
-        pieces.append(piece)
-        remaining -= piece
-    return pieces
 
 
 class SkipStore:
-    def __init__(self, park: bool, device: torch.device):
-        self.park = park and device.type in ("cuda", "meta")
+    def __init__(self, park: bool, device: torch.device, *, band_elements: int | None = None):
+        """``band_elements`` given (the floor rung): parked skips are :class:`HostRows`, read back band by band
+        by the block that uses them (on any device: on the CPU the host copy saves nothing, but runs the same code)."""
+        self.host_rows = band_elements if park else None
+        self.park = park and device.type in ("cuda", "meta") and self.host_rows is None
         self.device = device
-        self.stack: list[list] = []  # per skip: its tensors, or (pinned pieces, shape, dtype) of each when parked
+        self.stack: list = []  # per skip: its tensors, (pinned pieces, shape, dtype) of each when parked, or HostRows
         self.shapes: list[tuple[int, ...]] = []  # (1, C, H, W) of every skip held, the last pushed last
         self.ready = None  # (parts, arrival event) of the top of the stack, already coming back
         self.stream = torch.cuda.Stream(device) if self.park and device.type == "cuda" else None
 
     def push(self, parts: Parts) -> None:
         self.shapes.append((1, parts.channels, parts.height, parts.width))
-        self.stack.append([self._to_host(t) for t in parts.tensors] if self.park else list(parts.tensors))
+        if self.host_rows is not None:
+            self.stack.append(HostRows(parts, self.host_rows))
+        else:
+            self.stack.append([self._to_host(t) for t in parts.tensors] if self.park else list(parts.tensors))
 
-    def pop(self, residual: torch.Tensor | None = None) -> Parts:
-        """The last skip pushed (plus a ControlNet ``residual``), on the device."""
+    def holds(self, parts: Parts) -> bool:
+        """Whether a skip held on the device shares ``parts``' tensors (so nothing may be written over them)."""
+        ids = {id(tensor) for tensor in parts.tensors}
+        return any(isinstance(held, list) and any(id(t) in ids for t in held) for held in self.stack)
+
+    def parked_top(self) -> HostRows | None:
+        """The last skip pushed when skips are :class:`HostRows` (the floor rung with parking), else None."""
+        return self.stack[-1] if self.host_rows is not None and self.stack else None
+
+    def pop(self, residual: torch.Tensor | None = None) -> Parts | HostRows:
+        """The last skip pushed (plus a ControlNet ``residual``), on the device, or as :class:`HostRows`."""
+        if self.host_rows is not None:
+            self.shapes.pop()
+            held = self.stack.pop()
+            return held if residual is None else Parts.of(held.tensor()).add_(residual)
         parts, arrived = self.ready if self.ready is not None else self._fetch()
         self.shapes.pop()
         if arrived is not None:

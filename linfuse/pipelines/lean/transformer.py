@@ -8,6 +8,10 @@ The tokens T (N × C) are the one full-size tensor; every sub-layer adds to them
     T += FF(LN3(T))                         (token-wise: exact per chunk; the 8C-wide GEGLU never exists whole)
     x += proj_out(T)                        (into the block input, which nothing else holds)
 
+On the floor rung with parked skips x waits in host memory (:class:`~.host_rows.HostRows`) before T is made from
+it, and x + proj_out(T) is written band by band over T's own rows, read as a channels-last activation: one
+activation of the block's size is on the device, not two.
+
 Self-attention couples all tokens, so it runs in two passes. For a linfuse processor with a normalised linear
 attention (``chunk_form``): pass 1 sums the keys' state [Σ φ(k) vᵀ ‖ Σ φ(k)] over chunks, pass 2 reads it out for
 each chunk's queries, plus the method's local term (SLAB's depth-wise convolution of V) from the chunk's rows and
@@ -23,6 +27,7 @@ from torch import nn
 
 from ...kernels import linear_attention_readout, linear_attention_state
 from ...linearize.processor import SelfAttentionProcessor
+from .host_rows import HostRows
 from .norm import group_stats, norm_act
 from .parts import Parts, rows_per_band, spans
 
@@ -56,7 +61,10 @@ def lean_transformer(model, x: Parts, context, settings, cross_attention_kwargs=
     text = context.shape[1] if isinstance(context, torch.Tensor) else 0
     step = token_rows(model, width, settings.chunk_elements, at_least=halo, context_tokens=text)
     bands = spans(height, step, x.first.is_meta)
-    tokens = _tokens_in(model, x, bands, settings.band_elements)
+    residual = x
+    if settings.floor and settings.park_skips:  # the floor: x waits in host memory while T exists
+        residual = HostRows(x.take(), settings.band_elements)
+    tokens = _tokens_in(model, residual, bands, settings.band_elements)
     for block in model.transformer_blocks:
         _self_attention_(block, tokens, (height, width), bands)
         for top, bottom in bands:
@@ -65,15 +73,34 @@ def lean_transformer(model, x: Parts, context, settings, cross_attention_kwargs=
                 rows.add_(block.attn2(block.norm2(rows), encoder_hidden_states=context,
                                       attention_mask=encoder_attention_mask, **(cross_attention_kwargs or {})))
             rows.add_(block.ff(block.norm3(rows)))
+    if residual is x:
+        for top, bottom in bands:
+            x.add_rows_(top, _projected_out(model, tokens, top, bottom, width))
+        return x
+    return _out_over_tokens(model, tokens, residual, bands, (height, width))
+
+
+def _projected_out(model, tokens: torch.Tensor, top: int, bottom: int, width: int) -> torch.Tensor:
+    """proj_out of the token rows [top, bottom) as (1, C, rows, W)."""
+    rows = tokens[:, top * width:bottom * width]
+    if model.use_linear_projection:
+        return model.proj_out(rows).reshape(1, bottom - top, width, -1).permute(0, 3, 1, 2)
+    return model.proj_out(rows.reshape(1, bottom - top, width, rows.shape[-1]).permute(0, 3, 1, 2).contiguous())
+
+
+def _out_over_tokens(model, tokens: torch.Tensor, residual: HostRows, bands, grid: tuple[int, int]) -> Parts:
+    """x + proj_out(T) with x in host memory, each band written over its own token rows when the widths agree:
+    the tokens (1, H·W, C) viewed as a channels-last (1, C, H, W) activation (else into a new one)."""
+    (height, width), channels = grid, residual.channels
+    if tokens.shape[-1] == channels:
+        out = Parts.of(tokens.view(1, height, width, channels).permute(0, 3, 1, 2))
+    else:
+        out = Parts.empty(channels, height, width, like=tokens)
     for top, bottom in bands:
-        x_rows = tokens[:, top * width:bottom * width]
-        inner = x_rows.shape[-1]
-        if model.use_linear_projection:
-            out = model.proj_out(x_rows).reshape(1, bottom - top, width, -1).permute(0, 3, 1, 2)
-        else:
-            out = model.proj_out(x_rows.reshape(1, bottom - top, width, inner).permute(0, 3, 1, 2).contiguous())
-        x.add_rows_(top, out)
-    return x
+        band = _projected_out(model, tokens, top, bottom, width)
+        out.write_rows(top, band.add_(residual.rows(top, bottom)))  # input + hidden: commutative, exact either way
+    residual.release()
+    return out
 
 
 def _tokens_in(model, x: Parts, bands, band_elements: int) -> torch.Tensor:

@@ -10,7 +10,9 @@ forward, so the result is the same and only the memory differs.
 import torch
 
 from ...errors import InvalidArgumentError
-from .conv import Upsampled, bandable, banded_conv, same_size
+from .conv import Joined, Upsampled, bandable, banded_conv, same_size
+from .depth_first import depth_first_resnet
+from .host_rows import HostRows
 from .norm import group_stats, norm_act
 from .parts import Parts
 from .resnet import lean_resnet
@@ -124,11 +126,20 @@ class _Runner:
     def __init__(self, unet, budget, emb, context, cross_attention_kwargs, controlnet_residuals):
         self.unet, self.budget, self.emb, self.context = unet, budget, emb, context
         self.cross_attention_kwargs = cross_attention_kwargs
-        self.skips = SkipStore(budget.park_skips, emb.device)
+        host_rows = budget.band_elements if budget.floor else None
+        self.skips = SkipStore(budget.park_skips, emb.device, band_elements=host_rows)
         self.residuals = list(controlnet_residuals) if controlnet_residuals is not None else None
 
-    def resnet(self, resnet, x: Parts) -> Parts:
-        out = lean_resnet(resnet, x, self.emb, self.budget.band_elements)
+    def resnet(self, resnet, x) -> Parts:
+        """The block on ``x`` (:class:`Parts` or, on the floor, :class:`Joined` running activation and skip):
+        depth-first over x's leading part on the floor unless a skip on the device shares it."""
+        out = None
+        if self.budget.floor:
+            head = x.sources[0] if isinstance(x, Joined) else x
+            writable = isinstance(head, Parts) and not self.skips.holds(head)
+            out = depth_first_resnet(resnet, x, self.emb, self.budget.band_elements, writable=writable)
+        if out is None:
+            out = lean_resnet(resnet, x, self.emb, self.budget.band_elements)
         return out if out is not None else Parts.of(resnet(x.tensor(), self.emb))
 
     def attention(self, model, x: Parts) -> Parts:
@@ -153,7 +164,10 @@ class _Runner:
             self.skips.push(h)
         for sampler in block.downsamplers or []:
             if _plain_downsampler(sampler):
-                h = banded_conv(h, sampler.conv, self.budget.band_elements)
+                parked = self.skips.parked_top()  # on the floor: read h from the skip's host copy, h freed first
+                if parked is not None:
+                    h.release()
+                h = banded_conv(parked or h, sampler.conv, self.budget.band_elements)
             else:
                 h = Parts.of(sampler(h.tensor()))
             self.skips.push(h)
@@ -177,7 +191,7 @@ class _Runner:
                                   upsample_size=upsample_size, **self._cross(block)))
         attentions = getattr(block, "attentions", None) or [None] * count
         for resnet, attention in zip(block.resnets, attentions, strict=True):
-            joined = h + self._pop()
+            joined = Joined([h, self._pop()]) if self.budget.floor else h + self._pop()
             h = self.resnet(resnet, joined)
             joined.release()
             self.skips.prefetch()
@@ -186,6 +200,8 @@ class _Runner:
         for sampler in block.upsamplers or []:
             size = tuple(upsample_size or (2 * h.height, 2 * h.width))
             if _plain_upsampler(sampler) and self.budget.fuse_upsampling and same_size(sampler.conv):
+                if self.budget.floor and self.budget.park_skips:  # its source waits in host memory too
+                    h = HostRows(h.take(), self.budget.band_elements)
                 h = Upsampled(h, sampler.conv, size)  # read (recomputed) by the next block's first resnet
             elif _plain_upsampler(sampler):
                 h = banded_conv(h, sampler.conv, self.budget.band_elements, upsample=size)
