@@ -3,6 +3,9 @@ band by band; each piece equals what it replaces, the whole UNet equals its plai
 bit-identical, and a 16K trace shows one finest activation on the device."""
 
 import json
+import shutil
+import tempfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,11 +15,12 @@ from test_lean import converted
 from tiny_models import FIXTURES, unet_inputs
 from torch import nn
 
+from linfuse.errors import InvalidArgumentError
 from linfuse.linearize import linearize
 from linfuse.pipelines.lean import LeanSettings, disable_lean, enable_lean, lean_mode
 from linfuse.pipelines.lean.conv import Joined, Upsampled
 from linfuse.pipelines.lean.depth_first import Overwriting, depth_first_resnet
-from linfuse.pipelines.lean.host_rows import HostRows
+from linfuse.pipelines.lean.host_rows import DiskSpaceError, HostRows
 from linfuse.pipelines.lean.norm import norm_act, streamed_group_stats
 from linfuse.pipelines.lean.parts import Parts, spans
 from linfuse.pipelines.memory_trace import trace
@@ -114,9 +118,11 @@ def test_overwritten_rows_are_read_from_the_kept_halo_and_older_ones_refuse():
         rows.rows(2, 4)
 
 
-@pytest.mark.parametrize("settings", [FLOOR, FLOOR_PARKED], ids=["floor", "floor-parked"])
+@pytest.mark.parametrize("where", ["device", "host", "disk"])
 @pytest.mark.parametrize("kind, method", [("sd15", "linfusion"), ("sdxl", "linfusion"), ("sd15", None)])
-def test_floor_unet_equals_the_plain_unet(kind, method, settings):
+def test_floor_unet_equals_the_plain_unet(kind, method, where, tmp_path):
+    """Parked nowhere, in host memory, and on disk (the CPU's floor: unnamed files, gone after the call)."""
+    settings = {"device": FLOOR, "host": FLOOR_PARKED, "disk": replace(FLOOR_PARKED, park_dir=str(tmp_path))}[where]
     unet = converted(kind, method)
     inputs = unet_inputs(unet, batch=2, height=20, width=36)  # 20 = 8·2 + 4: up-sampling to the skips' size
     with torch.no_grad():
@@ -124,6 +130,24 @@ def test_floor_unet_equals_the_plain_unet(kind, method, settings):
         with lean_mode(unet, settings):
             out = unet(**inputs).sample
     assert torch.allclose(out, expected, atol=1e-5), (out - expected).abs().max()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parking_on_a_disk_without_room_refuses_before_writing(tmp_path, monkeypatch):
+    """The free space is read from the file system (here made to report 1 MiB: filling a real disk is not an
+    option in a test), and the refusal names the directory and the way out."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**40, 2**40 - 2**20, 2**20))
+    x = Parts.of(torch.zeros(1, 64, 64, 128))  # 2 MiB
+    with pytest.raises(DiskSpaceError, match=f"on disk in {tmp_path} and needs 0.00 GiB more .* TMPDIR"):
+        HostRows(x, 4096, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_park_dir_needs_the_floor_with_parking_and_a_directory(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="park_dir must be an existing directory"):
+        LeanSettings(park_dir=str(tmp_path))
+    with pytest.raises(InvalidArgumentError, match="park_dir must be an existing directory"):
+        LeanSettings(floor=True, park_skips=True, park_dir=str(tmp_path / "missing"))
 
 
 def test_installing_and_removing_the_floor_leaves_the_unet_bit_identical():
@@ -144,9 +168,10 @@ def test_installing_and_removing_the_floor_leaves_the_unet_bit_identical():
 def test_the_floor_is_the_last_rung_and_a_mode_of_its_own():
     cuda, cpu = rung_ladder("auto", "cuda"), rung_ladder("auto", "cpu")
     assert cuda[-1].floor and cuda[-1].park_skips and not any(rung.floor for rung in cuda[:-1] if rung)
-    assert cpu[-1].floor and not cpu[-1].park_skips
+    assert cuda[-1].park_dir is None and cpu[-1].park_dir == tempfile.gettempdir()
     assert rung_ladder("floor", "cuda") == [cuda[-1]]
     assert cuda[-1].describe() == "floor, skips parked in host memory, up-sampling fused, resnets depth-first"
+    assert cpu[-1].describe() == "floor, skips parked on disk, up-sampling fused, resnets depth-first"
 
 
 def test_at_16k_the_floor_holds_about_one_finest_activation_on_the_device():

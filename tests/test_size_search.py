@@ -60,7 +60,7 @@ def test_a_guided_search_finds_the_bisections_size_in_a_few_probes(limit):
 
 
 def test_a_job_is_searched_by_its_largest_stage_and_finds_the_last_size_whose_whole_job_fits(student):
-    """The preflight's search of the bundled student under a cap (the answer runs fused up-sampling): every stage
+    """The preflight's search of the bundled student under a cap (the answer runs the floor rung): every stage
     of the job it finds fits, and not every stage of the next size's; and a fresh model's estimates (no setting
     passed over for having failed at a smaller latent) equal the searched model's."""
     model = memory_model_for(student)
@@ -74,4 +74,4 @@ def test_a_job_is_searched_by_its_largest_stage_and_finds_the_last_size_whose_wh
                      for size in (searched, following) for settings in (options, fresh)]
         assert [e.fits for e in estimates] == [True, True, False, False]
         assert estimates[0].stages == estimates[1].stages and estimates[2].stages == estimates[3].stages
-        assert estimates[0].modes[-1] == "lean, up-sampling fused"
+        assert estimates[0].modes[-1] == "floor, up-sampling fused, resnets depth-first"

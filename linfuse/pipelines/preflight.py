@@ -25,6 +25,7 @@ host memory band by band) that fits. The trace runs that very code path, so the 
 largest tensor are counted, not assumed.
 """
 
+import tempfile
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ def rung_ladder(memory: str, device_type: str, *, dit: bool = False) -> list:
     if memory == "lean":
         return [frugal]
     fused = LeanSettings(park_skips=cuda, fuse_upsampling=True)
-    floor = LeanSettings(park_skips=cuda, fuse_upsampling=True, floor=True)
+    floor = LeanSettings(park_skips=True, fuse_upsampling=True, floor=True,
+                         park_dir=None if cuda else tempfile.gettempdir())  # the CPU parks on disk
     if memory == "floor":
         return [floor]
     return [None, LeanSettings(), *([frugal] if cuda else []), fused, floor]

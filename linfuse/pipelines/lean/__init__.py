@@ -33,6 +33,7 @@ compiles whole: tiny FLUX with CLEAR gives one graph, no break.)
 
 import functools
 import inspect
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -47,7 +48,8 @@ class LeanSettings:
     """``park_skips``: skips in pinned host memory (CUDA only); ``fuse_upsampling``: up-samplers recomputed inside
     their consumer instead of stored; ``floor``: resnets depth-first, their output over their input
     (:mod:`.depth_first`), and with ``park_skips`` the skips and the transformer blocks' residuals read back from
-    host memory band by band (:mod:`.host_rows`; on any device); ``band_elements`` / ``chunk_elements``: the most
+    host memory band by band (:mod:`.host_rows`; on any device), or with ``park_dir`` in temporary files there (the
+    CPU's floor, whose host memory is its device memory); ``band_elements`` / ``chunk_elements``: the most
     elements of one band
     (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of the finest activation
     within [2^20, 2^26] (the floor: 1/16 within [2^20, 2^25])."""
@@ -55,10 +57,14 @@ class LeanSettings:
     park_skips: bool = False
     fuse_upsampling: bool = False
     floor: bool = False
+    park_dir: str | None = None
     band_elements: int | None = None
     chunk_elements: int | None = None
 
     def __post_init__(self):
+        if self.park_dir is not None and not (self.floor and self.park_skips and os.path.isdir(self.park_dir)):
+            raise InvalidArgumentError(f"park_dir must be an existing directory, with floor=True and park_skips=True; "
+                                       f"got {self.park_dir!r}")
         for name in ("band_elements", "chunk_elements"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -71,7 +77,8 @@ class LeanSettings:
         return replace(self, band_elements=self.band_elements or auto, chunk_elements=self.chunk_elements or auto)
 
     def describe(self) -> str:
-        parts = ["floor" if self.floor else "lean"] + (["skips parked in host memory"] if self.park_skips else []) + \
+        where = "on disk" if self.park_dir else "in host memory"
+        parts = ["floor" if self.floor else "lean"] + ([f"skips parked {where}"] if self.park_skips else []) + \
             (["up-sampling fused"] if self.fuse_upsampling else []) + \
             (["resnets depth-first"] if self.floor else [])
         return ", ".join(parts)

@@ -10,8 +10,13 @@ and no host sync is needed. Elsewhere the host copy is ordinary memory (on the C
 same code, which is what the tests check). In a meta-device trace the host bytes count as host memory.
 """
 
+import os
+import shutil
+import tempfile
+
 import torch
 
+from ...errors import LinfuseError
 from ..memory_trace import on_host
 from .parts import pad_rows, rows_per_band, spans
 
@@ -31,22 +36,28 @@ def pinned_pieces(nbytes: int) -> list[int]:
 
 
 class HostRows:
-    """A row source (``rows``, ``channels``, ``height``, ``width``, ``first``) whose values wait in host memory."""
+    """A row source (``rows``, ``channels``, ``height``, ``width``, ``first``) whose values wait in host memory, or
+    with ``directory`` in an unnamed temporary file there (the CPU's floor, where host memory is the device's)."""
 
-    def __init__(self, x, band_elements: int):
+    def __init__(self, x, band_elements: int, directory: str | None = None):
         like = x.first
         self.channels, self.height, self.width = x.channels, x.height, x.width
         self.dtype, self.device = like.dtype, like.device
         self.row_bytes = self.channels * self.width * like.element_size()
         self.first = like.new_empty(0)
+        self.pieces, self.file = [], None
         nbytes = self.row_bytes * self.height
         if like.is_meta:
-            with on_host(sum(pinned_pieces(nbytes))):  # in elements of its dtype, as the activation it holds
-                self.pieces = [torch.empty(x.channels * x.height * x.width, dtype=like.dtype, device="meta")]
+            if directory is None:  # on disk: nothing in memory to count
+                with on_host(sum(pinned_pieces(nbytes))):  # in elements of its dtype, as the activation it holds
+                    self.pieces = [torch.empty(x.channels * x.height * x.width, dtype=like.dtype, device="meta")]
             return
-        pinned = self.device.type == "cuda"
-        sizes = pinned_pieces(nbytes) if pinned else [nbytes]
-        self.pieces = [torch.empty(size, dtype=torch.uint8, pin_memory=pinned) for size in sizes]
+        if directory is not None:
+            self.file = _parking_file(directory, nbytes)
+        else:
+            pinned = self.device.type == "cuda"
+            sizes = pinned_pieces(nbytes) if pinned else [nbytes]
+            self.pieces = [torch.empty(size, dtype=torch.uint8, pin_memory=pinned) for size in sizes]
         step = rows_per_band(self.channels * self.width, band_elements)
         for top, bottom in spans(self.height, step):
             band = x.rows(top, bottom).permute(0, 2, 3, 1).contiguous()
@@ -69,13 +80,47 @@ class HostRows:
 
     def release(self) -> None:
         self.pieces = []
+        if self.file is not None:
+            self.file.close()  # unnamed: its blocks are freed with it
+            self.file = None
 
     def _copy(self, top: int, flat: torch.Tensor, *, to_host: bool) -> None:
-        """Copy the device bytes ``flat`` of rows from ``top`` on to or from the host pieces (asynchronous on CUDA)."""
+        """Copy the device bytes ``flat`` of rows from ``top`` on to or from the host pieces (asynchronous on CUDA)
+        or the file."""
         start, end, offset = top * self.row_bytes, top * self.row_bytes + flat.numel(), 0
+        if self.file is not None:
+            _file_copy(self.file.fileno(), start, flat.numpy(), to_file=to_host)
+            return
         for piece in self.pieces:
             low, high = max(start, offset), min(end, offset + piece.numel())
             if low < high:
                 host, device = piece[low - offset:high - offset], flat[low - start:high - start]
                 (host.copy_(device, non_blocking=True) if to_host else device.copy_(host, non_blocking=True))
             offset += piece.numel()
+
+
+class DiskSpaceError(LinfuseError, OSError):
+    """The disk cannot hold what the floor memory mode parks there."""
+
+
+def _parking_file(directory: str, nbytes: int):
+    """An unnamed temporary file in ``directory`` for ``nbytes``, after checking that the disk has room."""
+    free = shutil.disk_usage(directory).free
+    if free < nbytes:
+        raise DiskSpaceError(
+            f"the floor memory mode parks activations on disk in {directory} and needs {nbytes / 2**30:.2f} GiB more "
+            f"there ({free / 2**30:.2f} GiB free): free some space or point TMPDIR at a larger disk")
+    return tempfile.TemporaryFile(dir=directory)
+
+
+def _file_copy(descriptor: int, position: int, buffer, *, to_file: bool) -> None:
+    """All of ``buffer`` (a NumPy view of a band's bytes) written at, or read from, ``position`` in the file."""
+    view, done = memoryview(buffer).cast("B"), 0
+    while done < len(view):
+        if to_file:
+            count = os.pwrite(descriptor, view[done:], position + done)
+        else:
+            count = os.preadv(descriptor, [view[done:]], position + done)
+        if count <= 0:
+            raise OSError(f"the parking file ended at byte {position + done}")
+        done += count

@@ -17,9 +17,12 @@ from .parts import Parts
 
 
 class SkipStore:
-    def __init__(self, park: bool, device: torch.device, *, band_elements: int | None = None):
+    def __init__(self, park: bool, device: torch.device, *, band_elements: int | None = None,
+                 directory: str | None = None):
         """``band_elements`` given (the floor rung): parked skips are :class:`HostRows`, read back band by band
-        by the block that uses them (on any device: on the CPU the host copy saves nothing, but runs the same code)."""
+        by the block that uses them (on any device: on the CPU the host copy saves nothing, but runs the same code),
+        or with ``directory`` in temporary files there."""
+        self.directory = directory
         self.host_rows = band_elements if park else None
         self.park = park and device.type in ("cuda", "meta") and self.host_rows is None
         self.device = device
@@ -31,7 +34,7 @@ class SkipStore:
     def push(self, parts: Parts) -> None:
         self.shapes.append((1, parts.channels, parts.height, parts.width))
         if self.host_rows is not None:
-            self.stack.append(HostRows(parts, self.host_rows))
+            self.stack.append(HostRows(parts, self.host_rows, self.directory))
         else:
             self.stack.append([self._to_host(t) for t in parts.tensors] if self.park else list(parts.tensors))
 

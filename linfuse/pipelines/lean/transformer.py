@@ -63,7 +63,7 @@ def lean_transformer(model, x: Parts, context, settings, cross_attention_kwargs=
     bands = spans(height, step, x.first.is_meta)
     residual = x
     if settings.floor and settings.park_skips:  # the floor: x waits in host memory while T exists
-        residual = HostRows(x.take(), settings.band_elements)
+        residual = HostRows(x.take(), settings.band_elements, settings.park_dir)
     tokens = _tokens_in(model, residual, bands, settings.band_elements)
     for block in model.transformer_blocks:
         _self_attention_(block, tokens, (height, width), bands)

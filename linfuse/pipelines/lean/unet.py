@@ -127,7 +127,7 @@ class _Runner:
         self.unet, self.budget, self.emb, self.context = unet, budget, emb, context
         self.cross_attention_kwargs = cross_attention_kwargs
         host_rows = budget.band_elements if budget.floor else None
-        self.skips = SkipStore(budget.park_skips, emb.device, band_elements=host_rows)
+        self.skips = SkipStore(budget.park_skips, emb.device, band_elements=host_rows, directory=budget.park_dir)
         self.residuals = list(controlnet_residuals) if controlnet_residuals is not None else None
 
     def resnet(self, resnet, x) -> Parts:
@@ -201,7 +201,7 @@ class _Runner:
             size = tuple(upsample_size or (2 * h.height, 2 * h.width))
             if _plain_upsampler(sampler) and self.budget.fuse_upsampling and same_size(sampler.conv):
                 if self.budget.floor and self.budget.park_skips:  # its source waits in host memory too
-                    h = HostRows(h.take(), self.budget.band_elements)
+                    h = HostRows(h.take(), self.budget.band_elements, self.budget.park_dir)
                 h = Upsampled(h, sampler.conv, size)  # read (recomputed) by the next block's first resnet
             elif _plain_upsampler(sampler):
                 h = banded_conv(h, sampler.conv, self.budget.band_elements, upsample=size)
