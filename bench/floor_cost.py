@@ -2,6 +2,7 @@
 
     python bench/floor_cost.py                  # 2048² image (512² latent), 3 calls of each mode, alternating
     python bench/floor_cost.py --size 1024 --calls 5 --json out.json
+    python bench/floor_cost.py --modes floor    # one mode only (to time whole processes against each other)
 
 One process loads the student, draws one latent and text conditioning, then runs the UNet (both guidance halves, as
 generation does) lean, floor, lean, floor … and prints each call's seconds, the median floor/lean ratio of the pairs
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="image side in pixels (default 2048)")
     parser.add_argument("--calls", type=int, default=3, help="UNet calls of each mode (default 3)")
+    parser.add_argument("--modes", default="lean,floor", help="comma-separated, in turn (default lean,floor)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -45,13 +47,16 @@ def main() -> None:
     latents = torch.randn(2, pipe.unet.config.in_channels, side, side, generator=generator).to(args.device)
     context = torch.randn(2, 8, pipe.unet.config.cross_attention_dim, generator=generator).to(args.device)
     timestep = torch.tensor(500, device=args.device)
-    seconds = {"lean": [], "floor": []}
+    modes = args.modes.split(",")
+    seconds = {mode: [] for mode in modes}
     outputs = {}
     for call in range(args.calls):
-        for mode in ("lean", "floor"):
+        for mode in modes:
             outputs[mode], elapsed = unet_call(pipe, mode, latents, timestep, context)
             seconds[mode].append(elapsed)
             print(f"call {call + 1} {mode}: {elapsed:.2f} s", flush=True)
+    if modes != ["lean", "floor"]:
+        return
     ratios = [floor / lean for lean, floor in zip(seconds["lean"], seconds["floor"], strict=True)]
     difference = (outputs["floor"] - outputs["lean"]).abs().max().item()
     result = {"size": args.size, "latent": side, "device": args.device, "seconds": seconds,
