@@ -182,6 +182,8 @@ def lean_16k(check, budget: gpu_budget.Budget) -> dict:
     with torch.no_grad(), lean_mode(unet, settings):
         for _ in range(2):  # the first compiles the kernels; the second is the one the prediction grows from
             _, warm_s = gpu_budget.timed(lambda: unet(**small).sample)
+    if budget.allows(f"floor against lean at latent {warm}²", 4 * warm_s):
+        result["floor"] = floor_against_lean(check, unet, twin, small, settings)
     small = None  # freed before the big call
     predicted = (1 if check.dry_run else LEAN_PARKING_FACTOR) * warm_s * (latent / warm) ** 2
     result |= {"warm_latent": warm, "warm_seconds": warm_s, "predicted_seconds": predicted}
@@ -197,6 +199,27 @@ def lean_16k(check, budget: gpu_budget.Budget) -> dict:
         "call_seconds": seconds, "finite": bool(torch.isfinite(out).all()), "measured_peak_bytes": measured,
         "measured_over_estimate": None if measured is None else measured / lean["device_bytes"],
         "measured_over_trace": None if measured is None else measured / lean["trace_bytes"]}
+
+
+def floor_against_lean(check, unet, twin, inputs: dict, lean) -> dict:
+    """The floor rung as auto would take it on this device (CUDA: skips, residuals and up-sampler sources in pinned
+    host memory read back band by band; CPU: on disk) against ``lean`` on the same call: seconds and measured peak
+    of each, the floor's trace, and the largest difference of the two outputs."""
+    from linfuse.pipelines.lean import lean_mode
+    from linfuse.pipelines.preflight import rung_ladder
+
+    floor = rung_ladder("floor", check.device)[0]
+    figures, outputs = {"mode": floor.describe(), "estimate": traced_call(twin, inputs, floor)}, {}
+    for name, settings in (("lean", lean), ("floor", floor)):
+        gpu_budget.release(check.device)
+        before = torch.cuda.memory_allocated() if check.device == "cuda" else 0
+        with torch.no_grad(), lean_mode(unet, settings):
+            outputs[name], figures[f"{name}_seconds"] = gpu_budget.timed(lambda: unet(**inputs).sample)
+        figures[f"{name}_measured_peak_bytes"] = \
+            torch.cuda.max_memory_allocated() - before if check.device == "cuda" else None
+    figures["floor_over_lean"] = figures["floor_seconds"] / figures["lean_seconds"]
+    figures["max_abs_difference"] = (outputs["floor"].float() - outputs["lean"].float()).abs().max().item()
+    return figures
 
 
 def _flux_config(check) -> dict:

@@ -142,6 +142,13 @@ def _lean(lean: dict) -> list[str]:
     if "finite" in lean:
         lines += ["", f"finite: {lean['finite']}; measured / estimate: {_num(lean['measured_over_estimate'])}; "
                   f"measured / raw trace: {_num(lean['measured_over_trace'])}"]
+    floor = lean.get("floor")
+    if floor:
+        peaks = f"{_gib(floor['floor_measured_peak_bytes'])} / {_gib(floor['lean_measured_peak_bytes'])}"
+        lines += ["", f"Floor ({floor['mode']}) against lean at latent {lean['warm_latent']}²: "
+                  f"{floor['floor_seconds']:.2f} s / {floor['lean_seconds']:.2f} s = {floor['floor_over_lean']:.2f}×; "
+                  f"measured peak {peaks} GiB (floor's estimate {_gib(floor['estimate']['device_bytes'])} GiB); "
+                  f"outputs within {floor['max_abs_difference']:.2e}"]
     return lines + [""]
 
 

@@ -88,6 +88,9 @@ def test_dry_run_runs_every_section_through_the_triton_kernels(tmp_path):
     lean = sections["lean_16k"]
     assert lean["estimates"]["lean"]["device_bytes"] < lean["estimates"]["plain"]["device_bytes"]
     assert lean["finite"] and lean["call_seconds"] > 0 if not lean["cut_short"] else lean["skipped"]
+    floor = lean["floor"]  # the floor's CUDA path (pinned host rows) has its first GPU run here
+    assert floor["mode"].startswith("floor, skips parked on disk") and floor["max_abs_difference"] < 1e-4
+    assert "Floor (floor, skips parked on disk" in (tmp_path / "results.md").read_text()
     flux = sections["flux_clear"]
     assert {(r["method"], r["image_px"]) for r in flux["rows"]} >= {("sdpa", 128), ("clear", 128)}
     report = (tmp_path / "results.md").read_text()

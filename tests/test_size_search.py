@@ -74,4 +74,4 @@ def test_a_job_is_searched_by_its_largest_stage_and_finds_the_last_size_whose_wh
                      for size in (searched, following) for settings in (options, fresh)]
         assert [e.fits for e in estimates] == [True, True, False, False]
         assert estimates[0].stages == estimates[1].stages and estimates[2].stages == estimates[3].stages
-        assert estimates[0].modes[-1] == "floor, up-sampling fused, resnets depth-first"
+        assert estimates[0].modes[-1] == "floor, skips parked on disk, up-sampling fused, resnets depth-first"
