@@ -257,11 +257,18 @@ def test_weights_without_a_conversion_are_refused(model, method, needle, pipelin
 # defect 13: Ctrl-C and long prompts
 
 
+def _as_from_a_terminal() -> None:
+    """The child's Ctrl-C as a shell gives it. An ignored SIGINT is inherited through exec, and Python then installs
+    no KeyboardInterrupt handler: a test worker that ignores SIGINT (seen in the full xdist suite) would make the
+    child run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_with_one_line_and_exit_130(pipeline_dir, tmp_path):
     out = tmp_path / "x.png"
     run = subprocess.Popen([sys.executable, "-m", "linfuse", "generate", "a cat", "--model", str(pipeline_dir),
                             "--weights", "none", "--size", "128x128", "--highres", "off", "--steps", "50",
-                            "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                            "--out", str(out)], stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)
     seen, start = "", time.monotonic()
     while "linfusion:" not in seen:  # the conversion report: the model is loaded, the work starts
         line = run.stderr.readline()
