@@ -204,7 +204,7 @@ def lean_16k(check, budget: gpu_budget.Budget) -> dict:
 def floor_against_lean(check, unet, twin, inputs: dict, lean) -> dict:
     """The floor rung as auto would take it on this device (CUDA: skips, residuals and up-sampler sources in pinned
     host memory read back band by band; CPU: on disk) against ``lean`` on the same call: seconds and measured peak
-    of each, the floor's trace, and the largest difference of the two outputs."""
+    of each, the floor's trace, and the largest difference of the two outputs (also over lean's largest value)."""
     from linfuse.pipelines.lean import lean_mode
     from linfuse.pipelines.preflight import rung_ladder
 
@@ -218,7 +218,9 @@ def floor_against_lean(check, unet, twin, inputs: dict, lean) -> dict:
         figures[f"{name}_measured_peak_bytes"] = \
             torch.cuda.max_memory_allocated() - before if check.device == "cuda" else None
     figures["floor_over_lean"] = figures["floor_seconds"] / figures["lean_seconds"]
-    figures["max_abs_difference"] = (outputs["floor"].float() - outputs["lean"].float()).abs().max().item()
+    difference = (outputs["floor"].float() - outputs["lean"].float()).abs().max().item()
+    figures["max_abs_difference"] = difference
+    figures["relative_difference"] = difference / max(outputs["lean"].float().abs().max().item(), 1e-30)
     return figures
 
 

@@ -148,7 +148,8 @@ def _lean(lean: dict) -> list[str]:
         lines += ["", f"Floor ({floor['mode']}) against lean at latent {lean['warm_latent']}²: "
                   f"{floor['floor_seconds']:.2f} s / {floor['lean_seconds']:.2f} s = {floor['floor_over_lean']:.2f}×; "
                   f"measured peak {peaks} GiB (floor's estimate {_gib(floor['estimate']['device_bytes'])} GiB); "
-                  f"outputs within {floor['max_abs_difference']:.2e}"]
+                  f"outputs within {floor['max_abs_difference']:.2e} ({floor['relative_difference']:.1e} of the "
+                  "largest value)"]
     return lines + [""]
 
 

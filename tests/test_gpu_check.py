@@ -88,8 +88,11 @@ def test_dry_run_runs_every_section_through_the_triton_kernels(tmp_path):
     lean = sections["lean_16k"]
     assert lean["estimates"]["lean"]["device_bytes"] < lean["estimates"]["plain"]["device_bytes"]
     assert lean["finite"] and lean["call_seconds"] > 0 if not lean["cut_short"] else lean["skipped"]
-    floor = lean["floor"]  # the floor's CUDA path (pinned host rows) has its first GPU run here
-    assert floor["mode"].startswith("floor, skips parked on disk") and floor["max_abs_difference"] < 1e-4
+    # The floor's CUDA path (pinned host rows) has its first GPU run here. At the dry run's latent 8 the deepest
+    # level is 1×1, where GroupNorm over one pixel amplifies rounding: lean alone differs from plain there by 5e-4 of
+    # the largest value, the floor by 1.2e-3 (at latent 16 both within 2e-6); a wrong row would differ by O(1).
+    floor = lean["floor"]
+    assert floor["mode"].startswith("floor, skips parked on disk") and floor["relative_difference"] < 5e-3
     assert "Floor (floor, skips parked on disk" in (tmp_path / "results.md").read_text()
     flux = sections["flux_clear"]
     assert {(r["method"], r["image_px"]) for r in flux["rows"]} >= {("sdpa", 128), ("clear", 128)}
