@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
-from test_lean import converted
+from test_lean import assert_lean_equals_plain, converted
 from tiny_models import FIXTURES, unet_inputs
 from torch import nn
 
@@ -123,13 +123,7 @@ def test_overwritten_rows_are_read_from_the_kept_halo_and_older_ones_refuse():
 def test_floor_unet_equals_the_plain_unet(kind, method, where, tmp_path):
     """Parked nowhere, in host memory, and on disk (the CPU's floor: unnamed files, gone after the call)."""
     settings = {"device": FLOOR, "host": FLOOR_PARKED, "disk": replace(FLOOR_PARKED, park_dir=str(tmp_path))}[where]
-    unet = converted(kind, method)
-    inputs = unet_inputs(unet, batch=2, height=20, width=36)  # 20 = 8·2 + 4: up-sampling to the skips' size
-    with torch.no_grad():
-        expected = unet(**inputs).sample
-        with lean_mode(unet, settings):
-            out = unet(**inputs).sample
-    assert torch.allclose(out, expected, atol=1e-5), (out - expected).abs().max()
+    assert_lean_equals_plain(converted(kind, method), settings)
     assert list(tmp_path.iterdir()) == []
 
 

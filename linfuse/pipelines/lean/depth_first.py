@@ -23,8 +23,8 @@ import torch
 from .conv import Joined, _convolve, bandable, conv_rows, same_size
 from .norm import group_stats, norm_act, streamed_group_stats
 from .parts import Parts, pad_rows, rows_per_band, spans
+from .resnet import add_shortcut, time_projection
 from .resnet import supported as lean_supported
-from .resnet import time_projection
 
 
 def supported(resnet) -> bool:
@@ -94,7 +94,7 @@ def depth_first_resnet(resnet, x, temb: torch.Tensor | None, band_elements: int,
         first, last = max(top - pad, 0), min(bottom + pad, height)
         band = resnet.dropout(normalise(hidden(source, first, last)))
         y = _convolve(pad_rows(band, first - (top - pad), bottom + pad - last), conv2)
-        y = _add_shortcut(resnet, y, source.rows(top, bottom))
+        y = add_shortcut(resnet, y, source.rows(top, bottom))
         source.write(top, y) if head is not None else out.write_rows(top, y)
     return Parts(head.tensors) if head is not None else out
 
@@ -105,9 +105,3 @@ def _overwritable_head(x, channels: int) -> Parts | None:
     head = x.sources[0] if isinstance(x, Joined) else x
     return head if isinstance(head, Parts) and head.channels == channels else None
 
-
-def _add_shortcut(resnet, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(shortcut(rows) + y) / scale, as diffusers adds them (input first)."""
-    residual = rows if resnet.conv_shortcut is None else resnet.conv_shortcut(rows)
-    y = residual.add_(y) if residual is not rows else y.add_(rows)
-    return y.div_(resnet.output_scale_factor) if resnet.output_scale_factor != 1 else y

@@ -39,16 +39,19 @@ def lean_resnet(resnet, x: Parts, temb: torch.Tensor | None, band_elements: int)
     if projected is not None:
         h.add_(projected)
     normalise = norm_act(group_stats(h, resnet.norm2, band_elements), act)
-    scale = resnet.output_scale_factor
 
     def shortcut(y: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        rows = x.rows(top, bottom)
-        residual = rows if resnet.conv_shortcut is None else resnet.conv_shortcut(rows)
-        y = residual.add_(y) if residual is not rows else y.add_(rows)  # input + hidden, as diffusers adds them
-        return y.div_(scale) if scale != 1 else y
+        return add_shortcut(resnet, y, x.rows(top, bottom))
 
     def pre(band: torch.Tensor) -> torch.Tensor:
         return resnet.dropout(normalise(band))
 
     return banded_conv(h, resnet.conv2, band_elements, pre=pre, post=shortcut,
                        in_place=resnet.conv2.in_channels == resnet.conv2.out_channels)
+
+
+def add_shortcut(resnet, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(shortcut(rows) + y) / output scale for a band of output rows ``y`` and the block's input rows."""
+    residual = rows if resnet.conv_shortcut is None else resnet.conv_shortcut(rows)
+    y = residual.add_(y) if residual is not rows else y.add_(rows)  # input + hidden, as diffusers adds them
+    return y.div_(resnet.output_scale_factor) if resnet.output_scale_factor != 1 else y
