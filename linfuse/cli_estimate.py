@@ -96,13 +96,16 @@ def describe(plan) -> str:
     data = plan.to_json()
     rows = [f"{plan.model} {plan.width}x{plan.height}, {plan.dtype} on {plan.device}, method {plan.method}, "
             f"memory mode {plan.memory_mode}:",
-            "| stage | size | denoiser mode | device | host | largest tensor |", "|---|---|---|---:|---:|---:|"]
+            "| stage | size | denoiser mode | device | host | weights moved to host | largest tensor |",
+            "|---|---|---|---:|---:|---:|---:|"]
     rows += [f"| {s['label']} | {s['width']}x{s['height']} | {s['mode'] or '—'} | {gib(s['device_bytes'])} | "
-             f"{gib(s['host_bytes'])} | {s['max_tensor_elements']:.3g} |" for s in data["stages"]]
+             f"{gib(s['host_bytes'])} | {gib(s['released_bytes']) if s['released_bytes'] else '—'} | "
+             f"{s['max_tensor_elements']:.3g} |" for s in data["stages"]]
     largest = data["largest_fitting"]
     verdict = "fits" if plan.fits else "does NOT fit"
     rows += [f"weights {gib(plan.weights_bytes)}; peak device {gib(plan.peak_device_bytes)} (weights + largest "
-             f"stage) of {gib(plan.memory_bytes)}; peak host {gib(plan.peak_host_bytes)}; largest tensor "
+             f"stage, net of the weights it moves to host) of {gib(plan.memory_bytes)}; peak host "
+             f"{gib(plan.peak_host_bytes)}; largest tensor "
              f"{plan.estimate.max_elements:.3g} elements (limit 2^31 = 2.15e9)",
              f"{verdict} (a job may use at most {SAFETY:.0%} of each memory); denoiser mode at the last stage: "
              f"{plan.mode}; largest "

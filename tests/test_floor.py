@@ -164,7 +164,9 @@ def test_the_floor_is_the_last_rung_and_a_mode_of_its_own():
     assert cuda[-1].floor and cuda[-1].park_skips and not any(rung.floor for rung in cuda[:-1] if rung)
     assert cuda[-1].park_dir is None and cpu[-1].park_dir == tempfile.gettempdir()
     assert rung_ladder("floor", "cuda") == [cuda[-1]]
-    assert cuda[-1].describe() == "floor, skips parked in host memory, up-sampling fused, resnets depth-first"
+    assert cuda[-1].offload and not any(rung.offload for rung in [*cuda[:-1], *cpu] if rung)  # CUDA only
+    assert cuda[-1].describe() == "floor, skips parked in host memory, up-sampling fused, resnets depth-first, " \
+        "text encoders and VAE off the device"
     assert cpu[-1].describe() == "floor, skips parked on disk, up-sampling fused, resnets depth-first"
 
 

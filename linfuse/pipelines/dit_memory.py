@@ -19,22 +19,24 @@ class DiTMemoryModel(MemoryModel):
     """Meta transformer and VAE of a DiT pipeline; ``family`` is "flux", "sd3" or "pixart"."""
 
     def __init__(self, *, transformer, vae, family: str, vae_factor: int, text_tokens: int | None = None,
-                 device_type: str = "cuda"):
+                 device_type: str = "cuda", offload_bytes: tuple[int, int] = (0, 0)):
         self.transformer, self.family = transformer, family
         self.text_tokens = text_tokens or (TEXT_LENGTH[family] + (77 if family == "sd3" else 0))
         super().__init__(unet=transformer, vae=vae, vae_factor=vae_factor, text_tokens=self.text_tokens,
-                         device_type=device_type)
+                         device_type=device_type, offload_bytes=offload_bytes)
 
     @classmethod
     def of(cls, pipe) -> "DiTMemoryModel":
         """The model of a loaded DiT pipeline: meta twins of its transformer and VAE, its text length."""
         from ..linearize.twin import meta_twin
         from .families import family, text_length
+        from .preflight import offloaded_bytes
 
         kind = family(pipe)
         tokens = (text_length(pipe) or 0) + (pipe.tokenizer.model_max_length if kind == "sd3" else 0)
         return cls(transformer=meta_twin(pipe.transformer), vae=meta_twin(pipe.vae), family=kind,
-                   vae_factor=pipe.vae_scale_factor, text_tokens=tokens, device_type=pipe.transformer.device.type)
+                   vae_factor=pipe.vae_scale_factor, text_tokens=tokens, device_type=pipe.transformer.device.type,
+                   offload_bytes=offloaded_bytes(pipe))
 
     def ladder(self, memory: str) -> list:
         return rung_ladder(memory, self.device_type, dit=True)

@@ -5,7 +5,8 @@ architectures shipped in ``configs/``: SD-1.5, SD-2.1, SDXL; or a local pipeline
 configs only are fetched), converts the UNet as ``method`` would, and runs the memory preflight
 (:mod:`.preflight`) on the stages generation would run: one text-to-image stage up to twice the native size, else
 the progressive stages (:mod:`.plan`). The device figure of the job is the weights (all components resident, as
-the pipelines keep them) plus the largest stage; it fits when that is at most ``SAFETY`` of ``memory``, the host
+the pipelines keep them, except while a stage whose rung offloads runs: then the text encoders and VAE wait in host
+memory, :mod:`.offload`) plus the largest stage; it fits when that is at most ``SAFETY`` of ``memory``, the host
 figure at most ``SAFETY`` of ``host_memory`` (default: this machine's available memory), and no tensor reaches
 2^31 elements.
 """
@@ -252,7 +253,8 @@ class JobPlan:
             "mode": self.mode,
             "stages": [{"label": s.label, "width": s.width, "height": s.height, "mode": s.mode or None,
                         "device_bytes": self.estimate.stage_need(s)[0], "host_bytes": self.estimate.stage_need(s)[1],
-                        "max_tensor_elements": s.max_elements} for s in self.estimate.stages],
+                        "released_bytes": s.released, "max_tensor_elements": s.max_elements}
+                       for s in self.estimate.stages],
             "largest_fitting": list(self.largest_fitting) if self.largest_fitting else None,
         }
 
@@ -287,6 +289,7 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
     else:
         memory_model = MemoryModel(unet=denoiser, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
                                    device_type=device)
+    memory_model.offload_bytes = (model_bytes(*encoders), model_bytes(vae)) if device == "cuda" else (0, 0)
     memory_model.report = progress
     weights = model_bytes(denoiser, vae, *encoders)
     native = configs.native_size or denoiser.config.sample_size * factor

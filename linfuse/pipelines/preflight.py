@@ -54,6 +54,10 @@ ALLOCATOR_OVERHEAD = {"cpu": 1.25, "cuda": 1.1}
 # project's CPU with the bundled student (RSS high-water mark per stage, tests of bench/highres.py): the estimate's
 # growth from stage to stage matches the measured one, with a constant 50–70 MiB above it.
 CPU_RUNTIME_BYTES = 64 * 2**20
+# A rung that offloads (:mod:`.offload`) encodes each stage's prompt with the text encoders back on the device:
+# their activations then are at most T5-XXL's at 512 tokens (64 heads' fp32 scores, 64 MiB per layer, one layer at
+# a time) and far less for CLIP's 77 tokens.
+TEXT_ENCODING_BYTES = 128 * 2**20
 CANVAS_BYTES_PER_PIXEL = 3 * 4  # RGB float32
 IMAGE_BYTES_PER_PIXEL = 4  # an RGB PIL image: Pillow stores a pixel in 4 bytes
 INDEX_LIMIT = 2**31
@@ -70,18 +74,21 @@ def rung_ladder(memory: str, device_type: str, *, dit: bool = False) -> list:
     """The denoiser settings (rungs) ``memory`` may run, cheapest first (None = the plain forward). A UNet: plain,
     lean, lean with parked skips (CUDA), lean with fused up-sampling (recomputes the up-samplers), then the floor
     (the last resort: depth-first resnets that recompute conv1; on CUDA skips and transformer residuals read back
-    from host memory band by band); a DiT (:mod:`.lean.dit`): plain, lean."""
+    from host memory band by band, and the text encoders and VAE in host memory while the UNet runs,
+    :mod:`.offload`); a DiT (:mod:`.lean.dit`): plain, lean, and on CUDA lean with the text encoders and VAE
+    offloaded (its floor)."""
     check_memory_mode(memory)
     if memory == "plain":
         return [None]
-    if dit:
-        return [*([None] if memory == "auto" else []), DiTLeanSettings()]
     cuda = device_type == "cuda"
+    if dit:
+        return {"auto": [None, DiTLeanSettings(), *([DiTLeanSettings(offload=True)] if cuda else [])],
+                "lean": [DiTLeanSettings()], "floor": [DiTLeanSettings(offload=cuda)]}[memory]
     frugal = LeanSettings(park_skips=cuda)
     if memory == "lean":
         return [frugal]
     fused = LeanSettings(park_skips=cuda, fuse_upsampling=True)
-    floor = LeanSettings(park_skips=True, fuse_upsampling=True, floor=True,
+    floor = LeanSettings(park_skips=True, fuse_upsampling=True, floor=True, offload=cuda,
                          park_dir=None if cuda else tempfile.gettempdir())  # the CPU parks on disk
     if memory == "floor":
         return [floor]
@@ -106,6 +113,7 @@ class StageMemory:
     max_elements: int = 0
     lean: LeanSettings | None = None  # the UNet's settings at a denoising stage
     denoising: bool = False
+    released: int = 0  # weights that leave the device for the stage (its rung offloads the text encoders and VAE)
 
     @property
     def mode(self) -> str:
@@ -116,8 +124,9 @@ class StageMemory:
 class MemoryEstimate:
     """Every stage's need against the free memory. ``resident``: bytes already counted against the device's free
     memory by the caller's account but not yet allocated (the planner's weights; 0 for a loaded pipeline, whose
-    weights are no longer free). A stage fits when ``resident`` plus its device need is at most ``SAFETY`` of the
-    free device memory (and its host need at most ``SAFETY`` of the free host memory), every tensor under 2^31."""
+    weights are no longer free); a stage's ``released`` weights leave the device while it runs. A stage fits when
+    ``resident`` plus its device need (less what it released) is at most ``SAFETY`` of the free device memory (and
+    its host need at most ``SAFETY`` of the free host memory), every tensor under 2^31."""
 
     device: str
     stages: list[StageMemory] = field(default_factory=list)
@@ -130,10 +139,12 @@ class MemoryEstimate:
         return self.device == "cpu"
 
     def stage_need(self, stage: StageMemory) -> tuple[int, int]:
-        """(device, host) bytes; on the CPU both in the device figure."""
+        """(device, host) bytes, the device's net of the weights the stage released; on the CPU both in the device
+        figure."""
+        device = stage.device_bytes - stage.released
         if self.shared:
-            return stage.device_bytes + stage.host_bytes, 0
-        return stage.device_bytes, stage.host_bytes
+            return device + stage.host_bytes, 0
+        return device, stage.host_bytes
 
     @property
     def peak_device(self) -> int:
@@ -171,7 +182,9 @@ class MemoryEstimate:
     def describe(self) -> str:
         where = "memory" if self.shared else f"{self.device} memory"
         lines = [f"{s.label} {s.width}x{s.height}{f' ({s.mode})' if s.mode else ''}: "
-                 f"{memory_text(sum(self.stage_need(s)))}" for s in self.stages]
+                 f"{memory_text(sum(self.stage_need(s)))}"
+                 f"{f' with {memory_text(s.released)} of weights in host memory' if s.released else ''}"
+                 for s in self.stages]
         free = f"{memory_text(self.free_device)} free" if self.free_device is not None else "free memory unknown"
         large = f"; a tensor of {self.max_elements:.3g} elements reaches 2^31" if self.max_elements >= INDEX_LIMIT \
             else ""
@@ -233,14 +246,17 @@ class MemoryModel:
 
     ``MemoryModel(pipe)`` twins a loaded pipeline; ``MemoryModel(unet=…, vae=…, …)`` takes models already on the meta
     device (the planner builds them from configs, with no weights). Traces are cached per size and setting, and run
-    one at a time (a trace installs the lean forward on the shared twin)."""
+    one at a time (a trace installs the lean forward on the shared twin). ``offload_bytes``: (text encoders, VAE)
+    bytes on the device that a rung with ``offload`` moves to host memory (:func:`offloaded_bytes`)."""
 
     def __init__(self, pipe=None, *, unet=None, vae=None, vae_factor: int | None = None, text_tokens: int = 77,
-                 device_type: str | None = None):
+                 device_type: str | None = None, offload_bytes: tuple[int, int] = (0, 0)):
         if pipe is not None:
             unet, vae, vae_factor = meta_twin(pipe.unet), meta_twin(pipe.vae), pipe.vae_scale_factor
             text_tokens = getattr(pipe.tokenizer, "model_max_length", 77) if pipe.tokenizer is not None else 77
             device_type = pipe.unet.device.type
+            offload_bytes = offloaded_bytes(pipe)
+        self.offload_bytes = offload_bytes
         self.device_type = device_type or "cpu"
         self.overhead = ALLOCATOR_OVERHEAD.get(self.device_type, 1.25)
         self.unet, self.vae, self.vae_factor, self.text_tokens = unet, vae, vae_factor, text_tokens
@@ -337,7 +353,12 @@ def denoising_stage(model: MemoryModel, stage: Stage, unet_batch: int, ladder, e
 
     def memory_of(figures, lean) -> StageMemory:
         device, host, elements = figures
-        return StageMemory(label, stage.width, stage.height, device + runtime, host, elements, lean, denoising=True)
+        released = 0
+        if getattr(lean, "offload", False):  # the prompt is encoded with the text encoders back, the VAE still out
+            text, vae = model.offload_bytes
+            released, device = text + vae, max(device, text + TEXT_ENCODING_BYTES)
+        return StageMemory(label, stage.width, stage.height, device + runtime, host, elements, lean, denoising=True,
+                           released=released)
 
     for index, lean in enumerate(ladder):
         if estimate is not None and index < len(ladder) - 1 and any(
@@ -437,7 +458,22 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
     return estimate
 
 
+def offloaded_bytes(pipe) -> tuple[int, int]:
+    """(text encoders, VAE) bytes that :func:`~.offload.enable_component_offload` would move off a CUDA device
+    (nothing on the CPU, whose device memory is the host's)."""
+    from .offload import offloadable
+
+    if resolve_denoiser(pipe).device.type != "cuda":
+        return 0, 0
+    found = offloadable(pipe)
+    text = sum(_bytes_of(m) for name, m in found.items() if name != "vae")
+    return text, _bytes_of(found["vae"]) if "vae" in found else 0
+
+
+def _bytes_of(module) -> int:
+    return sum(t.nelement() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
 def weights_bytes(pipe) -> int:
     """Bytes of the pipeline's models (parameters and buffers), as :func:`~.planner.model_bytes` counts them."""
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    return sum(t.nelement() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+    return sum(_bytes_of(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))

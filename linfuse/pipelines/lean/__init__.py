@@ -52,12 +52,14 @@ class LeanSettings:
     CPU's floor, whose host memory is its device memory); ``band_elements`` / ``chunk_elements``: the most
     elements of one band
     (convolutions, GroupNorm) or token chunk (transformer blocks) tensor; None picks 1/8 of the finest activation
-    within [2^20, 2^26] (the floor: 1/16 within [2^20, 2^25])."""
+    within [2^20, 2^26] (the floor: 1/16 within [2^20, 2^25]); ``offload``: the pipeline's text encoders and VAE
+    wait in host memory while the UNet runs (:mod:`..offload`; the floor's on CUDA)."""
 
     park_skips: bool = False
     fuse_upsampling: bool = False
     floor: bool = False
     park_dir: str | None = None
+    offload: bool = False
     band_elements: int | None = None
     chunk_elements: int | None = None
 
@@ -80,7 +82,8 @@ class LeanSettings:
         where = "on disk" if self.park_dir else "in host memory"
         parts = ["floor" if self.floor else "lean"] + ([f"skips parked {where}"] if self.park_skips else []) + \
             (["up-sampling fused"] if self.fuse_upsampling else []) + \
-            (["resnets depth-first"] if self.floor else [])
+            (["resnets depth-first"] if self.floor else []) + (["text encoders and VAE off the device"] if self.offload
+                                                               else [])
         return ", ".join(parts)
 
 
@@ -117,16 +120,23 @@ def lean_mode(unet, settings: LeanSettings | None):
     return installed_mode(unet, settings, enable_lean, disable_lean, lean_settings_of)
 
 
+@contextmanager
 def denoiser_lean_mode(pipe, settings):
     """A pipeline's denoiser in its lean mode for the block: :func:`lean_mode` on a UNet, the DiT lean mode
-    (:func:`.dit.dit_lean_mode`) on a transformer; ``settings`` None: the plain forwards."""
+    (:func:`.dit.dit_lean_mode`) on a transformer; ``settings`` None: the plain forwards. Settings with
+    ``offload`` also keep the text encoders and VAE in host memory while the denoiser runs
+    (:func:`..offload.component_offload`)."""
     from ..families import is_dit
+    from ..offload import component_offload
 
     if is_dit(pipe):
         from .dit import dit_lean_mode
 
-        return dit_lean_mode(pipe.transformer, settings)
-    return lean_mode(pipe.unet, settings)
+        mode = dit_lean_mode(pipe.transformer, settings)
+    else:
+        mode = lean_mode(pipe.unet, settings)
+    with component_offload(pipe, enabled=getattr(settings, "offload", False)), mode:
+        yield pipe
 
 
 @contextmanager

@@ -31,7 +31,11 @@ BATCHED_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "pooled_projectio
 
 @dataclass(frozen=True)
 class DiTLeanSettings:
+    """``chunk_elements``: the most elements of one chunk's widest tensor; ``offload``: the pipeline's text encoders
+    and VAE wait in host memory while the transformer runs (:mod:`..offload`; the DiT ladder's last rung on CUDA)."""
+
     chunk_elements: int = 2**26
+    offload: bool = False
 
     def __post_init__(self):
         if isinstance(self.chunk_elements, bool) or not isinstance(self.chunk_elements, int) or \
@@ -39,7 +43,8 @@ class DiTLeanSettings:
             raise InvalidArgumentError(f"chunk_elements must be a positive integer; got {self.chunk_elements!r}")
 
     def describe(self) -> str:
-        return "lean (one sample at a time, chunked MLPs)"
+        return "lean (one sample at a time, chunked MLPs" + (", text encoders and VAE off the device)" if self.offload
+                                                              else ")")
 
     def rows(self, width: int) -> int:
         """Tokens per chunk when the widest tensor of a chunk is ``width`` wide."""

@@ -1,0 +1,88 @@
+"""Component offload (linfuse.pipelines.offload): the text encoders and VAE in host memory while the denoiser runs,
+counted by the planner on the rungs that take it (the floor on CUDA), and removed without a trace."""
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_sdxl_pipeline
+
+from linfuse.pipelines import GenerationParams, generate
+from linfuse.pipelines.lean import LeanSettings, denoiser_lean_mode
+from linfuse.pipelines.offload import component_offload, offload_enabled, offloadable
+from linfuse.pipelines.planner import DTYPES, estimate_job, load_configs, meta_models, model_bytes
+from linfuse.pipelines.preflight import SAFETY, TEXT_ENCODING_BYTES, offloaded_bytes, rung_ladder
+
+GIB = 2**30
+PARTS = ("text_encoder", "text_encoder_2", "vae")
+
+
+def test_sdxl_16k_fits_a_10_gib_card_once_the_floor_moves_its_text_encoders_and_vae_to_host():
+    """Before the offload the floor needed 10.32 GiB for SDXL at 16K (6.67 GiB of it weights) and 12416² was the
+    largest square that fit 10 GiB."""
+    plan = estimate_job("sdxl", 16384, 16384, memory=10 * GIB, host_memory=64 * GIB, find_largest=False)
+    unet, vae, encoders = meta_models(load_configs("sdxl"), DTYPES["fp16"], "linfusion")
+    moved = model_bytes(vae, *encoders)
+    assert plan.fits and plan.peak_device_bytes <= 10 * GIB and plan.weights_bytes == moved + model_bytes(unet)
+    last = plan.estimate.stages[-2]  # the 16K denoising stage; then the decode
+    assert last.lean.floor and last.lean.offload and last.released == moved
+    estimate = plan.estimate
+    assert estimate.resident + estimate.stage_need(last)[0] == plan.weights_bytes - moved + last.device_bytes
+    assert estimate.resident + last.device_bytes > SAFETY * 10 * GIB  # with every weight on the card: no fit
+    # the prompt is encoded with the text encoders back on the card: counted in the stage's figure
+    assert last.device_bytes >= model_bytes(*encoders) + TEXT_ENCODING_BYTES
+    assert plan.to_json()["stages"][-2]["released_bytes"] == moved
+
+
+def test_nothing_is_offloaded_on_the_cpu_whose_device_memory_is_the_host():
+    assert not any(rung and rung.offload for rung in rung_ladder("auto", "cpu") + rung_ladder("floor", "cpu"))
+    assert not any(rung and rung.offload for rung in rung_ladder("auto", "cpu", dit=True))
+    assert rung_ladder("auto", "cuda", dit=True)[-1].offload and rung_ladder("floor", "cuda", dit=True)[0].offload
+    plan = estimate_job("student", 16384, 16384, memory=10 * GIB, host_memory=64 * GIB, dtype="fp32", device="cpu",
+                        find_largest=False)
+    assert plan.fits and not any(stage.released for stage in plan.estimate.stages)
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return tiny_sdxl_pipeline()
+
+
+def _image(pipe):
+    params = GenerationParams("a red apple", width=64, height=64, steps=2, guidance=5.0, seed=3)
+    return torch.from_numpy(np.array(generate(pipe, params, progress=False)))
+
+
+def _snapshot(pipe) -> dict:
+    return {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()} for name in (*PARTS, "unet")}
+
+
+def test_offloaded_components_give_the_same_image_and_leave_no_trace(sdxl):
+    """On this CPU machine the execution device is the host, so the hooks run and move nothing; the GPU check
+    measures the bytes they move on CUDA."""
+    before, reference = _snapshot(sdxl), _image(sdxl)
+    assert set(offloadable(sdxl)) == set(PARTS) and offloaded_bytes(sdxl) == (0, 0)  # CPU: nothing to gain
+    with component_offload(sdxl, device=torch.device("cpu")):
+        assert offload_enabled(sdxl) and all(hasattr(getattr(sdxl, name), "_hf_hook") for name in PARTS)
+        assert not offloadable(sdxl)  # components under a hook are not taken twice
+        assert len(sdxl.unet._forward_pre_hooks) == 1
+        image = _image(sdxl)
+    assert torch.equal(image, reference) and not offload_enabled(sdxl)
+    for name in PARTS:
+        module = getattr(sdxl, name)
+        assert not {"_hf_hook", "_old_forward", "forward"} & set(module.__dict__)
+    assert not sdxl.unet._forward_pre_hooks
+    after = _snapshot(sdxl)
+    assert all(torch.equal(after[name][k], v) for name in before for k, v in before[name].items())
+
+
+def test_the_rung_installs_it_for_its_block_and_the_cpu_default_moves_nothing(sdxl):
+    seen = []
+    handle = sdxl.unet.register_forward_pre_hook(lambda *_: seen.append(offload_enabled(sdxl)))
+    try:
+        with denoiser_lean_mode(sdxl, LeanSettings(offload=True)):
+            _image(sdxl)  # on the CPU the default device is the host: enabling is a no-op
+        with component_offload(sdxl, device=torch.device("cpu")), denoiser_lean_mode(sdxl, LeanSettings()):
+            _image(sdxl)
+    finally:
+        handle.remove()
+    assert seen and seen[0] is False and seen[-1] is True and not offload_enabled(sdxl)
