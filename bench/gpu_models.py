@@ -184,6 +184,8 @@ def lean_16k(check, budget: gpu_budget.Budget) -> dict:
             _, warm_s = gpu_budget.timed(lambda: unet(**small).sample)
     if budget.allows(f"floor against lean at latent {warm}²", 4 * warm_s):
         result["floor"] = floor_against_lean(check, unet, twin, small, settings)
+    if budget.allows("the floor's component offload", BUILD_S["lean_16k"][check.device] + 2 * warm_s):
+        result["offload"] = component_offload_figures(check, unet, small, dtype)
     small = None  # freed before the big call
     predicted = (1 if check.dry_run else LEAN_PARKING_FACTOR) * warm_s * (latent / warm) ** 2
     result |= {"warm_latent": warm, "warm_seconds": warm_s, "predicted_seconds": predicted}
@@ -301,3 +303,54 @@ def _flux_inputs(transformer, side: int, text: int, device: str, dtype) -> dict:
     if config.guidance_embeds:
         inputs["guidance"] = torch.tensor([3.5], device=device)
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def component_offload_figures(check, unet, inputs: dict, dtype) -> dict:
+    """The floor's component offload (linfuse.pipelines.offload) around this UNet with SD-1.5's text encoder and VAE
+    (random weights; narrow ones in a dry run): the device's allocated bytes with every component there, once the
+    text encoder has run, while the UNet runs, after a VAE decode, and once removed, against what the planner counts
+    as released (``offloaded_bytes``). On the CPU (a dry run) the hooks run and nothing moves (no byte figures)."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from linfuse.pipelines.offload import component_offload
+    from linfuse.pipelines.planner import _text_encoder, load_configs
+    from linfuse.pipelines.preflight import offloaded_bytes
+
+    configs = load_configs("sd15")
+    text, vae = dict(configs.text_encoders[0]), dict(configs.vae)
+    if check.dry_run:
+        text |= {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+        vae |= {"block_out_channels": [32, 32, 32, 32]}
+    parts = SimpleNamespace(unet=unet, text_encoder=_text_encoder(text).to(check.device, dtype),
+                            vae=AutoencoderKL.from_config(vae).to(check.device, dtype).eval())
+    cuda = check.device == "cuda"
+    planned = offloaded_bytes(parts)
+    gpu_budget.release(check.device)
+
+    def allocated():
+        return torch.cuda.memory_allocated() if cuda else None
+
+    seen = {"all_on_device": allocated()}
+    ids = torch.zeros(1, 77, dtype=torch.long, device=check.device)
+    latents = torch.zeros(1, 4, 8, 8, device=check.device, dtype=dtype)
+    started = time.perf_counter()
+    with torch.no_grad(), component_offload(parts, device=torch.device(check.device)):
+        seen["enabled"] = allocated()
+        parts.text_encoder(ids)
+        seen["text_encoder_ran"] = allocated()
+        handle = unet.register_forward_pre_hook(lambda *_: seen.__setitem__("unet_runs", allocated()))
+        try:
+            unet(**{k: v[:1] if k != "timestep" else v for k, v in inputs.items()})
+        finally:
+            handle.remove()
+        parts.vae.decode(latents)
+        seen["vae_decoded"] = allocated()
+    seen["removed"] = allocated()
+    figures = {"planned_released_bytes": sum(planned), "allocated": seen, "seconds": time.perf_counter() - started}
+    if cuda:
+        figures["freed_while_unet_runs"] = seen["all_on_device"] - seen["unet_runs"]
+        figures["freed_over_planned"] = figures["freed_while_unet_runs"] / max(sum(planned), 1)
+        figures["restored"] = seen["removed"] == seen["all_on_device"]
+    return figures

@@ -150,6 +150,13 @@ def _lean(lean: dict) -> list[str]:
                   f"measured peak {peaks} GiB (floor's estimate {_gib(floor['estimate']['device_bytes'])} GiB); "
                   f"outputs within {floor['max_abs_difference']:.2e} ({floor['relative_difference']:.1e} of the "
                   "largest value)"]
+    offload = lean.get("offload")
+    if offload:
+        freed = offload.get("freed_while_unet_runs")
+        lines += ["", f"The floor's component offload (SD-1.5 text encoder and VAE to host while the UNet runs): "
+                  f"planned to free {_gib(offload['planned_released_bytes'])} GiB, freed {_gib(freed)} GiB "
+                  f"(freed / planned {_num(offload.get('freed_over_planned'))}); every component back after "
+                  f"removal: {offload.get('restored', '-')}; {offload['seconds']:.2f} s with the moves"]
     return lines + [""]
 
 

@@ -94,6 +94,9 @@ def test_dry_run_runs_every_section_through_the_triton_kernels(tmp_path):
     floor = lean["floor"]
     assert floor["mode"].startswith("floor, skips parked on disk") and floor["relative_difference"] < 5e-3
     assert "Floor (floor, skips parked on disk" in (tmp_path / "results.md").read_text()
+    offload = lean["offload"]  # on CUDA it reports the bytes freed; here the hooks run around a real call
+    assert offload["planned_released_bytes"] == 0 and set(offload["allocated"]) >= {"unet_runs", "removed"}
+    assert "component offload" in (tmp_path / "results.md").read_text()
     flux = sections["flux_clear"]
     assert {(r["method"], r["image_px"]) for r in flux["rows"]} >= {("sdpa", 128), ("clear", 128)}
     report = (tmp_path / "results.md").read_text()
