@@ -86,3 +86,16 @@ def test_the_rung_installs_it_for_its_block_and_the_cpu_default_moves_nothing(sd
     finally:
         handle.remove()
     assert seen and seen[0] is False and seen[-1] is True and not offload_enabled(sdxl)
+
+
+def test_a_flux_pipeline_offloads_its_clip_t5_and_vae_with_the_same_image():
+    from tiny_dit_pipelines import build_pipeline
+
+    flux = build_pipeline("flux")
+    params = GenerationParams("a red apple", width=64, height=64, steps=2, guidance=1.0, seed=3)
+    reference = np.array(generate(flux, params, progress=False))
+    with component_offload(flux, device=torch.device("cpu")):
+        assert all(hasattr(getattr(flux, name), "_hf_hook") for name in PARTS)  # CLIP, T5 and the VAE
+        image = np.array(generate(flux, params, progress=False))
+    assert np.array_equal(image, reference) and not flux.transformer._forward_pre_hooks
+    assert not any(hasattr(getattr(flux, name), "_hf_hook") for name in PARTS)
