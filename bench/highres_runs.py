@@ -85,18 +85,21 @@ def plan(size: int) -> dict:
 
 
 def projected_seconds(rows: list[dict], size: int, steps: int) -> float:
-    """A job's time from measured stages (see the module docstring)."""
+    """A job of ``steps`` steps, timed from measured stages (see the module docstring): each stage's time scales
+    with its denoising steps from the run's own step count to ``steps``."""
     from linfuse.pipelines.plan import denoising_steps, plan_stages
 
     largest = max(rows, key=lambda row: row["size"])
-    stages = plan_stages(size, size, 64)
+    ran = largest.get("steps", steps)
     measured = largest["stage_seconds"]
-    last = plan_stages(largest["size"], largest["size"], 64)[-1]
-    per_pixel_step = measured[-1] / (last.width * last.height * denoising_steps(steps, last.strength))
+    ran_stages = plan_stages(largest["size"], largest["size"], 64)
+    last = ran_stages[-1]
+    per_pixel_step = measured[-1] / (last.width * last.height * denoising_steps(ran, last.strength))
     total = 0.0
-    for index, stage in enumerate(stages):
-        if index < len(measured):
-            total += measured[index]
+    for index, stage in enumerate(plan_stages(size, size, 64)):
+        if index < len(measured):  # the same latent size; its strength may differ in a longer job
+            total += measured[index] * denoising_steps(steps, stage.strength) / \
+                max(1, denoising_steps(ran, ran_stages[index].strength))
         else:
             total += per_pixel_step * stage.width * stage.height * denoising_steps(steps, stage.strength)
     rest = largest["seconds"] - sum(measured)  # loading, planning, decode and PNG: scaled with the pixels
@@ -115,12 +118,12 @@ def save(path: Path, rows: dict) -> None:
 
 def print_table(rows: dict) -> None:
     gib = 2**30
-    print("| size | seconds | peak RSS GiB | planned GiB | measured / planned | rungs (auto) | plan s |")
-    print("|---:|---:|---:|---:|---:|---|---:|")
+    print("| size | steps | seconds | peak RSS GiB | planned GiB | measured / planned | rungs (auto) | plan s |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|")
     for key in sorted(rows, key=int):
         row = rows[key]
         ratio = row["peak_rss_bytes"] / row["planned_peak_bytes"]
-        print(f"| {row['size']}² | {row['seconds']:.0f} | {row['peak_rss_bytes'] / gib:.2f} | "
+        print(f"| {row['size']}² | {row['steps']} | {row['seconds']:.0f} | {row['peak_rss_bytes'] / gib:.2f} | "
               f"{row['planned_peak_bytes'] / gib:.2f} | {ratio:.2f} | {' / '.join(row['rungs'])} | "
               f"{row['plan_seconds']:.1f} |", flush=True)
 
@@ -157,7 +160,7 @@ def main() -> None:
         measured = [r for r in rows.values() if r.get("stage_seconds")]
         if measured:
             hours = projected_seconds(measured, 16384, args.steps) / 3600
-            print(f"projected time from the measured stages: {hours:.1f} h")
+            print(f"projected time of {args.steps} steps from the measured stages: {hours:.1f} h")
 
 
 if __name__ == "__main__":

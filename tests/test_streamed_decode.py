@@ -2,6 +2,7 @@
 written while it decodes (the tiny SD pipeline of tests/tiny_models.py)."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,27 @@ def test_the_decode_stage_counts_one_strip_and_the_image_only_when_it_is_returne
     assert decode_bytes(width, height, 8, tile) == strip + 4 * width * height
     assert decode_bytes(width, height, 8, tile, batch=2, to_file=True) == 2 * strip
     assert decode_bytes(256, 128, 8, tile, to_file=True) == 256 * 128 * (CANVAS_BYTES_PER_PIXEL + 3)  # one tile
+
+
+def test_the_16k_projection_scales_each_measured_stage_by_its_denoising_steps():
+    """bench/highres_runs.py projects a job from the largest run's stages: at that run's own size and steps it gives
+    the run's time back; at other steps each stage scales by int(steps × strength)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("highres_runs", Path(__file__).parent.parent / "bench" /
+                                                  "highres_runs.py")
+    runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runs)
+    # 1024²: base 64², then refinements at s = 0.4, 0.3, 0.2, 0.1: five stages
+    row = {"size": 1024, "steps": 10, "seconds": 100.0, "stage_seconds": [1.0, 4.0, 6.0, 9.0, 20.0]}
+    assert runs.projected_seconds([row], 1024, 10) == pytest.approx(100.0)
+    from linfuse.pipelines.plan import denoising_steps, plan_stages
+
+    stages = plan_stages(1024, 1024, 64)
+    assert len(stages) == len(row["stage_seconds"])
+    ratio = [denoising_steps(20, s.strength) / denoising_steps(10, s.strength) for s in stages]
+    expected = sum(t * r for t, r in zip(row["stage_seconds"], ratio, strict=True)) + 60.0
+    assert runs.projected_seconds([row], 1024, 20) == pytest.approx(expected)
+    # 2048²: the five measured stages at the same latents (each still one step per 10 at its strength here: 40 s),
+    # the 2048² stage at 4× the last one's per-pixel time (80 s), loading and decode at 4× (240 s)
+    assert runs.projected_seconds([row], 2048, 10) == pytest.approx(360.0)
