@@ -31,6 +31,8 @@ def test_sdxl_16k_fits_a_10_gib_card_once_the_floor_moves_its_text_encoders_and_
     # the prompt is encoded with the text encoders back on the card: counted in the stage's figure
     assert last.device_bytes >= model_bytes(*encoders) + TEXT_ENCODING_BYTES
     assert plan.to_json()["stages"][-2]["released_bytes"] == moved
+    # the whole job runs offloaded (highres.job_offload): the VAE decodes with the text encoders still on the host
+    assert plan.estimate.stages[-1].released == model_bytes(*encoders)
 
 
 def test_nothing_is_offloaded_on_the_cpu_whose_device_memory_is_the_host():
@@ -99,3 +101,18 @@ def test_a_flux_pipeline_offloads_its_clip_t5_and_vae_with_the_same_image():
         image = np.array(generate(flux, params, progress=False))
     assert np.array_equal(image, reference) and not flux.transformer._forward_pre_hooks
     assert not any(hasattr(getattr(flux, name), "_hf_hook") for name in PARTS)
+
+
+def test_a_progressive_job_with_pixel_upscaling_runs_its_tiled_vae_on_the_offload_hooks_device(sdxl):
+    """The tiled VAE sends each tile to the device an offloaded VAE computes on (its hook's), not to where its
+    weights wait; here both are the CPU, and the image must not change."""
+    from linfuse.pipelines.highres import HighResOptions, generate_highres
+    from linfuse.pipelines.offload import execution_device
+
+    params = GenerationParams("a red apple", width=128, height=128, steps=4, guidance=5.0, seed=1)
+    options = HighResOptions(upscale="pixel", vae_tile=8, vae_overlap=2, memory="plain")
+    reference = np.array(generate_highres(sdxl, params, options, progress=False))
+    with component_offload(sdxl, device=torch.device("cpu")):
+        assert execution_device(sdxl.vae) == sdxl.vae._hf_hook.execution_device
+        image = np.array(generate_highres(sdxl, params, options, progress=False))
+    assert np.array_equal(image, reference) and not offload_enabled(sdxl)

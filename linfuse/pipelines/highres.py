@@ -32,6 +32,7 @@ from ..linearize.layers import resolve_denoiser
 from ..linearize.registry import processor_classes
 from .families import call_arguments, default_method, family, is_dit, size_multiple, text_length, unpack_latents
 from .lean import denoiser_lean_mode
+from .offload import component_offload
 from .parameters import GenerationParams
 from .plan import Stage, check_refinement_steps, plan_stages
 from .png_stream import write_png_bands
@@ -247,8 +248,10 @@ def generate_highres(pipe, params: GenerationParams, options: HighResOptions | N
                      progress: bool = True) -> Image.Image:
     """One image of params.width × params.height by progressive refinement (see the module docstring)."""
     options = options or HighResOptions()
-    latents = highres_latents(pipe, params, options, progress=progress)
-    return decode_images(pipe, latents, options)[0]
+    stages = checked_stages(pipe, params, options)
+    with job_offload(pipe, stages):
+        latents = highres_latents(pipe, params, options, stages=stages, progress=progress)
+        return decode_images(pipe, latents, options)[0]
 
 
 def write_highres_png(pipe, params: GenerationParams, options: HighResOptions, path, *, progress: bool = True,
@@ -256,8 +259,16 @@ def write_highres_png(pipe, params: GenerationParams, options: HighResOptions, p
     """:func:`generate_highres` written to the PNG ``path`` while it is decoded (:mod:`.png_stream`): neither a
     float canvas nor the 8-bit image exists whole. ``text``: the PNG's text chunks. Returns the path."""
     stages = checked_stages(pipe, params, options, to_file=True)
-    latents = highres_latents(pipe, params, options, stages=stages, progress=progress)
-    return decode_to_png(pipe, latents[:1], options, path, text)
+    with job_offload(pipe, stages):
+        latents = highres_latents(pipe, params, options, stages=stages, progress=progress)
+        return decode_to_png(pipe, latents[:1], options, path, text)
+
+
+def job_offload(pipe, stages: list[Stage]):
+    """The whole job (its stages, the VAE between them, the final decode) with the text encoders and VAE in host
+    memory when a stage's rung offloads them (:func:`.offload.component_offload`): the VAE then joins only to encode
+    or decode, the text encoders only to encode a prompt, as the preflight counts it."""
+    return component_offload(pipe, enabled=any(getattr(stage.lean, "offload", False) for stage in stages))
 
 
 def decode_to_png(pipe, latents: torch.Tensor, options: HighResOptions, path, text: dict[str, str] | None = None):

@@ -27,7 +27,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InvalidArgumentError
-from .highres import HighResOptions, checked_stages, decode, decode_images, highres_latents
+from .highres import HighResOptions, checked_stages, decode, decode_images, highres_latents, job_offload
 from .parameters import GenerationParams
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -70,18 +70,22 @@ class LinfuseHighResPipeline(DiffusionPipeline):
         generators = self.per_image_generators(generator, len(prompts) * num_images_per_prompt)
         side = self.unet.config.sample_size * self.vae_scale_factor
         settings = HighResOptions(**options)
-        pipe, results, stages = self.text_to_image(), [], None
-        for index in range(len(prompts) * num_images_per_prompt):
+        pipe, results = self.text_to_image(), []
+
+        def job(index: int) -> GenerationParams:
             which = index // num_images_per_prompt
-            params = GenerationParams(prompt=prompts[which], negative_prompt=negatives[which], width=width or side,
-                                      height=height or side, steps=num_inference_steps, guidance=guidance_scale)
-            stages = stages or checked_stages(pipe, params, settings)  # one size for all: checked once, first
-            latents = highres_latents(pipe, params, settings, stages=stages, generator=generators[index],
-                                      callback_on_step_end=callback_on_step_end,
-                                      callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or
-                                      ["latents"], progress=progress)
-            results.append(latents if output_type == "latent" else decode_images(pipe, latents, settings)
-                           if output_type == "pil" else decode(pipe, latents, settings))
+            return GenerationParams(prompt=prompts[which], negative_prompt=negatives[which], width=width or side,
+                                    height=height or side, steps=num_inference_steps, guidance=guidance_scale)
+
+        stages = checked_stages(pipe, job(0), settings)  # one size for all: checked once, first
+        with job_offload(pipe, stages):
+            for index in range(len(prompts) * num_images_per_prompt):
+                latents = highres_latents(pipe, job(index), settings, stages=stages, generator=generators[index],
+                                          callback_on_step_end=callback_on_step_end,
+                                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or
+                                          ["latents"], progress=progress)
+                results.append(latents if output_type == "latent" else decode_images(pipe, latents, settings)
+                               if output_type == "pil" else decode(pipe, latents, settings))
         images = self.postprocess(results, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

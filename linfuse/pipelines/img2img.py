@@ -19,6 +19,7 @@ from .highres import (
     check_softmax,
     decode_images,
     image_to_image,
+    job_offload,
     preflight_job,
     stage_mode,
 )
@@ -84,9 +85,10 @@ def img2img(pipe, image: Image.Image, params: GenerationParams, strength: float 
     refine = image_to_image(pipe, desc="img2img")
     generator = torch.Generator("cpu").manual_seed(params.seed)
     stage = Stage(params.width, params.height, strength, lean=estimate.stages[0].lean)
-    with stage_mode(pipe, stage, options, native_size(pipe)):
-        latents = refine(prompt=params.prompt, image=latents, strength=strength, num_inference_steps=params.steps,
-                         generator=generator, output_type="latent", width=params.width, height=params.height,
-                         **call_arguments(pipe, params.guidance, params.negative_prompt)).images
-    latents = unpack_latents(pipe, latents, params.width, params.height)
-    return decode_images(pipe, latents, options)[0]  # streamed bands: no float canvas
+    with job_offload(pipe, [stage]):
+        with stage_mode(pipe, stage, options, native_size(pipe)):
+            latents = refine(prompt=params.prompt, image=latents, strength=strength, num_inference_steps=params.steps,
+                             generator=generator, output_type="latent", width=params.width, height=params.height,
+                             **call_arguments(pipe, params.guidance, params.negative_prompt)).images
+        latents = unpack_latents(pipe, latents, params.width, params.height)
+        return decode_images(pipe, latents, options)[0]  # streamed bands: no float canvas

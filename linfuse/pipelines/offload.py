@@ -84,6 +84,13 @@ def disable_component_offload(pipe) -> None:
         module.to(device)
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: its offload hook's device while it waits in host memory, else its weights'."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    return torch.device(device) if device is not None else _device_of(module)
+
+
 def offload_enabled(pipe) -> bool:
     return _STATE in resolve_denoiser(pipe).__dict__
 

@@ -421,6 +421,9 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
     decode = model.vae_tile_memory(tile, batch, "decode")
     out.append(StageMemory("decode (VAE)", final.width, final.height, decode[0] + runtime,
                            decode_bytes(final.width, final.height, model.vae_factor, tile, batch, to_file), decode[1]))
+    if any(getattr(s.lean, "offload", False) for s in out):  # the job runs offloaded (highres.job_offload): the
+        for stage in out:  # VAE joins to encode and decode with the text encoders still in host memory
+            stage.released = stage.released if stage.denoising else model.offload_bytes[0]
     return out
 
 

@@ -22,6 +22,7 @@ import math
 import torch
 
 from ..errors import InvalidArgumentError
+from .offload import execution_device
 
 DEFAULT_TILE = 64  # latent pixels (512 image pixels for SD VAEs)
 DEFAULT_OVERLAP = 16
@@ -108,13 +109,19 @@ def tiled_decode(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overla
     batch, _, height, width = latents.shape
 
     def decode(y0, x0, sy, sx):
-        z = latents[:, :, y0:y0 + sy, x0:x0 + sx].to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
-        with torch.no_grad():
-            return vae.decode(z).sample
+        return _decode_tile(vae, latents[:, :, y0:y0 + sy, x0:x0 + sx], shift)
 
     canvas = torch.zeros(batch, vae.config.out_channels, height * scale, width * scale, device=canvas_device,
                          dtype=canvas_dtype)
     return _run_tiles(decode, height, width, tile, overlap, scale, canvas)
+
+
+def _decode_tile(vae, latents: torch.Tensor, shift: float) -> torch.Tensor:
+    """One tile's images from its latents in the denoiser's scale, on the device the VAE computes on (an offloaded
+    VAE's hook device, :mod:`.offload`)."""
+    z = latents.to(execution_device(vae), vae.dtype) / vae.config.scaling_factor + shift
+    with torch.no_grad():
+        return vae.decode(z).sample
 
 
 def strip_rows(latent_height: int, tile: int, factor: int) -> int:
@@ -138,9 +145,7 @@ def decode_bands(vae, latents: torch.Tensor, *, tile: int = DEFAULT_TILE, overla
         if y0 * scale != top:  # a new row of tiles: hand on the rows it does not reach
             _shift(strip, y0 * scale - top)
             top = y0 * scale
-        z = latents[:, :, y0:y0 + sy, x0:x0 + sx].to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
-        with torch.no_grad():
-            out = vae.decode(z).sample
+        out = _decode_tile(vae, latents[:, :, y0:y0 + sy, x0:x0 + sx], shift)
         strip[:, :, :sy * scale, x0 * scale:(x0 + sx) * scale] += out.to(strip) * weight.to(strip)
         if x0 + sx == width:  # the row of tiles is complete
             following = next((s for s in starts if s > y0), None)
@@ -175,7 +180,8 @@ def tiled_encode(vae, images: torch.Tensor, *, tile: int = DEFAULT_TILE, overlap
     shift = getattr(vae.config, "shift_factor", None) or 0.0
 
     def encode(y0, x0, sy, sx):
-        x = images[:, :, y0 * scale:(y0 + sy) * scale, x0 * scale:(x0 + sx) * scale].to(vae.device, vae.dtype)
+        x = images[:, :, y0 * scale:(y0 + sy) * scale, x0 * scale:(x0 + sx) * scale]
+        x = x.to(execution_device(vae), vae.dtype)  # an offloaded VAE computes on its hook's device
         with torch.no_grad():
             mean = vae.encode(x).latent_dist.mean
         return (mean - shift) * vae.config.scaling_factor

@@ -11,7 +11,7 @@ run the model.
 
 from contextlib import contextmanager
 
-from ..pipelines.highres import decode_images, highres_latents
+from ..pipelines.highres import decode_images, highres_latents, job_offload
 
 PLANNERS = 4  # generating requests that may be checked and planned at once (one denoises at a time)
 JOB_EVENT = {"concurrency_id": "generating", "concurrency_limit": PLANNERS}  # gradio event options
@@ -32,5 +32,6 @@ def denoising(ctx, progress):
 def progressive_image(pipe, params, options, stages):
     """:func:`linfuse.pipelines.generate_highres` from stages already checked and planned
     (:func:`linfuse.pipelines.highres.checked_stages`)."""
-    latents = highres_latents(pipe, params, options, stages=stages)  # its stage bar is tqdm, followed by gr.Progress
-    return decode_images(pipe, latents, options)[0]
+    with job_offload(pipe, stages):
+        latents = highres_latents(pipe, params, options, stages=stages)  # its stage bar is tqdm, then gr.Progress
+        return decode_images(pipe, latents, options)[0]
