@@ -8,6 +8,7 @@ from linfuse import linearize
 from linfuse.errors import InvalidArgumentError
 from linfuse.pipelines.dit_memory import DiTMemoryModel
 from linfuse.pipelines.lean.dit import DiTLeanSettings, dit_lean_mode, dit_lean_settings_of
+from linfuse.pipelines.lean.forwards import installed_forward
 from linfuse.pipelines.planner import estimate_job
 from linfuse.pipelines.preflight import INDEX_LIMIT
 from tests.tiny_dit_pipelines import save_pipeline
@@ -23,10 +24,10 @@ def test_lean_transformer_equals_plain_and_is_removed_without_a_trace(kind):
     inputs = dit_inputs(kind, model)
     plain = run(model, inputs)
     with dit_lean_mode(model, TINY_CHUNKS):
-        assert dit_lean_settings_of(model) == TINY_CHUNKS
+        assert dit_lean_settings_of(model) == TINY_CHUNKS and installed_forward(model) is not None
         lean = run(model, inputs)
     torch.testing.assert_close(lean, plain, atol=1e-5, rtol=1e-5)
-    assert not any("_linfuse_lean_forward" in m.__dict__ for m in model.modules())
+    assert not any(installed_forward(m) or "forward" in m.__dict__ for m in model.modules())
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     torch.testing.assert_close(run(model, inputs), plain, atol=0, rtol=0)
 

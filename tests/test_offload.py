@@ -116,3 +116,35 @@ def test_a_progressive_job_with_pixel_upscaling_runs_its_tiled_vae_on_the_offloa
         assert execution_device(sdxl.vae) == sdxl.vae._hf_hook.execution_device
         image = np.array(generate_highres(sdxl, params, options, progress=False))
     assert np.array_equal(image, reference) and not offload_enabled(sdxl)
+
+
+def test_diffusers_model_cpu_offload_keeps_its_hook_through_the_lean_rungs():
+    """diffusers' enable_model_cpu_offload wraps the UNet's forward (accelerate calls ``_old_forward`` after moving
+    the UNet to its device): the lean forward goes beneath that wrapper, so the hook still runs, and is taken out
+    again without it. Here the hooks' device is the CPU."""
+    from tiny_models import tiny_sd_pipeline
+
+    from linfuse.pipelines.lean import disable_lean, enable_lean
+    from linfuse.pipelines.lean.forwards import installed_forward
+
+    pipe = tiny_sd_pipeline()
+    params = GenerationParams("a red apple", width=64, height=64, steps=2, guidance=5.0, seed=3)
+    lean = np.array(generate(pipe, params, progress=False, memory="lean"))
+    pipe.enable_model_cpu_offload(device="cpu")
+    seen = []
+
+    def step(p, index, timestep, tensors):
+        unet = pipe.unet
+        seen.append(installed_forward(unet) is not None and installed_forward(unet) is unet.__dict__["_old_forward"]
+                    and installed_forward(unet) is not unet.__dict__["forward"])
+        return tensors
+
+    hooked = np.array(generate(pipe, params, progress=False, memory="lean", callback_on_step_end=step))
+    assert np.array_equal(hooked, lean) and seen == [True, True]
+    unet = pipe.unet
+    assert hasattr(unet, "_hf_hook") and installed_forward(unet) is None
+    assert unet._old_forward.__func__ is type(unet).forward  # the hook runs the UNet's own forward again
+    enable_lean(unet)  # installed beneath the hook: the hook is kept when it is removed
+    wrapper = unet.forward
+    disable_lean(unet)
+    assert unet.forward is wrapper and installed_forward(unet) is None

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from ...errors import InvalidArgumentError
+from .forwards import install_forward, remove_forward
 from .unet import lean_forward
 
 MIN_BUDGET, MAX_BUDGET = 2**20, 2**26  # elements of one band or chunk tensor
@@ -100,14 +101,15 @@ def enable_lean(unet, settings: LeanSettings | None = None) -> None:
     settings = settings or LeanSettings()
     forward = functools.partial(lean_forward, unet, settings)
     forward.__signature__ = inspect.signature(type(unet).forward.__get__(unet))
-    unet.forward = forward
+    remove_forward(unet)
+    install_forward(unet, forward)  # beneath diffusers' enable_model_cpu_offload hook when there is one
     unet._linfuse_lean = settings
 
 
 def disable_lean(unet) -> None:
     """Remove the lean forward; the UNet runs its own again (a no-op when none is installed)."""
     if "_linfuse_lean" in unet.__dict__:
-        del unet.forward
+        remove_forward(unet)
         del unet._linfuse_lean
 
 

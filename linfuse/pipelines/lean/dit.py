@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import InvalidArgumentError
+from .forwards import install_forward, remove_forward
 from .parts import spans
 
 BATCHED_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance",
@@ -78,9 +79,7 @@ def enable_dit_lean(transformer, settings: DiTLeanSettings | None = None) -> Non
 def disable_dit_lean(transformer) -> None:
     """Remove every lean forward (a no-op when none is installed)."""
     for module in transformer.modules():
-        if "_linfuse_lean_forward" in module.__dict__:
-            del module.forward
-            del module._linfuse_lean_forward
+        remove_forward(module)
     transformer.__dict__.pop("_linfuse_lean", None)
 
 
@@ -99,8 +98,7 @@ def _install(module, lean, settings: DiTLeanSettings) -> None:
     own = type(module).forward.__get__(module)
     forward = functools.partial(lean, module, own, settings)
     forward.__signature__ = inspect.signature(own)
-    module.forward = forward
-    module._linfuse_lean_forward = True
+    install_forward(module, forward)  # beneath an accelerate hook (enable_model_cpu_offload) when there is one
 
 
 def one_sample_at_a_time(transformer, own, settings, *args, **kwargs):
