@@ -131,6 +131,10 @@ def test_diffusers_model_cpu_offload_keeps_its_hook_through_the_lean_rungs():
     params = GenerationParams("a red apple", width=64, height=64, steps=2, guidance=5.0, seed=3)
     lean = np.array(generate(pipe, params, progress=False, memory="lean"))
     pipe.enable_model_cpu_offload(device="cpu")
+    # the planner and preflight ask where the UNet computes (the hook's device, here cpu:0), not where it waits
+    from linfuse.pipelines.offload import execution_device
+
+    assert execution_device(pipe.unet) == pipe._execution_device == torch.device("cpu", 0) != pipe.unet.device
     seen = []
 
     def step(p, index, timestep, tensors):

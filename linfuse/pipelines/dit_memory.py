@@ -30,13 +30,14 @@ class DiTMemoryModel(MemoryModel):
         """The model of a loaded DiT pipeline: meta twins of its transformer and VAE, its text length."""
         from ..linearize.twin import meta_twin
         from .families import family, text_length
+        from .offload import execution_device
         from .preflight import offloaded_bytes
 
         kind = family(pipe)
         tokens = (text_length(pipe) or 0) + (pipe.tokenizer.model_max_length if kind == "sd3" else 0)
         return cls(transformer=meta_twin(pipe.transformer), vae=meta_twin(pipe.vae), family=kind,
-                   vae_factor=pipe.vae_scale_factor, text_tokens=tokens, device_type=pipe.transformer.device.type,
-                   offload_bytes=offloaded_bytes(pipe))
+                   vae_factor=pipe.vae_scale_factor, text_tokens=tokens,
+                   device_type=execution_device(pipe.transformer).type, offload_bytes=offloaded_bytes(pipe))
 
     def ladder(self, memory: str) -> list:
         return rung_ladder(memory, self.device_type, dit=True)

@@ -32,12 +32,13 @@ def offloadable(pipe, device: torch.device | None = None) -> dict[str, torch.nn.
     found = {}
     for name in OFFLOADED:
         module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module) and not hasattr(module, "_hf_hook") and _device_of(module) == device:
+        if isinstance(module, torch.nn.Module) and not hasattr(module, "_hf_hook") and weights_device(module) == device:
             found[name] = module
     return found
 
 
-def _device_of(module: torch.nn.Module) -> torch.device | None:
+def weights_device(module: torch.nn.Module) -> torch.device | None:
+    """Where the module's weights are now (None for a module without parameters)."""
     first = next(module.parameters(), None)
     return None if first is None else first.device
 
@@ -60,7 +61,7 @@ def enable_component_offload(pipe, device: torch.device | None = None) -> None:
 
     def send_back(_module, _args):
         for module, hook, _ in parts:
-            if _device_of(module).type != "cpu":
+            if weights_device(module).type != "cpu":
                 hook.offload()
 
     handle = denoiser.register_forward_pre_hook(send_back)
@@ -88,7 +89,7 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     """Where ``module`` computes: its offload hook's device while it waits in host memory, else its weights'."""
     hook = getattr(module, "_hf_hook", None)
     device = getattr(hook, "execution_device", None)
-    return torch.device(device) if device is not None else _device_of(module)
+    return torch.device(device) if device is not None else weights_device(module)
 
 
 def offload_enabled(pipe) -> bool:

@@ -39,6 +39,7 @@ from .families import is_dit
 from .lean import LeanSettings, lean_mode
 from .lean.dit import DiTLeanSettings
 from .memory_trace import trace
+from .offload import execution_device
 from .plan import Stage
 from .tiled_vae import strip_rows
 
@@ -254,7 +255,7 @@ class MemoryModel:
         if pipe is not None:
             unet, vae, vae_factor = meta_twin(pipe.unet), meta_twin(pipe.vae), pipe.vae_scale_factor
             text_tokens = getattr(pipe.tokenizer, "model_max_length", 77) if pipe.tokenizer is not None else 77
-            device_type = pipe.unet.device.type
+            device_type = execution_device(pipe.unet).type
             offload_bytes = offloaded_bytes(pipe)
         self.offload_bytes = offload_bytes
         self.device_type = device_type or "cpu"
@@ -382,7 +383,7 @@ def memory_model_for(pipe) -> MemoryModel:
     denoiser = resolve_denoiser(pipe)
     processors = tuple((type(m).__name__, repr(m.layer_config()) if hasattr(m, "layer_config") else "")
                        for m in denoiser.attn_processors.values())
-    signature = (denoiser.dtype, denoiser.device.type, processors)
+    signature = (denoiser.dtype, execution_device(denoiser).type, processors)
     with _MODELS_LOCK:
         cached = _MODELS.get(denoiser)
         if cached is None or cached[0] != signature:
@@ -451,8 +452,10 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
         if pipe is not None and not resident:  # a cap is what the job may hold, its weights included
             resident = weights_bytes(pipe)
     else:
-        free_device, free_host = free or free_memory(resolve_denoiser(pipe).device if pipe is not None
+        free_device, free_host = free or free_memory(execution_device(resolve_denoiser(pipe)) if pipe is not None
                                                      else torch.device(model.device_type))
+        if pipe is not None and not resident:  # diffusers' model offload: the denoiser comes in to run
+            resident = waiting_bytes(resolve_denoiser(pipe))
     if host_limit is not None:
         free_host = host_limit
     estimate = MemoryEstimate(model.device_type, [], free_device, free_host, resident)
@@ -466,11 +469,22 @@ def offloaded_bytes(pipe) -> tuple[int, int]:
     (nothing on the CPU, whose device memory is the host's)."""
     from .offload import offloadable
 
-    if resolve_denoiser(pipe).device.type != "cuda":
+    if execution_device(resolve_denoiser(pipe)).type != "cuda":
         return 0, 0
     found = offloadable(pipe)
     text = sum(_bytes_of(m) for name, m in found.items() if name != "vae")
     return text, _bytes_of(found["vae"]) if "vae" in found else 0
+
+
+def waiting_bytes(denoiser) -> int:
+    """The denoiser's bytes when it waits off the device it computes on (under diffusers' model offload): they are
+    not yet taken from the free memory, and will be while it runs."""
+    from .offload import weights_device
+
+    if model_device := weights_device(denoiser):
+        if model_device.type != execution_device(denoiser).type:
+            return _bytes_of(denoiser)
+    return 0
 
 
 def _bytes_of(module) -> int:

@@ -11,6 +11,7 @@ from math import gcd, lcm
 
 from ..linearize.layers import resolve_denoiser
 from .families import size_multiple
+from .offload import execution_device
 from .plan import Stage, default_strengths, plan_stages
 from .preflight import INDEX_LIMIT, SAFETY, MemoryEstimate, estimate_memory, free_memory, memory_model_for
 
@@ -47,7 +48,7 @@ def largest_fitting_size(pipe, width: int, height: int, *, native_side: int, str
         fits_now = requested.fits
     if kwargs.get("limit") is None and kwargs.get("free") is None:  # every size against one reading
         kwargs["free"] = (requested.free_device, requested.free_host) if requested is not None else \
-            free_memory(resolve_denoiser(pipe).device)
+            free_memory(execution_device(resolve_denoiser(pipe)))
     sizes = sizes_beside(candidate_sizes(width, height, multiple), width, height, fits_now)
     if not sizes:
         return None

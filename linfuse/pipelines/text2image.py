@@ -54,6 +54,7 @@ def denoiser_setting(pipe, params: GenerationParams, memory: str, memory_limit: 
     "auto" or a ``memory_limit``, as :func:`generate` and ``linfuse batch``'s checks take it)."""
     from .families import is_dit
     from .highres import HighResOptions, preflight_job
+    from .offload import execution_device
     from .plan import Stage
     from .preflight import check_memory_mode, rung_ladder
 
@@ -61,7 +62,7 @@ def denoiser_setting(pipe, params: GenerationParams, memory: str, memory_limit: 
         check_memory = memory == "auto" or memory_limit is not None
 
     if check_memory_mode(memory) != "auto" and not check_memory:
-        return rung_ladder(memory, resolve_denoiser(pipe).device.type, dit=is_dit(pipe))[0]
+        return rung_ladder(memory, execution_device(resolve_denoiser(pipe)).type, dit=is_dit(pipe))[0]
     options = HighResOptions(memory=memory, memory_limit=memory_limit, check_memory=check_memory).validate()
     estimate = preflight_job(pipe, params, options, [Stage(params.width, params.height, 1.0)],
                              what="text-to-image", progressive=False)
