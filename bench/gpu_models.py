@@ -315,7 +315,7 @@ def component_offload_figures(check, unet, inputs: dict, dtype) -> dict:
     from diffusers import AutoencoderKL
 
     from linfuse.pipelines.offload import component_offload
-    from linfuse.pipelines.planner import _text_encoder, load_configs
+    from linfuse.pipelines.planner import load_configs, text_encoder_from_config
     from linfuse.pipelines.preflight import offloaded_bytes
 
     configs = load_configs("sd15")
@@ -323,7 +323,7 @@ def component_offload_figures(check, unet, inputs: dict, dtype) -> dict:
     if check.dry_run:
         text |= {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
         vae |= {"block_out_channels": [32, 32, 32, 32]}
-    parts = SimpleNamespace(unet=unet, text_encoder=_text_encoder(text).to(check.device, dtype),
+    parts = SimpleNamespace(unet=unet, text_encoder=text_encoder_from_config(text).to(check.device, dtype),
                             vae=AutoencoderKL.from_config(vae).to(check.device, dtype).eval())
     cuda = check.device == "cuda"
     planned = offloaded_bytes(parts)

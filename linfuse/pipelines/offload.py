@@ -13,6 +13,11 @@ The memory preflight counts it (:mod:`.preflight`): while the denoiser runs, the
 weights only; when a stage's prompt is encoded, the denoiser's and the text encoders' weights, the VAE still on the
 host. On the CPU the device is the host, so there is nothing to gain and nothing is moved: the rungs that offload
 (:func:`~.preflight.rung_ladder`) do so on CUDA only.
+
+``torch.compile(denoiser, fullgraph=True)`` traces the denoiser's pre-hook with it. Where the hook has nothing to
+move it compiles (tiny FLUX with CLEAR under the offload, on the CPU: one graph); on CUDA the first call after a
+prompt encoding moves the text encoders, which has not been compiled on a GPU yet: compile without the offloading
+rungs (they are the last resort of ``memory="auto"``).
 """
 
 from contextlib import contextmanager

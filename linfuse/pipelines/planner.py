@@ -26,7 +26,7 @@ from .families import size_rule as family_size_rule
 from .loading import BUNDLED_MODELS, resolve_model
 from .parameters import MAX_SIZE, GenerationParams
 from .plan import Stage, job_stages
-from .preflight import MemoryEstimate, MemoryModel, check_memory_mode, estimate_memory, host_available
+from .preflight import MemoryEstimate, MemoryModel, check_memory_mode, estimate_memory, host_available, model_bytes
 from .refusal import memory_hints, refusal_message
 from .size_search import SizeSearch, candidate_sizes, load_of, sizes_beside
 
@@ -179,11 +179,13 @@ def meta_models(configs: ModelConfigs, dtype: torch.dtype, method: str | None):
         denoiser = denoiser.to(dtype)
         vae_dtype = torch.float32 if configs.vae.get("force_upcast") and dtype != torch.float32 else dtype
         vae = AutoencoderKL.from_config(configs.vae).eval().to(vae_dtype)
-        encoders = [_text_encoder(config).to(dtype) for config in configs.text_encoders]
+        encoders = [text_encoder_from_config(config).to(dtype) for config in configs.text_encoders]
     return denoiser.requires_grad_(False), vae.requires_grad_(False), encoders
 
 
-def _text_encoder(config):
+def text_encoder_from_config(config):
+    """A CLIP (with or without projection) or T5 text encoder built from its config (a dict or a transformers
+    config), with random weights on the current default device."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     if isinstance(config, dict):
@@ -196,10 +198,6 @@ def _text_encoder(config):
         return T5EncoderModel(config).eval()
     model_class = CLIPTextModelWithProjection if "Projection" in architecture else CLIPTextModel
     return model_class(config).eval()
-
-
-def model_bytes(*models) -> int:
-    return sum(t.nelement() * t.element_size() for m in models for t in [*m.parameters(), *m.buffers()])
 
 
 @dataclass
@@ -283,13 +281,12 @@ def estimate_job(model: str, width: int, height: int, *, memory: int, host_memor
     factor = 2 ** (len(configs.vae["block_out_channels"]) - 1)
     check_dit_size(configs, factor, width, height)
     denoiser, vae, encoders = meta_models(configs, DTYPES[dtype], method)
+    common = {"vae": vae, "vae_factor": factor, "text_tokens": configs.tokenizer_max_length, "device_type": device,
+              "offload_bytes": (model_bytes(*encoders), model_bytes(vae)) if device == "cuda" else (0, 0)}
     if configs.transformer is not None:
-        memory_model = DiTMemoryModel(transformer=denoiser, vae=vae, family=configs.family, vae_factor=factor,
-                                      text_tokens=configs.tokenizer_max_length, device_type=device)
+        memory_model = DiTMemoryModel(transformer=denoiser, family=configs.family, **common)
     else:
-        memory_model = MemoryModel(unet=denoiser, vae=vae, vae_factor=factor, text_tokens=configs.tokenizer_max_length,
-                                   device_type=device)
-    memory_model.offload_bytes = (model_bytes(*encoders), model_bytes(vae)) if device == "cuda" else (0, 0)
+        memory_model = MemoryModel(unet=denoiser, **common)
     memory_model.report = progress
     weights = model_bytes(denoiser, vae, *encoders)
     native = configs.native_size or denoiser.config.sample_size * factor

@@ -39,7 +39,7 @@ from .families import is_dit
 from .lean import LeanSettings, lean_mode
 from .lean.dit import DiTLeanSettings
 from .memory_trace import trace
-from .offload import execution_device
+from .offload import execution_device, offloadable, weights_device
 from .plan import Stage
 from .tiled_vae import strip_rows
 
@@ -423,8 +423,8 @@ def estimate_stages(model: MemoryModel, stages: list[Stage], *, batch: int = 1, 
     out.append(StageMemory("decode (VAE)", final.width, final.height, decode[0] + runtime,
                            decode_bytes(final.width, final.height, model.vae_factor, tile, batch, to_file), decode[1]))
     if any(getattr(s.lean, "offload", False) for s in out):  # the job runs offloaded (highres.job_offload): the
-        for stage in out:  # VAE joins to encode and decode with the text encoders still in host memory
-            stage.released = stage.released if stage.denoising else model.offload_bytes[0]
+        for stage in (s for s in out if not s.denoising):  # VAE works with the text encoders still in host memory
+            stage.released = model.offload_bytes[0]
     return out
 
 
@@ -467,30 +467,25 @@ def estimate_memory(pipe, stages: list[Stage], *, batch: int = 1, guidance: bool
 def offloaded_bytes(pipe) -> tuple[int, int]:
     """(text encoders, VAE) bytes that :func:`~.offload.enable_component_offload` would move off a CUDA device
     (nothing on the CPU, whose device memory is the host's)."""
-    from .offload import offloadable
-
     if execution_device(resolve_denoiser(pipe)).type != "cuda":
         return 0, 0
     found = offloadable(pipe)
-    text = sum(_bytes_of(m) for name, m in found.items() if name != "vae")
-    return text, _bytes_of(found["vae"]) if "vae" in found else 0
+    vae = found.pop("vae", None)
+    return model_bytes(*found.values()), model_bytes(vae) if vae is not None else 0
 
 
 def waiting_bytes(denoiser) -> int:
     """The denoiser's bytes when it waits off the device it computes on (under diffusers' model offload): they are
     not yet taken from the free memory, and will be while it runs."""
-    from .offload import weights_device
-
-    if model_device := weights_device(denoiser):
-        if model_device.type != execution_device(denoiser).type:
-            return _bytes_of(denoiser)
-    return 0
+    waiting = weights_device(denoiser)
+    return model_bytes(denoiser) if waiting is not None and waiting.type != execution_device(denoiser).type else 0
 
 
-def _bytes_of(module) -> int:
-    return sum(t.nelement() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+def model_bytes(*models) -> int:
+    """Bytes of the models' parameters and buffers."""
+    return sum(t.nelement() * t.element_size() for m in models for t in [*m.parameters(), *m.buffers()])
 
 
 def weights_bytes(pipe) -> int:
-    """Bytes of the pipeline's models (parameters and buffers), as :func:`~.planner.model_bytes` counts them."""
-    return sum(_bytes_of(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))
+    """Bytes of the pipeline's models (parameters and buffers), as the planner counts them from configs."""
+    return model_bytes(*(m for m in pipe.components.values() if isinstance(m, torch.nn.Module)))
