@@ -159,3 +159,28 @@ def test_compiling_for_a_stand_in_target_traces_through_the_shape_functions():
     assert result["kernels"] == ["_state_kernel", "_output_kernel", "_kernel"]
     assert result["arches"] == [90] and all(shared > 0 for shared in result["shared"])
     assert result["outputs"] == [[[2, 256, 8, 64], "torch.float16", "meta"], [[1, 68, 4, 64], "torch.bfloat16", "meta"]]
+
+
+def test_the_offload_rung_of_a_dit_compiles_into_one_graph_with_its_pre_hook(monkeypatch):
+    """The DiT's last CUDA rung (lean, text encoders and VAE offloaded) adds a forward pre-hook to the transformer;
+    a fullgraph compile traces it with the model (on this CPU it has nothing to move)."""
+    from tiny_dit_pipelines import build_pipeline
+
+    from linfuse.pipelines.lean.dit import DiTLeanSettings, dit_lean_mode
+    from linfuse.pipelines.offload import component_offload
+
+    monkeypatch.setenv(LOCAL_ENV, "triton")
+    pipe = build_pipeline("flux")
+    model = pipe.transformer
+    linfuse.linearize(model, method="clear", radius=2)
+    inputs = dit_inputs("flux", model, batch=1)
+    settings = DiTLeanSettings(offload=True)
+    before = len(model._forward_pre_hooks)
+    with torch.no_grad(), component_offload(pipe, device=torch.device("cpu")), dit_lean_mode(model, settings):
+        assert len(model._forward_pre_hooks) == before + 1  # the offload's send-back
+        expected = model(**inputs, return_dict=False)[0]
+        recorder = GraphRecorder()
+        out = torch.compile(model, fullgraph=True, backend=recorder)(**inputs, return_dict=False)[0]
+    assert len(recorder.graphs) == 1
+    assert recorder.op_calls("local_attention") == len(linearized_layers(model))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
